@@ -1,0 +1,742 @@
+//! The SQLite engine: opening the database, the connection pool, engine time,
+//! and running lease operations in write transactions.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::clock::{Clock, SystemClock, from_ms, to_ms};
+use crate::error::{Context, Error, Result};
+use crate::key::Key;
+use crate::lease::{Lease, Tenure};
+use crate::ops::InTxn;
+use crate::schema;
+use crate::store::SqliteStore;
+use crate::token::LeaseToken;
+use crate::txn::Txn;
+use crate::wait::Watcher;
+
+/// How often (in engine time) a write transaction also persists the engine's
+/// clock high-water mark.
+const HIGH_WATER_PERSIST_MS: i64 = 1000;
+
+/// SQLite's `synchronous` setting for the engine's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// No syncs: a power loss can corrupt the database. Tests only.
+    Off,
+    /// Sync the WAL at checkpoints only (the default). A power loss can lose
+    /// the latest commits but never corrupts the file; a process crash loses
+    /// nothing.
+    Normal,
+    /// Sync the WAL at every commit: commits survive a power loss.
+    Full,
+    /// Like `Full`, and also sync the directory after deleting a journal.
+    Extra,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+/// Configures and opens an [`Engine`]; see [`Engine::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct EngineBuilder {
+    path: PathBuf,
+    clock: Arc<dyn Clock>,
+    busy_timeout: Duration,
+    pool_size: u32,
+    synchronous: Synchronous,
+    event_retention: u64,
+}
+
+impl EngineBuilder {
+    /// The clock the engine reads. Default: [`SystemClock`].
+    pub fn clock(mut self, clock: impl Clock) -> EngineBuilder {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long an operation waits for the database's write lock (and for a
+    /// free pooled connection) before failing with [`Error::Busy`].
+    /// Default: 5 seconds.
+    pub fn busy_timeout(mut self, timeout: Duration) -> EngineBuilder {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The most connections the pool opens. Default: 8.
+    pub fn pool_size(mut self, size: u32) -> EngineBuilder {
+        self.pool_size = size;
+        self
+    }
+
+    /// SQLite's `synchronous` for every connection. Default:
+    /// [`Synchronous::Normal`], which with WAL never corrupts the file but may
+    /// lose the latest commits on power loss (a lost claim is then lost
+    /// together with every write it guarded).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> EngineBuilder {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// How many history events the database keeps (the newest ones).
+    /// Default: 10,000.
+    pub fn event_retention(mut self, events: u64) -> EngineBuilder {
+        self.event_retention = events;
+        self
+    }
+
+    /// Opens the database, switches it to WAL, applies pending migrations and
+    /// builds the pool.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidArgument`] for an empty or in-memory path, a zero
+    ///   pool size, or a busy timeout over an hour;
+    /// - [`Error::NotADatabase`] if the file is not a SQLite database;
+    /// - [`Error::SchemaTooNew`] / [`Error::SchemaMismatch`] if another
+    ///   leasehold build migrated it;
+    /// - [`Error::Open`] if it cannot be opened or written (missing directory,
+    ///   permissions, read-only or full disk), [`Error::Busy`] if it stays
+    ///   locked.
+    ///
+    /// A file that fails is left as it was.
+    pub fn build(self) -> Result<Engine> {
+        let shown = self.path.to_string_lossy();
+        if shown.is_empty() || shown == ":memory:" || shown.starts_with("file:") {
+            return Err(Error::invalid(
+                "path",
+                &shown,
+                "must name a database file; pooled connections cannot share an in-memory database",
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::invalid("pool size", "0", "must be at least 1"));
+        }
+        if self.busy_timeout > Duration::from_secs(3600) {
+            return Err(Error::invalid(
+                "busy timeout",
+                &format!("{:?}", self.busy_timeout),
+                "must be at most one hour",
+            ));
+        }
+        let high_water = self.prepare_file()?;
+        let busy_timeout = self.busy_timeout;
+        let synchronous = self.synchronous;
+        let manager = SqliteConnectionManager::file(&self.path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(move |c| {
+                c.busy_timeout(busy_timeout)?;
+                c.pragma_update(None, "synchronous", synchronous.pragma())?;
+                c.pragma_update(None, "foreign_keys", true)?;
+                c.set_prepared_statement_cache_capacity(64);
+                Ok(())
+            });
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(busy_timeout.max(Duration::from_millis(1)))
+            .thread_pool(shared_reaper())
+            .build_unchecked(manager);
+        let canonical = std::fs::canonicalize(&self.path).ok();
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                path: self.path,
+                canonical,
+                pool,
+                clock: self.clock,
+                high_water: AtomicI64::new(high_water),
+                persisted_high_water: AtomicI64::new(high_water),
+                busy_timeout,
+                event_retention: self.event_retention,
+                stopped: AtomicBool::new(false),
+                watcher: OnceLock::new(),
+            }),
+        };
+        Ok(engine)
+    }
+
+    /// WAL and migrations, on a connection of its own; returns the persisted
+    /// clock high-water mark.
+    fn prepare_file(&self) -> Result<i64> {
+        let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => Error::NotADatabase {
+                path: self.path.clone(),
+            },
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy {
+                context: Context::new("open"),
+                waited: self.busy_timeout,
+            },
+            _ => Error::Open {
+                path: self.path.clone(),
+                source,
+            },
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(self.busy_timeout).map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Open {
+                path: self.path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("could not switch to WAL (journal mode stays {mode})")),
+                ),
+            });
+        }
+        schema::migrate(&conn).map_err(|e| match e {
+            Error::Storage { source, .. } => open_err(source),
+            other => other,
+        })?;
+        SqliteStore::new(&conn).high_water().map_err(open_err)
+    }
+}
+
+fn shared_reaper() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
+    static POOL: OnceLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        Arc::new(
+            scheduled_thread_pool::ScheduledThreadPool::builder()
+                .num_threads(1)
+                .thread_name_pattern("leasehold-pool-reaper")
+                .build(),
+        )
+    })
+    .clone()
+}
+
+/// A lease engine on one SQLite database file.
+///
+/// Cheap to clone (clones share one pool and one background thread) and
+/// `Send + Sync`. Every operation takes a pooled connection, runs in its own
+/// `BEGIN IMMEDIATE` transaction and commits before returning; use
+/// [`Engine::in_txn`] to run the same operations inside a transaction of
+/// yours instead.
+///
+/// # Stopping
+///
+/// [`Engine::shutdown`] stops the engine for every clone: later operations
+/// and every blocked waiter fail with [`Error::Stopped`]. Dropping the last
+/// clone stops its background thread.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    path: PathBuf,
+    canonical: Option<PathBuf>,
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    clock: Arc<dyn Clock>,
+    /// The latest engine time handed out; engine time never goes back.
+    high_water: AtomicI64,
+    /// The latest engine time known to be persisted in `leasehold_clock`.
+    persisted_high_water: AtomicI64,
+    busy_timeout: Duration,
+    pub(crate) event_retention: u64,
+    stopped: AtomicBool,
+    pub(crate) watcher: OnceLock<Watcher>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.get() {
+            w.stop();
+        }
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) the database at `path` with default
+    /// settings; see [`Engine::builder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`EngineBuilder::build`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Engine> {
+        Engine::builder(path).build()
+    }
+
+    /// A builder to configure the engine before opening `path`.
+    pub fn builder(path: impl AsRef<Path>) -> EngineBuilder {
+        EngineBuilder {
+            path: path.as_ref().to_path_buf(),
+            clock: Arc::new(SystemClock),
+            busy_timeout: Duration::from_secs(5),
+            pool_size: 8,
+            synchronous: Synchronous::Normal,
+            event_retention: 10_000,
+        }
+    }
+
+    /// The database file's path, as given when opening.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The engine's current time: the clock's reading, but never earlier than
+    /// any instant this engine has already used or found persisted.
+    pub fn now(&self) -> DateTime<Utc> {
+        from_ms(self.now_ms())
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        let read = to_ms(self.inner.clock.now());
+        let before = self.inner.high_water.fetch_max(read, Ordering::AcqRel);
+        read.max(before)
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub(crate) fn busy_timeout(&self) -> Duration {
+        self.inner.busy_timeout
+    }
+
+    /// Whether the write transaction at engine time `now` should also persist
+    /// the high-water mark (at most about once a second).
+    pub(crate) fn should_persist_high_water(&self, now: i64) -> bool {
+        let persisted = self.inner.persisted_high_water.load(Ordering::Acquire);
+        now - persisted >= HIGH_WATER_PERSIST_MS
+            && self
+                .inner
+                .persisted_high_water
+                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Takes a connection from the engine's pool, for your own transactions
+    /// on the same database (see [`LeaseToken::check_in`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] after [`Engine::shutdown`]; [`Error::PoolTimeout`]
+    /// if no connection frees up within the busy timeout.
+    pub fn connection(&self) -> Result<PooledConnection> {
+        self.conn(|| Context::new("connect"))
+    }
+
+    pub(crate) fn conn(&self, ctx: impl Fn() -> Context) -> Result<PooledConnection> {
+        self.ensure_running(&ctx)?;
+        match self.inner.pool.get() {
+            Ok(conn) => Ok(PooledConnection(conn)),
+            Err(e) => Err(Error::PoolTimeout {
+                context: ctx(),
+                waited: self.inner.busy_timeout,
+                size: self.inner.pool.max_size(),
+                last_error: e.to_string(),
+            }),
+        }
+    }
+
+    pub(crate) fn ensure_running(&self, ctx: &impl Fn() -> Context) -> Result<()> {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            Err(Error::Stopped { context: ctx() })
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Stops the engine, for every clone: later operations fail with
+    /// [`Error::Stopped`], and so does every thread blocked in a wait.
+    /// Committed leases stay as they are.
+    pub fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
+        if let Some(w) = self.inner.watcher.get() {
+            w.stop();
+        }
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a pooled connection,
+    /// committing if it returns `Ok` and rolling back otherwise.
+    pub(crate) fn write<T>(
+        &self,
+        ctx: impl Fn() -> Context,
+        f: impl FnOnce(&InTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.conn(&ctx)?;
+        let tx = Immediate::begin(&conn, self, &ctx)?;
+        let value = f(&InTxn::new(self, &conn))?;
+        tx.commit(&ctx)?;
+        self.changed();
+        Ok(value)
+    }
+
+    /// Runs `f` in a deferred (read) transaction on a pooled connection.
+    pub(crate) fn read<T>(
+        &self,
+        ctx: impl Fn() -> Context,
+        f: impl FnOnce(&InTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.conn(&ctx)?;
+        let storage = |e| Error::storage(ctx(), e, self.busy_timeout());
+        conn.prepare_cached("BEGIN")
+            .and_then(|mut s| s.execute([]))
+            .map_err(storage)?;
+        let result = f(&InTxn::new(self, &conn));
+        // A read transaction has nothing to lose; end it either way.
+        let end = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map_err(storage);
+        let value = result?;
+        end?;
+        Ok(value)
+    }
+
+    /// Tells in-process waiters that this engine committed a change.
+    pub(crate) fn changed(&self) {
+        if let Some(w) = self.inner.watcher.get() {
+            w.poke();
+        }
+    }
+
+    /// Whether `conn` is a connection to this engine's database file.
+    pub(crate) fn is_same_database(&self, conn: &Connection) -> bool {
+        let Some(theirs) = conn.path().filter(|p| !p.is_empty()) else {
+            return false;
+        };
+        let Some(ours) = &self.inner.canonical else {
+            return Path::new(theirs) == self.inner.path;
+        };
+        Path::new(theirs) == ours || std::fs::canonicalize(theirs).is_ok_and(|p| &p == ours)
+    }
+
+    /// Runs lease operations inside a transaction you own, so that they
+    /// commit or roll back with your other writes.
+    ///
+    /// `conn` must be a connection to this engine's database, inside a
+    /// transaction (`&Transaction` and `&Savepoint` deref to `&Connection`).
+    /// Use a `BEGIN IMMEDIATE` transaction (`TransactionBehavior::Immediate`):
+    /// in a deferred one, SQLite may refuse the first write with
+    /// `SQLITE_BUSY_SNAPSHOT` when another connection wrote after your first
+    /// read, and the whole transaction must then be retried.
+    ///
+    /// Waiters in this process are told of changes made this way only through
+    /// the database (within a few milliseconds), since the engine cannot see
+    /// your commit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] if `conn` is not in a transaction or is
+    /// connected to another database.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use leasehold::{Engine, Key};
+    /// use leasehold::rusqlite::TransactionBehavior;
+    ///
+    /// let engine = Engine::open(dir.path().join("app.db"))?;
+    /// let mut conn = engine.connection()?;
+    /// conn.execute_batch("CREATE TABLE applied (version INTEGER)")?;
+    ///
+    /// // Claim the migration lease, migrate, record the version: one unit.
+    /// let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    /// let key = Key::new("ops", "schema-migration")?;
+    /// engine.in_txn(&tx)?.claim(&key, "host-1", Duration::from_secs(60))?;
+    /// tx.execute("INSERT INTO applied VALUES (7)", [])?;
+    /// tx.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn in_txn<'c>(&'c self, conn: &'c Connection) -> Result<InTxn<'c>> {
+        if conn.is_autocommit() {
+            return Err(Error::invalid(
+                "connection",
+                conn.path().unwrap_or(""),
+                "is not inside a transaction; begin one first",
+            ));
+        }
+        if !self.is_same_database(conn) {
+            return Err(Error::invalid(
+                "connection",
+                conn.path().unwrap_or(""),
+                format!("is not connected to {}", self.inner.path.display()),
+            ));
+        }
+        Ok(InTxn::new(self, conn))
+    }
+
+    /// Claims `key` for `holder` for `duration`, or extends `holder`'s
+    /// current tenure (semantics 1–3 in `DESIGN.md`).
+    ///
+    /// On success the lease is held until at least the instant just before
+    /// this call plus `duration`. A claim by the current holder is an
+    /// extension: same epoch, and the expiry never moves earlier. Any other
+    /// successful claim starts a new tenure with the next epoch.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ClaimDenied`] if someone else holds the lease: a definite
+    ///   "you do not hold it";
+    /// - [`Error::InvalidArgument`] for a bad holder or a zero or over-long
+    ///   duration (nothing is read or written);
+    /// - [`Error::Busy`], [`Error::PoolTimeout`], [`Error::Storage`],
+    ///   [`Error::Stopped`]: after these nothing may be inferred about the
+    ///   lease.
+    pub fn claim(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
+        self.write(
+            || Context::new("claim").key(key).holder(holder),
+            |tx| tx.claim(key, holder, duration),
+        )
+    }
+
+    /// Ends `holder`'s tenure of `key` now, so another may claim at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] if `holder` does not hold the lease (nothing is
+    /// changed); storage errors as for [`Engine::claim`].
+    pub fn release(&self, key: &Key, holder: &str) -> Result<()> {
+        self.write(
+            || Context::new("release").key(key).holder(holder),
+            |tx| tx.release(key, holder),
+        )
+    }
+
+    /// Ends whoever's tenure of `key` it is (an administrative override).
+    /// Returns the lease as it was if a tenure was ended, `None` if the key
+    /// was vacant. Pins stay and apply to the next tenure.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors as for [`Engine::claim`].
+    pub fn revoke(&self, key: &Key) -> Result<Option<Lease>> {
+        self.write(|| Context::new("revoke").key(key), |tx| tx.revoke(key))
+    }
+
+    /// Pins `key` on behalf of `entity`: while any pin is live the lease does
+    /// not expire (the holder still extends it; others are still denied).
+    /// Pinning a vacant key pins its next tenure. Pinning again as the same
+    /// entity replaces that entity's reason and expiry. With `expires_after`,
+    /// the pin lapses by itself after that long, so a forgotten pin cannot hold
+    /// a lease forever.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a bad entity, reason or duration;
+    /// storage errors as for [`Engine::claim`].
+    pub fn pin(
+        &self,
+        key: &Key,
+        entity: &str,
+        reason: &str,
+        expires_after: Option<Duration>,
+    ) -> Result<()> {
+        self.write(
+            || Context::new("pin").key(key).holder(entity),
+            |tx| tx.pin(key, entity, reason, expires_after),
+        )
+    }
+
+    /// Removes `entity`'s pin from `key`; other entities' pins stay. Returns
+    /// whether there was such a pin. Normal expiry resumes when no live pin
+    /// remains.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a bad entity; storage errors as for
+    /// [`Engine::claim`].
+    pub fn unpin(&self, key: &Key, entity: &str) -> Result<bool> {
+        self.write(
+            || Context::new("unpin").key(key).holder(entity),
+            |tx| tx.unpin(key, entity),
+        )
+    }
+
+    /// Reads one lease, or `None` if the key was never claimed or pinned.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors ([`Error::Storage`], [`Error::PoolTimeout`],
+    /// [`Error::Stopped`]).
+    pub fn lease(&self, key: &Key) -> Result<Option<Lease>> {
+        self.read(|| Context::new("read").key(key), |tx| tx.lease(key))
+    }
+
+    /// The leases of `namespace` that someone holds now, ordered by name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a bad namespace; storage errors as for
+    /// [`Engine::lease`].
+    pub fn leases(&self, namespace: &str) -> Result<Vec<Lease>> {
+        self.read(|| Context::new("list"), |tx| tx.leases(namespace))
+    }
+
+    /// Every key of `namespace` ever claimed or pinned, held or vacant,
+    /// ordered by name.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::leases`].
+    pub fn all_leases(&self, namespace: &str) -> Result<Vec<Lease>> {
+        self.read(|| Context::new("list"), |tx| tx.all_leases(namespace))
+    }
+
+    /// The newest `limit` events of `key` (claims, releases, revokes, lapses,
+    /// pins, unpins), oldest first. The database keeps the newest
+    /// [`EngineBuilder::event_retention`] events across all keys.
+    ///
+    /// # Errors
+    ///
+    /// Storage errors as for [`Engine::lease`].
+    pub fn history(&self, key: &Key, limit: usize) -> Result<Vec<crate::Event>> {
+        self.read(|| Context::new("history").key(key), |tx| tx.history(key, limit))
+    }
+
+    /// A token asserting "`holder` holds `key` now" (any tenure). For a token
+    /// fixed to one tenure, use [`Tenure::token`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a bad holder.
+    pub fn token(&self, key: &Key, holder: &str) -> Result<LeaseToken> {
+        crate::key::validate_name("holder", holder)?;
+        Ok(LeaseToken::new(
+            self.clone(),
+            key.clone(),
+            holder.to_owned(),
+            None,
+        ))
+    }
+
+    /// Runs `txn` in one `BEGIN IMMEDIATE` transaction: every assertion
+    /// first, in order, then every mutation, in order; all or nothing.
+    /// Returns the number of rows each op's mutation changed (0 for ops
+    /// without one).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::GuardFailed`] or [`Error::AssertionFailed`] naming the first
+    ///   op whose assertion failed; nothing was written.
+    /// - [`Error::StatementFailed`] naming the op whose statement SQLite
+    ///   refused; nothing was written.
+    /// - [`Error::InvalidArgument`] if a parameter could not be converted;
+    ///   nothing was run.
+    /// - [`Error::Storage`] if the transaction itself fails,
+    ///   [`Error::Busy`], [`Error::PoolTimeout`], [`Error::Stopped`].
+    pub fn commit(&self, txn: &Txn) -> Result<Vec<usize>> {
+        let ctx = || Context::new("commit");
+        let conn = self.conn(ctx)?;
+        let tx = Immediate::begin(&conn, self, &ctx)?;
+        let changes = txn.run_ops(&conn)?;
+        tx.commit(&ctx)?;
+        Ok(changes)
+    }
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("path", &self.inner.path)
+            .field("clock", &self.inner.clock)
+            .field("stopped", &self.is_stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open `BEGIN IMMEDIATE` on an engine connection; rolls back on drop
+/// unless committed, so a panic or an error never returns a connection to the
+/// pool with a transaction open.
+pub(crate) struct Immediate<'c> {
+    conn: &'c Connection,
+    engine: &'c Engine,
+    done: bool,
+}
+
+impl<'c> Immediate<'c> {
+    pub fn begin(
+        conn: &'c Connection,
+        engine: &'c Engine,
+        ctx: &impl Fn() -> Context,
+    ) -> Result<Immediate<'c>> {
+        conn.prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+            .map_err(|e| Error::storage(ctx(), e, engine.busy_timeout()))?;
+        Ok(Immediate {
+            conn,
+            engine,
+            done: false,
+        })
+    }
+
+    pub fn commit(mut self, ctx: &impl Fn() -> Context) -> Result<()> {
+        self.done = true;
+        let result = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        if let Err(e) = result {
+            self.done = false; // still open: roll back on drop
+            return Err(Error::storage(ctx(), e, self.engine.busy_timeout()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Immediate<'_> {
+    fn drop(&mut self) {
+        if !self.done && !self.conn.is_autocommit() {
+            // Nothing useful can be done if the rollback fails; SQLite rolls
+            // back when the connection closes.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// A connection from an [`Engine`]'s pool; returns to the pool when dropped.
+/// Derefs to [`rusqlite::Connection`].
+pub struct PooledConnection(r2d2::PooledConnection<SqliteConnectionManager>);
+
+impl Deref for PooledConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("path", &self.0.path())
+            .finish()
+    }
+}

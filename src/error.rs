@@ -1,0 +1,370 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::key::Key;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, each variant naming the key and holder
+/// involved where there is one.
+///
+/// Only [`Error::ClaimDenied`] and [`Error::NotHeld`] are definite answers
+/// about a lease ("you do not hold it"). After any other error during a claim
+/// nothing may be inferred: the claim may or may not have committed. Errors
+/// from operations that change nothing on failure say so in their docs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lease is held by someone else; the claimant definitely does not
+    /// hold it.
+    #[error("claim of {key} by {holder} denied: it is held by {current_holder}")]
+    ClaimDenied {
+        /// The lease claimed.
+        key: Key,
+        /// Who asked.
+        holder: String,
+        /// Who holds it now.
+        current_holder: String,
+    },
+
+    /// The holder named does not hold the lease now (release, check).
+    #[error("{key} is not held by {holder}: {}", held_by(.current_holder.as_deref()))]
+    NotHeld {
+        /// The lease.
+        key: Key,
+        /// Who was expected to hold it.
+        holder: String,
+        /// Who holds it now, if anyone.
+        current_holder: Option<String>,
+    },
+
+    /// A token's guard did not hold inside a transaction, so the transaction
+    /// was rolled back (or, inside the caller's own transaction, the caller
+    /// must roll back).
+    #[error("{}guard failed for {key}: expected {holder}{} to hold it, found {found}",
+        op_prefix(*.op, .label.as_deref()), epoch_suffix(*.expected_epoch))]
+    GuardFailed {
+        /// Index of the failing op in its [`Txn`](crate::Txn), if any.
+        op: Option<usize>,
+        /// The failing op's label, if it had one.
+        label: Option<String>,
+        /// The lease guarded.
+        key: Key,
+        /// The holder the token vouches for.
+        holder: String,
+        /// The tenure the token was fixed to, for tokens from a claim.
+        expected_epoch: Option<u64>,
+        /// What the database held instead.
+        found: Found,
+    },
+
+    /// One of the caller's own assertions in a [`Txn`](crate::Txn) matched no
+    /// row; the whole transaction was rolled back.
+    #[error("{}assertion matched no row: {sql}", op_prefix(Some(*.op), .label.as_deref()))]
+    AssertionFailed {
+        /// Index of the failing op in its [`Txn`](crate::Txn).
+        op: usize,
+        /// The failing op's label, if it had one.
+        label: Option<String>,
+        /// The assertion's query.
+        sql: String,
+    },
+
+    /// SQLite refused one of the statements of a [`Txn`](crate::Txn) (syntax,
+    /// constraint, …); the whole transaction was rolled back.
+    #[error("{}statement failed: {source}: {sql}", op_prefix(Some(*.op), .label.as_deref()))]
+    StatementFailed {
+        /// Index of the failing op.
+        op: usize,
+        /// The failing op's label, if it had one.
+        label: Option<String>,
+        /// The statement.
+        sql: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// An argument was rejected before anything was read or written.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidArgument {
+        /// Which argument (`"name"`, `"holder"`, `"duration"`, …).
+        what: &'static str,
+        /// The rejected value, shortened to 64 characters.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The database was migrated by a newer leasehold than this one; nothing
+    /// was changed.
+    #[error(
+        "database schema version {found} is newer than this build of leasehold supports \
+         (up to {supported}); upgrade leasehold"
+    )]
+    SchemaTooNew {
+        /// The version recorded in the database.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+
+    /// A migration recorded in the database differs from the one embedded in
+    /// this build (its SQL was edited after it shipped); nothing was changed.
+    #[error("migration {version} ({name}) applied to this database differs from this build's copy")]
+    SchemaMismatch {
+        /// The migration's version.
+        version: u32,
+        /// The migration's name.
+        name: String,
+    },
+
+    /// The file exists but is not a SQLite database; nothing was changed.
+    #[error("{} is not a SQLite database", .path.display())]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The database could not be opened or prepared (missing directory,
+    /// permissions, read-only file system, full disk, …).
+    #[error("cannot open {}: {source}", .path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+
+    /// The database stayed locked by other writers for the whole busy budget;
+    /// the operation changed nothing.
+    #[error("{context}: database still locked after {waited:?}")]
+    Busy {
+        /// What was attempted.
+        context: Context,
+        /// How long it waited.
+        waited: Duration,
+    },
+
+    /// No pooled connection became free within the busy timeout (every
+    /// connection is in use, or new ones cannot be opened); nothing was done.
+    #[error("{context}: no pooled connection free after {waited:?} (pool size {size}): {last_error}")]
+    PoolTimeout {
+        /// What was attempted.
+        context: Context,
+        /// How long it waited.
+        waited: Duration,
+        /// The pool's size.
+        size: u32,
+        /// The pool's own description of what went wrong.
+        last_error: String,
+    },
+
+    /// A wait ran past its timeout or deadline.
+    #[error("{context}: timed out after {waited:?}")]
+    Timeout {
+        /// What was awaited.
+        context: Context,
+        /// How long it waited.
+        waited: Duration,
+    },
+
+    /// The engine was shut down.
+    #[error("{context}: the leasehold engine has stopped")]
+    Stopped {
+        /// What was attempted or awaited.
+        context: Context,
+    },
+
+    /// Any other failure of the database underneath.
+    #[error("{context}: {source}")]
+    Storage {
+        /// What was attempted.
+        context: Context,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl Error {
+    /// The SQLite error code underneath, if this error came from SQLite.
+    pub fn sqlite_error_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            Error::Storage { source, .. }
+            | Error::Open { source, .. }
+            | Error::StatementFailed { source, .. } => source.sqlite_error_code(),
+            Error::Busy { .. } => Some(rusqlite::ErrorCode::DatabaseBusy),
+            Error::NotADatabase { .. } => Some(rusqlite::ErrorCode::NotADatabase),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: the database was
+    /// busy, or a deferred transaction's snapshot went stale.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Busy { .. } | Error::Timeout { .. } | Error::PoolTimeout { .. } => true,
+            Error::Storage { source, .. } | Error::StatementFailed { source, .. } => is_busy(source),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> Error {
+        let mut shown: String = value.chars().take(64).collect();
+        if shown.len() < value.len() {
+            shown.push('…');
+        }
+        Error::InvalidArgument {
+            what,
+            value: shown,
+            reason: reason.into(),
+        }
+    }
+
+    /// Classifies an SQLite error raised while doing `context`.
+    pub(crate) fn storage(context: Context, source: rusqlite::Error, busy_budget: Duration) -> Error {
+        if is_busy(&source) && !is_stale_snapshot(&source) {
+            Error::Busy {
+                context,
+                waited: busy_budget,
+            }
+        } else {
+            Error::Storage { context, source }
+        }
+    }
+}
+
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// `SQLITE_BUSY_SNAPSHOT`: a deferred transaction read an old snapshot and
+/// then tried to write.
+pub(crate) fn is_stale_snapshot(e: &rusqlite::Error) -> bool {
+    const SQLITE_BUSY_SNAPSHOT: i32 = 5 | (2 << 8);
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == SQLITE_BUSY_SNAPSHOT)
+}
+
+/// What the database held when a guard failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Found {
+    /// The key has never been claimed or pinned.
+    Absent,
+    /// Nobody holds the key; `epoch` is its latest tenure's (0 if none).
+    Vacant {
+        /// The latest tenure's epoch.
+        epoch: u64,
+    },
+    /// `holder`'s tenure `epoch` ran out and nobody has claimed since.
+    Lapsed {
+        /// Who held it.
+        holder: String,
+        /// That tenure's epoch.
+        epoch: u64,
+    },
+    /// `holder` holds the key in tenure `epoch`.
+    Held {
+        /// Who holds it.
+        holder: String,
+        /// The tenure's epoch.
+        epoch: u64,
+    },
+}
+
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Found::Absent => f.write_str("no lease at all"),
+            Found::Vacant { epoch } => write!(f, "it vacant after epoch {epoch}"),
+            Found::Lapsed { holder, epoch } => {
+                write!(f, "{holder}'s tenure at epoch {epoch} expired")
+            }
+            Found::Held { holder, epoch } => write!(f, "it held by {holder} at epoch {epoch}"),
+        }
+    }
+}
+
+/// Which operation failed, on which key, for which holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Context {
+    operation: &'static str,
+    key: Option<Key>,
+    holder: Option<String>,
+}
+
+impl Context {
+    pub(crate) fn new(operation: &'static str) -> Context {
+        Context {
+            operation,
+            key: None,
+            holder: None,
+        }
+    }
+
+    pub(crate) fn key(mut self, key: &Key) -> Context {
+        self.key = Some(key.clone());
+        self
+    }
+
+    pub(crate) fn holder(mut self, holder: &str) -> Context {
+        self.holder = Some(holder.to_owned());
+        self
+    }
+
+    /// The operation: `"claim"`, `"release"`, `"commit"`, …
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The lease involved, if any.
+    pub fn lease_key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// The holder involved, if any.
+    pub fn lease_holder(&self) -> Option<&str> {
+        self.holder.as_deref()
+    }
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.operation)?;
+        if let Some(key) = &self.key {
+            write!(f, " of {key}")?;
+        }
+        if let Some(holder) = &self.holder {
+            write!(f, " by {holder}")?;
+        }
+        Ok(())
+    }
+}
+
+fn held_by(holder: Option<&str>) -> String {
+    match holder {
+        Some(h) => format!("it is held by {h}"),
+        None => "nobody holds it".to_owned(),
+    }
+}
+
+fn op_prefix(op: Option<usize>, label: Option<&str>) -> String {
+    match (op, label) {
+        (Some(i), Some(l)) => format!("op {i} ({l}): "),
+        (Some(i), None) => format!("op {i}: "),
+        _ => String::new(),
+    }
+}
+
+fn epoch_suffix(epoch: Option<u64>) -> String {
+    epoch.map(|e| format!(" at epoch {e}")).unwrap_or_default()
+}

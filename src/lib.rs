@@ -1,0 +1,123 @@
+//! Leadership leases stored in SQLite, whose tokens gate writes inside your
+//! own transaction: a write commits only while its writer still leads.
+//!
+//! ```
+//! # let dir = tempfile::tempdir()?;
+//! use std::time::Duration;
+//! use leasehold::{Engine, Key};
+//! use leasehold::rusqlite::TransactionBehavior;
+//!
+//! // The lease tables live in your application's database file.
+//! let engine = Engine::open(dir.path().join("app.db"))?;
+//! let key = Key::new("app", "scheduler")?;
+//!
+//! // Claim the lease; the tenure's token is fixed to its epoch.
+//! let tenure = engine.claim(&key, "replica-a", Duration::from_secs(30))?;
+//! assert_eq!(tenure.epoch(), 1);
+//! let token = tenure.token();
+//!
+//! // A rival is told who leads.
+//! let denied = engine.claim(&key, "replica-b", Duration::from_secs(30));
+//! assert!(matches!(denied, Err(leasehold::Error::ClaimDenied { .. })));
+//!
+//! // Gate a write: it commits only while replica-a still holds this tenure.
+//! let mut conn = engine.connection()?;
+//! conn.execute_batch("CREATE TABLE jobs (id INTEGER PRIMARY KEY, owner_epoch INTEGER)")?;
+//! let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+//! token.check_in(&tx)?;
+//! tx.execute("INSERT INTO jobs (owner_epoch) VALUES (?1)", [tenure.epoch()])?;
+//! tx.commit()?;
+//!
+//! // After a release (or expiry, or revoke) the old token fails.
+//! engine.release(&key, "replica-a")?;
+//! assert!(token.check().is_err());
+//! assert_eq!(engine.claim(&key, "replica-b", Duration::from_secs(30))?.epoch(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # What a lease is
+//!
+//! - A **key** is a namespace and a name; a **holder** holds it for a
+//!   **tenure**, numbered by an **epoch** that grows by one per tenure and is
+//!   never reused.
+//! - [`Engine::claim`] succeeds when the key is vacant or already the
+//!   claimant's (then it *extends*: same epoch, expiry never moves earlier),
+//!   and guarantees the lease until at least the call's start plus the
+//!   duration. Otherwise it fails with [`Error::ClaimDenied`] naming the
+//!   holder.
+//! - [`Engine::release`] ends a tenure; [`Engine::revoke`] ends anyone's.
+//! - [`Engine::pin`] keeps a lease from expiring (per entity, optionally
+//!   until a deadline), for maintenance while agents are down.
+//! - A [`LeaseToken`] vouches for a holder (or one tenure of it) and is
+//!   checked in a [`Txn`], in your transaction, or as an SQL [`Guard`].
+//! - The [`leadership`] module mirrors Juju's leadership interfaces on top.
+//!
+//! # Concurrency guarantees
+//!
+//! - **Safety.** A write guarded by a token of holder H commits only if, at
+//!   its commit, no other tenure of the key has begun and H's tenure was not
+//!   released or revoked; a token from a claim commits only inside that exact
+//!   tenure. This holds whatever the clocks do and however long a process
+//!   pauses, because the guard is evaluated inside the same SQLite write
+//!   transaction as the write, and SQLite commits one writer at a time.
+//! - **Liveness depends on time.** When a lapsed lease may be taken over is
+//!   decided by the engine's clock ([`Clock`]). Engine time never runs
+//!   backwards: each engine keeps a high-water mark, each lease row records
+//!   the time of its last write, and the mark is persisted about once a
+//!   second, so a clock stepped back cannot revive an expired lease or
+//!   lengthen a tenure.
+//! - **Processes.** Any number of processes may open the same file. Engines
+//!   are `Clone + Send + Sync`; clones share a connection pool.
+//! - **Blocking.** Operations block for at most the busy timeout waiting for
+//!   SQLite's write lock or a pooled connection, then fail with
+//!   [`Error::Busy`] or [`Error::PoolTimeout`] having changed nothing.
+//!   [`Engine::block_until_released`] blocks until the lease is vacant.
+//!
+//! # Storage
+//!
+//! Tables and indexes are named `leasehold_*`; `PRAGMA user_version` is left
+//! to your application. The database is switched to WAL. Migrations are
+//! embedded ([`migrations`]) and applied on open, or by your own migration
+//! tool through [`migrate`].
+
+mod clock;
+mod engine;
+mod error;
+mod event;
+mod key;
+mod lease;
+pub mod leadership;
+mod ops;
+mod schema;
+mod store;
+mod token;
+mod txn;
+mod wait;
+
+pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
+pub use crate::error::{Context, Error, Found, Result};
+pub use crate::event::{Event, EventKind};
+pub use crate::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
+pub use crate::lease::{Lease, Pin, Tenure};
+pub use crate::ops::InTxn;
+pub use crate::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
+pub use crate::token::{Guard, LeaseToken};
+pub use crate::txn::{IntoParams, Op, Txn};
+
+pub use chrono;
+pub use rusqlite;
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        assert_send_sync::<crate::Engine>();
+        assert_send_sync::<crate::LeaseToken>();
+        assert_send_sync::<crate::Tenure>();
+        assert_send_sync::<crate::Txn>();
+        assert_send_sync::<crate::Error>();
+    }
+}

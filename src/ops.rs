@@ -1,0 +1,398 @@
+//! Lease operations inside one transaction: the glue between the pure state
+//! machine (`lease.rs`), the store (`store.rs`) and engine time.
+
+use std::fmt;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use crate::clock::from_ms;
+use crate::engine::Engine;
+use crate::error::{Context, Error, Result};
+use crate::event::Event;
+use crate::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text};
+use crate::lease::{Claimed, Lease, PinRecord, Record, Tenure};
+use crate::store::{EventRecord, SqliteStore, Store};
+
+/// Lease operations on a transaction you own; from [`Engine::in_txn`].
+///
+/// Each method changes only what its [`Engine`] counterpart changes, inside
+/// your transaction: nothing is visible to others, and nothing is final,
+/// until you commit. The guarantees of a claim start when your transaction
+/// commits, but are measured from the instant of the call, so commit
+/// promptly.
+pub struct InTxn<'c> {
+    engine: &'c Engine,
+    conn: &'c Connection,
+}
+
+impl<'c> InTxn<'c> {
+    pub(crate) fn new(engine: &'c Engine, conn: &'c Connection) -> InTxn<'c> {
+        InTxn { engine, conn }
+    }
+
+    fn store(&self) -> SqliteStore<'c> {
+        SqliteStore::new(self.conn)
+    }
+
+    fn fail(&self, ctx: Context) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |e| Error::storage(ctx.clone(), e, self.engine.busy_timeout())
+    }
+
+    /// Engine time for a write, persisting the high-water mark when due.
+    fn write_time(&self, store: &SqliteStore<'_>) -> rusqlite::Result<i64> {
+        let now = self.engine.now_ms();
+        if self.engine.should_persist_high_water(now) {
+            store.persist_high_water(now)?;
+        }
+        Ok(now)
+    }
+
+    fn event(
+        &self,
+        store: &SqliteStore<'_>,
+        key: &Key,
+        event: EventRecord,
+    ) -> rusqlite::Result<()> {
+        store.record_event(key, &event, self.engine.inner.event_retention)
+    }
+
+    /// Logs the end of a tenure that ran out, if `rec` holds one at `now`.
+    fn note_lapse(
+        &self,
+        store: &SqliteStore<'_>,
+        key: &Key,
+        rec: &Record,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        match rec.lapsed(now) {
+            Some(holder) => self.event(
+                store,
+                key,
+                EventRecord {
+                    at_ms: rec.expiry_ms.max(rec.pinned_until_ms),
+                    kind: "lapsed",
+                    holder: Some(holder.to_owned()),
+                    epoch: rec.epoch,
+                    entity: None,
+                    detail: None,
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// As [`Engine::claim`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::claim`]. After an error, roll your transaction back: a
+    /// failed statement may have left part of its work.
+    pub fn claim(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
+        validate_name("holder", holder)?;
+        let ms = duration_ms("duration", duration)?;
+        let fail = self.fail(Context::new("claim").key(key).holder(holder));
+        let store = self.store();
+        let now = self.write_time(&store).map_err(&fail)?;
+        let current = store.load(key).map_err(&fail)?;
+        let (rec, claimed) =
+            Record::claim(current.as_ref(), holder, now, ms).map_err(|current_holder| {
+                Error::ClaimDenied {
+                    key: key.clone(),
+                    holder: holder.to_owned(),
+                    current_holder,
+                }
+            })?;
+        if claimed == Claimed::New {
+            if let Some(old) = &current {
+                self.note_lapse(&store, key, old, now).map_err(&fail)?;
+            }
+            self.event(
+                &store,
+                key,
+                EventRecord {
+                    at_ms: rec.started_ms,
+                    kind: "claimed",
+                    holder: Some(holder.to_owned()),
+                    epoch: rec.epoch,
+                    entity: None,
+                    detail: None,
+                },
+            )
+            .map_err(&fail)?;
+        }
+        store.save(key, &rec).map_err(&fail)?;
+        Ok(Tenure {
+            engine: self.engine.clone(),
+            key: key.clone(),
+            holder: holder.to_owned(),
+            epoch: rec.epoch,
+            started_at: from_ms(rec.started_ms),
+            expires_at: from_ms(rec.expiry_ms),
+            extended: claimed == Claimed::Extended,
+        })
+    }
+
+    /// As [`Engine::release`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::release`].
+    pub fn release(&self, key: &Key, holder: &str) -> Result<()> {
+        validate_name("holder", holder)?;
+        let fail = self.fail(Context::new("release").key(key).holder(holder));
+        let store = self.store();
+        let now = self.write_time(&store).map_err(&fail)?;
+        let not_held = |current_holder| Error::NotHeld {
+            key: key.clone(),
+            holder: holder.to_owned(),
+            current_holder,
+        };
+        let current = store.load(key).map_err(&fail)?.ok_or_else(|| not_held(None))?;
+        let rec = current.release(holder, now).map_err(not_held)?;
+        self.event(
+            &store,
+            key,
+            EventRecord {
+                at_ms: rec.updated_ms,
+                kind: "released",
+                holder: Some(holder.to_owned()),
+                epoch: rec.epoch,
+                entity: None,
+                detail: None,
+            },
+        )
+        .map_err(&fail)?;
+        store.save(key, &rec).map_err(&fail)
+    }
+
+    /// As [`Engine::revoke`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::revoke`].
+    pub fn revoke(&self, key: &Key) -> Result<Option<Lease>> {
+        let fail = self.fail(Context::new("revoke").key(key));
+        let store = self.store();
+        let now = self.write_time(&store).map_err(&fail)?;
+        let Some(current) = store.load(key).map_err(&fail)? else {
+            return Ok(None);
+        };
+        let (rec, ended) = current.revoke(now);
+        let before = match ended {
+            Some((holder, epoch)) => {
+                let pins = live_pins(&store.pins(key).map_err(&fail)?, rec.updated_ms);
+                self.event(
+                    &store,
+                    key,
+                    EventRecord {
+                        at_ms: rec.updated_ms,
+                        kind: "revoked",
+                        holder: Some(holder),
+                        epoch,
+                        entity: None,
+                        detail: None,
+                    },
+                )
+                .map_err(&fail)?;
+                Some(Lease::from_record(key.clone(), &current, pins, now))
+            }
+            None => {
+                self.note_lapse(&store, key, &current, now).map_err(&fail)?;
+                None
+            }
+        };
+        if rec != current {
+            store.save(key, &rec).map_err(&fail)?;
+        }
+        Ok(before)
+    }
+
+    /// As [`Engine::pin`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::pin`].
+    pub fn pin(
+        &self,
+        key: &Key,
+        entity: &str,
+        reason: &str,
+        expires_after: Option<Duration>,
+    ) -> Result<()> {
+        validate_name("entity", entity)?;
+        validate_text("reason", reason, MAX_REASON_LEN)?;
+        let expires_ms = expires_after
+            .map(|d| duration_ms("pin duration", d))
+            .transpose()?;
+        let fail = self.fail(Context::new("pin").key(key).holder(entity));
+        let store = self.store();
+        let now = self.write_time(&store).map_err(&fail)?;
+        let current = store.load(key).map_err(&fail)?;
+        let rec = current.clone().unwrap_or_else(|| Record::vacant(now));
+        let t = rec.time(now);
+        let pin = PinRecord {
+            entity: entity.to_owned(),
+            reason: reason.to_owned(),
+            pinned_ms: t,
+            expires_ms: expires_ms.map(|ms| t.saturating_add(ms)),
+        };
+        store.put_pin(key, &pin).map_err(&fail)?;
+        let pins = self.prune_pins(&store, key, t).map_err(&fail)?;
+        self.note_lapse(&store, key, &rec, now).map_err(&fail)?;
+        let rec = rec.repin(PinRecord::pinned_until(&pins, t), now);
+        self.event(
+            &store,
+            key,
+            EventRecord {
+                at_ms: t,
+                kind: "pinned",
+                holder: rec.holder.clone(),
+                epoch: rec.epoch,
+                entity: Some(entity.to_owned()),
+                detail: Some(pin_detail(reason, pin.expires_ms)),
+            },
+        )
+        .map_err(&fail)?;
+        store.save(key, &rec).map_err(&fail)
+    }
+
+    /// As [`Engine::unpin`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::unpin`].
+    pub fn unpin(&self, key: &Key, entity: &str) -> Result<bool> {
+        validate_name("entity", entity)?;
+        let fail = self.fail(Context::new("unpin").key(key).holder(entity));
+        let store = self.store();
+        let now = self.write_time(&store).map_err(&fail)?;
+        let Some(current) = store.load(key).map_err(&fail)? else {
+            return Ok(false);
+        };
+        if !store.delete_pin(key, entity).map_err(&fail)? {
+            return Ok(false);
+        }
+        let t = current.time(now);
+        let pins = self.prune_pins(&store, key, t).map_err(&fail)?;
+        self.note_lapse(&store, key, &current, now).map_err(&fail)?;
+        let rec = current.repin(PinRecord::pinned_until(&pins, t), now);
+        self.event(
+            &store,
+            key,
+            EventRecord {
+                at_ms: t,
+                kind: "unpinned",
+                holder: rec.holder.clone(),
+                epoch: rec.epoch,
+                entity: Some(entity.to_owned()),
+                detail: None,
+            },
+        )
+        .map_err(&fail)?;
+        store.save(key, &rec).map_err(&fail)?;
+        Ok(true)
+    }
+
+    /// Deletes pins that have expired by `t`; returns the live ones.
+    fn prune_pins(
+        &self,
+        store: &SqliteStore<'_>,
+        key: &Key,
+        t: i64,
+    ) -> rusqlite::Result<Vec<PinRecord>> {
+        let (live, dead): (Vec<_>, Vec<_>) =
+            store.pins(key)?.into_iter().partition(|p| p.is_live(t));
+        for pin in dead {
+            store.delete_pin(key, &pin.entity)?;
+        }
+        Ok(live)
+    }
+
+    /// As [`Engine::lease`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::lease`].
+    pub fn lease(&self, key: &Key) -> Result<Option<Lease>> {
+        let fail = self.fail(Context::new("read").key(key));
+        let store = self.store();
+        let now = self.engine.now_ms();
+        let Some(rec) = store.load(key).map_err(&fail)? else {
+            return Ok(None);
+        };
+        let pins = live_pins(&store.pins(key).map_err(&fail)?, rec.time(now));
+        Ok(Some(Lease::from_record(key.clone(), &rec, pins, now)))
+    }
+
+    /// As [`Engine::leases`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::leases`].
+    pub fn leases(&self, namespace: &str) -> Result<Vec<Lease>> {
+        let mut all = self.all_leases(namespace)?;
+        all.retain(Lease::is_held);
+        Ok(all)
+    }
+
+    /// As [`Engine::all_leases`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::all_leases`].
+    pub fn all_leases(&self, namespace: &str) -> Result<Vec<Lease>> {
+        validate_name("namespace", namespace)?;
+        let fail = self.fail(Context::new("list"));
+        let store = self.store();
+        let now = self.engine.now_ms();
+        let rows = store.list(namespace).map_err(&fail)?;
+        let mut pins = store.list_pins(namespace).map_err(&fail)?.into_iter().peekable();
+        let mut leases = Vec::with_capacity(rows.len());
+        // Both lists are ordered by name: merge them.
+        for (name, rec) in rows {
+            let t = rec.time(now);
+            let mut mine = Vec::new();
+            while let Some((_, pin)) = pins.next_if(|(n, _)| *n <= name) {
+                if pin.is_live(t) {
+                    mine.push(pin.to_pin());
+                }
+            }
+            let key = Key::new(namespace, name)?;
+            leases.push(Lease::from_record(key, &rec, mine, now));
+        }
+        Ok(leases)
+    }
+
+    /// As [`Engine::history`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::history`].
+    pub fn history(&self, key: &Key, limit: usize) -> Result<Vec<Event>> {
+        crate::event::history(self.conn, key, limit)
+            .map_err(self.fail(Context::new("history").key(key)))
+    }
+}
+
+impl fmt::Debug for InTxn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InTxn")
+            .field("path", &self.conn.path())
+            .finish_non_exhaustive()
+    }
+}
+
+fn live_pins(pins: &[PinRecord], t: i64) -> Vec<crate::lease::Pin> {
+    pins.iter()
+        .filter(|p| p.is_live(t))
+        .map(PinRecord::to_pin)
+        .collect()
+}
+
+fn pin_detail(reason: &str, expires_ms: Option<i64>) -> String {
+    match expires_ms {
+        Some(ms) => format!("{reason} (until {})", from_ms(ms).to_rfc3339()),
+        None => reason.to_owned(),
+    }
+}

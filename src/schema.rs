@@ -1,0 +1,338 @@
+//! Embedded migrations and the code that applies them.
+//!
+//! Our schema version lives in `leasehold_schema` (one row per applied
+//! migration, with a checksum of its SQL). `PRAGMA user_version` belongs to
+//! the application and is never read or written here.
+
+use std::fmt;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::{Context, Error, Result};
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// One embedded migration: `migrations/NNNN_name.sql`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+static MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "leases",
+        sql: include_str!("../migrations/0001_leases.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "events",
+        sql: include_str!("../migrations/0002_events.sql"),
+    },
+];
+
+const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS leasehold_schema (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    checksum   TEXT    NOT NULL,
+    applied_ms INTEGER NOT NULL
+);";
+
+/// Every migration this build embeds, oldest first.
+///
+/// For an application that runs its own migration tool: apply each
+/// [`Migration::script`] in order, or call [`migrate`] from inside the tool's
+/// transaction.
+pub fn migrations() -> &'static [Migration] {
+    MIGRATIONS
+}
+
+impl Migration {
+    /// The migration's version; versions are consecutive from 1.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The migration's short name (the file name without number and suffix).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The migration's SQL, exactly as in `migrations/`.
+    pub fn sql(&self) -> &'static str {
+        self.sql
+    }
+
+    /// The migration's SQL followed by the statements that record it in
+    /// `leasehold_schema`, so that an engine opened later sees it applied.
+    /// Run it inside one transaction.
+    pub fn script(&self) -> String {
+        format!(
+            "{BOOKKEEPING}\n{sql}\nINSERT INTO leasehold_schema (version, name, checksum, applied_ms)\n\
+             VALUES ({v}, '{n}', '{c}', CAST(unixepoch('subsec') * 1000 AS INTEGER));\n",
+            sql = self.sql.trim_end(),
+            v = self.version,
+            n = self.name,
+            c = self.checksum(),
+        )
+    }
+
+    /// A checksum of [`Migration::sql`] (64-bit FNV-1a, hex), recorded when
+    /// applied so that edits to shipped SQL are caught.
+    pub fn checksum(&self) -> String {
+        let hash = self.sql.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migration")
+            .field("version", &self.version)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The leasehold schema version of the database on `conn`: 0 if leasehold
+/// has never been applied to it.
+///
+/// # Errors
+///
+/// [`Error::Storage`] if the database cannot be read.
+pub fn schema_version(conn: &Connection) -> Result<u32> {
+    let ctx = || Context::new("read schema version");
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'leasehold_schema')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|source| Error::Storage {
+            context: ctx(),
+            source,
+        })?;
+    if !exists {
+        return Ok(0);
+    }
+    conn.query_row(
+        "SELECT coalesce(max(version), 0) FROM leasehold_schema",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(|source| Error::Storage {
+        context: ctx(),
+        source,
+    })
+}
+
+/// Brings the leasehold tables on `conn` up to [`SCHEMA_VERSION`] and returns
+/// that version.
+///
+/// If `conn` is not inside a transaction, the migrations run in a
+/// `BEGIN IMMEDIATE` transaction of their own, with the version read inside
+/// it: two processes migrating a fresh file at once both succeed and the
+/// schema is applied once. If `conn` is inside a transaction (say, your own
+/// migration tool's), they join it and commit or roll back with it; make that
+/// transaction `IMMEDIATE` for the same guarantee.
+///
+/// # Errors
+///
+/// - [`Error::SchemaTooNew`] if a newer leasehold migrated this database;
+/// - [`Error::SchemaMismatch`] if an applied migration's SQL differs from
+///   this build's copy;
+/// - [`Error::Busy`] or [`Error::Storage`] from SQLite.
+///
+/// On any error nothing is changed (our own transaction rolls back; inside
+/// yours, a savepoint is rolled back).
+pub fn migrate(conn: &Connection) -> Result<u32> {
+    let own = conn.is_autocommit();
+    let (begin, commit, rollback) = if own {
+        ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+    } else {
+        (
+            "SAVEPOINT leasehold_migrate",
+            "RELEASE leasehold_migrate",
+            "ROLLBACK TO leasehold_migrate; RELEASE leasehold_migrate",
+        )
+    };
+    let storage = |source| {
+        let budget = busy_budget(conn);
+        Error::storage(Context::new("migrate"), source, budget)
+    };
+    conn.execute_batch(begin).map_err(storage)?;
+    match apply_pending(conn) {
+        Ok(version) => {
+            conn.execute_batch(commit).map_err(storage)?;
+            Ok(version)
+        }
+        Err(e) => {
+            // The error that stopped the migration matters more than a failed
+            // rollback (which SQLite completes when the connection closes).
+            let _ = conn.execute_batch(rollback);
+            Err(e)
+        }
+    }
+}
+
+fn apply_pending(conn: &Connection) -> Result<u32> {
+    let storage = |source| Error::storage(Context::new("migrate"), source, busy_budget(conn));
+    conn.execute_batch(BOOKKEEPING).map_err(storage)?;
+    let applied: Vec<(u32, String, String)> = conn
+        .prepare("SELECT version, name, checksum FROM leasehold_schema ORDER BY version")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(storage)?;
+    let found = applied.last().map_or(0, |a| a.0);
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, name, checksum) in &applied {
+        let known = MIGRATIONS.iter().find(|m| m.version == *version);
+        if known.is_none_or(|m| m.checksum() != *checksum) {
+            return Err(Error::SchemaMismatch {
+                version: *version,
+                name: name.clone(),
+            });
+        }
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        conn.execute_batch(m.sql).map_err(storage)?;
+        conn.execute(
+            "INSERT INTO leasehold_schema (version, name, checksum, applied_ms)
+             VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            (m.version, m.name, m.checksum()),
+        )
+        .map_err(storage)?;
+    }
+    Ok(SCHEMA_VERSION)
+}
+
+/// The connection's busy timeout, for error messages.
+pub(crate) fn busy_budget(conn: &Connection) -> std::time::Duration {
+    let ms: Option<i64> = conn
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .optional()
+        .ok()
+        .flatten();
+    std::time::Duration::from_millis(ms.unwrap_or(0).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_consecutive_and_files_are_all_listed() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+        let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .expect("migrations dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
+            .collect();
+        assert_eq!(files, listed);
+    }
+
+    #[test]
+    fn every_migration_applies_to_memory_and_is_idempotent() -> Result<()> {
+        let conn = Connection::open_in_memory().expect("memory db");
+        assert_eq!(schema_version(&conn)?, 0);
+        assert_eq!(migrate(&conn)?, SCHEMA_VERSION);
+        assert_eq!(migrate(&conn)?, SCHEMA_VERSION);
+        assert_eq!(schema_version(&conn)?, SCHEMA_VERSION);
+        let user_version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(user_version, 0, "user_version belongs to the application");
+        Ok(())
+    }
+
+    #[test]
+    fn scripts_are_equivalent_to_migrate() -> Result<()> {
+        let conn = Connection::open_in_memory().expect("memory db");
+        for m in migrations() {
+            conn.execute_batch(&format!("BEGIN; {} COMMIT;", m.script()))
+                .expect("script");
+        }
+        assert_eq!(schema_version(&conn)?, SCHEMA_VERSION);
+        assert_eq!(migrate(&conn)?, SCHEMA_VERSION, "checksums match");
+        Ok(())
+    }
+
+    #[test]
+    fn every_object_is_prefixed() -> Result<()> {
+        let conn = Connection::open_in_memory().expect("memory db");
+        migrate(&conn)?;
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
+            .expect("prepare");
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(name.starts_with("leasehold_"), "{name} is not prefixed");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_alone() -> Result<()> {
+        let conn = Connection::open_in_memory().expect("memory db");
+        migrate(&conn)?;
+        conn.execute(
+            "INSERT INTO leasehold_schema VALUES (?1, 'future', 'x', 0)",
+            [SCHEMA_VERSION + 1],
+        )
+        .expect("insert");
+        let err = migrate(&conn).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::SchemaTooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
+        ));
+        assert_eq!(schema_version(&conn)?, SCHEMA_VERSION + 1);
+        Ok(())
+    }
+
+    #[test]
+    fn edited_sql_is_detected() -> Result<()> {
+        let conn = Connection::open_in_memory().expect("memory db");
+        migrate(&conn)?;
+        conn.execute("UPDATE leasehold_schema SET checksum = 'edited' WHERE version = 1", [])
+            .expect("update");
+        assert!(matches!(
+            migrate(&conn),
+            Err(Error::SchemaMismatch { version: 1, .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn migrate_joins_the_callers_transaction() -> Result<()> {
+        let mut conn = Connection::open_in_memory().expect("memory db");
+        let tx = conn.transaction().expect("tx");
+        migrate(&tx)?;
+        tx.rollback().expect("rollback");
+        assert_eq!(schema_version(&conn)?, 0, "rolled back with the caller");
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! The storage seam: loading and saving lease rows, pins and events.
+//!
+//! [`Store`] is all the lease logic (`ops.rs`) needs from a database; it
+//! makes no decisions. [`SqliteStore`] implements it on any `&Connection`
+//! that is inside a transaction — the engine's own or the caller's. Another
+//! backend (PostgreSQL, say) would implement the same trait and its own
+//! guard SQL.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::key::Key;
+use crate::lease::{PinRecord, Record};
+
+/// The guard predicate for an unfenced token: true while `holder` holds the
+/// key. Parameters, in order: namespace, name, holder, now (ms).
+///
+/// It must agree with [`Record::is_held_by`]; the tests check that it does.
+pub(crate) const GUARD_SQL: &str = "EXISTS (SELECT 1 FROM leasehold_leases \
+     WHERE namespace = ? AND name = ? AND holder = ? \
+     AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))";
+
+/// The guard predicate for a token fixed to one tenure. Parameters, in
+/// order: namespace, name, holder, epoch, now (ms).
+pub(crate) const FENCED_GUARD_SQL: &str = "EXISTS (SELECT 1 FROM leasehold_leases \
+     WHERE namespace = ? AND name = ? AND holder = ? AND epoch = ? \
+     AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))";
+
+/// A lease transition worth keeping in the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventRecord {
+    pub at_ms: i64,
+    pub kind: &'static str,
+    pub holder: Option<String>,
+    pub epoch: u64,
+    pub entity: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Reads and writes of one transaction. Every method runs inside the
+/// transaction its implementation was made for.
+pub(crate) trait Store {
+    type Error;
+    fn load(&self, key: &Key) -> Result<Option<Record>, Self::Error>;
+    fn save(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
+    fn pins(&self, key: &Key) -> Result<Vec<PinRecord>, Self::Error>;
+    fn put_pin(&self, key: &Key, pin: &PinRecord) -> Result<(), Self::Error>;
+    fn delete_pin(&self, key: &Key, entity: &str) -> Result<bool, Self::Error>;
+    fn list(&self, namespace: &str) -> Result<Vec<(String, Record)>, Self::Error>;
+    fn list_pins(&self, namespace: &str) -> Result<Vec<(String, PinRecord)>, Self::Error>;
+    fn record_event(&self, key: &Key, event: &EventRecord, retention: u64) -> Result<(), Self::Error>;
+    fn persist_high_water(&self, ms: i64) -> Result<(), Self::Error>;
+}
+
+/// [`Store`] on a SQLite connection, with cached prepared statements.
+pub(crate) struct SqliteStore<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> SqliteStore<'c> {
+    pub fn new(conn: &'c Connection) -> SqliteStore<'c> {
+        SqliteStore { conn }
+    }
+
+    /// The persisted high-water mark of engine time.
+    pub fn high_water(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .prepare_cached("SELECT high_water_ms FROM leasehold_clock WHERE id = 1")?
+            .query_row([], |r| r.get(0))
+            .optional()
+            .map(Option::unwrap_or_default)
+    }
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Record> {
+    Ok(Record {
+        holder: row.get(at)?,
+        epoch: row.get::<_, i64>(at + 1)? as u64,
+        started_ms: row.get(at + 2)?,
+        expiry_ms: row.get(at + 3)?,
+        pinned_until_ms: row.get(at + 4)?,
+        updated_ms: row.get(at + 5)?,
+    })
+}
+
+fn pin_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<PinRecord> {
+    Ok(PinRecord {
+        entity: row.get(at)?,
+        reason: row.get(at + 1)?,
+        pinned_ms: row.get(at + 2)?,
+        expires_ms: row.get(at + 3)?,
+    })
+}
+
+const RECORD_COLUMNS: &str = "holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms";
+
+impl Store for SqliteStore<'_> {
+    type Error = rusqlite::Error;
+
+    fn load(&self, key: &Key) -> rusqlite::Result<Option<Record>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM leasehold_leases WHERE namespace = ?1 AND name = ?2"
+            ))?
+            .query_row([key.namespace(), key.name()], |r| record_from_row(r, 0))
+            .optional()
+    }
+
+    fn save(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO leasehold_leases
+                    (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (namespace, name) DO UPDATE SET
+                    holder = excluded.holder, epoch = excluded.epoch,
+                    started_ms = excluded.started_ms, expiry_ms = excluded.expiry_ms,
+                    pinned_until_ms = excluded.pinned_until_ms, updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![
+                key.namespace(),
+                key.name(),
+                rec.holder,
+                rec.epoch as i64,
+                rec.started_ms,
+                rec.expiry_ms,
+                rec.pinned_until_ms,
+                rec.updated_ms,
+            ])
+            .map(drop)
+    }
+
+    fn pins(&self, key: &Key) -> rusqlite::Result<Vec<PinRecord>> {
+        self.conn
+            .prepare_cached(
+                "SELECT entity, reason, pinned_ms, expires_ms FROM leasehold_pins
+                 WHERE namespace = ?1 AND name = ?2 ORDER BY entity",
+            )?
+            .query_map([key.namespace(), key.name()], |r| pin_from_row(r, 0))?
+            .collect()
+    }
+
+    fn put_pin(&self, key: &Key, pin: &PinRecord) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO leasehold_pins (namespace, name, entity, reason, pinned_ms, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (namespace, name, entity) DO UPDATE SET
+                    reason = excluded.reason, pinned_ms = excluded.pinned_ms,
+                    expires_ms = excluded.expires_ms",
+            )?
+            .execute(params![
+                key.namespace(),
+                key.name(),
+                pin.entity,
+                pin.reason,
+                pin.pinned_ms,
+                pin.expires_ms
+            ])
+            .map(drop)
+    }
+
+    fn delete_pin(&self, key: &Key, entity: &str) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM leasehold_pins WHERE namespace = ?1 AND name = ?2 AND entity = ?3",
+            )?
+            .execute([key.namespace(), key.name(), entity])
+            .map(|n| n > 0)
+    }
+
+    fn list(&self, namespace: &str) -> rusqlite::Result<Vec<(String, Record)>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT name, {RECORD_COLUMNS} FROM leasehold_leases WHERE namespace = ?1 ORDER BY name"
+            ))?
+            .query_map([namespace], |r| Ok((r.get(0)?, record_from_row(r, 1)?)))?
+            .collect()
+    }
+
+    fn list_pins(&self, namespace: &str) -> rusqlite::Result<Vec<(String, PinRecord)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT name, entity, reason, pinned_ms, expires_ms FROM leasehold_pins
+                 WHERE namespace = ?1 ORDER BY name, entity",
+            )?
+            .query_map([namespace], |r| Ok((r.get(0)?, pin_from_row(r, 1)?)))?
+            .collect()
+    }
+
+    fn record_event(&self, key: &Key, e: &EventRecord, retention: u64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO leasehold_events (at_ms, namespace, name, kind, holder, epoch, entity, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                e.at_ms,
+                key.namespace(),
+                key.name(),
+                e.kind,
+                e.holder,
+                e.epoch as i64,
+                e.entity,
+                e.detail
+            ])?;
+        let newest = self.conn.last_insert_rowid();
+        let keep = i64::try_from(retention).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached("DELETE FROM leasehold_events WHERE id <= ?1")?
+            .execute([newest.saturating_sub(keep)])
+            .map(drop)
+    }
+
+    fn persist_high_water(&self, ms: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
+            )?
+            .execute([ms])
+            .map(drop)
+    }
+}

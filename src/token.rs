@@ -1,0 +1,263 @@
+//! Tokens and the guards they emit.
+
+use std::fmt;
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, ToSql};
+
+use crate::engine::Engine;
+use crate::error::{Context, Error, Found, Result};
+use crate::key::Key;
+use crate::store::{FENCED_GUARD_SQL, GUARD_SQL, SqliteStore, Store};
+use crate::txn::{Op, Txn};
+
+/// A claim that a holder holds a lease, which can be checked — best inside
+/// the transaction whose writes it should gate.
+///
+/// From [`Engine::token`] (asserts "holder holds the key now", in any tenure)
+/// or [`Tenure::token`](crate::Tenure::token) (also fixes the tenure's epoch:
+/// fails once that tenure ends, even if the same holder claims again).
+/// Holding a token proves nothing by itself; check it. Three ways, one rule:
+///
+/// - [`LeaseToken::add_to`]: an assertion op in a [`Txn`] the engine commits;
+/// - [`LeaseToken::check_in`]: inside your own open transaction;
+/// - [`LeaseToken::guard`]: an SQL predicate for your own `UPDATE … WHERE`.
+///
+/// # Concurrency
+///
+/// A guard evaluated inside a write transaction stays true until that
+/// transaction ends: SQLite lets one writer at a time commit, so no rival
+/// tenure can begin between the check and the commit. The write therefore
+/// commits only while the holder leads — however the clocks behave and
+/// however long the process paused before it. In a deferred transaction the
+/// check reads a snapshot; if another connection commits before your first
+/// write, SQLite refuses that write with `SQLITE_BUSY_SNAPSHOT` (see
+/// [`LeaseToken::check_in`]), so the rule still holds.
+#[derive(Clone)]
+pub struct LeaseToken {
+    engine: Engine,
+    key: Key,
+    holder: String,
+    epoch: Option<u64>,
+}
+
+impl LeaseToken {
+    pub(crate) fn new(engine: Engine, key: Key, holder: String, epoch: Option<u64>) -> LeaseToken {
+        LeaseToken {
+            engine,
+            key,
+            holder,
+            epoch,
+        }
+    }
+
+    /// The lease this token speaks for.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The holder it vouches for.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The tenure it is fixed to, for tokens from a claim.
+    pub fn epoch(&self) -> Option<u64> {
+        self.epoch
+    }
+
+    /// Checks the token now, outside any transaction of yours. The answer may
+    /// be stale by the time you act on it; to gate a write, check inside the
+    /// write's transaction instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GuardFailed`] saying what the database holds instead;
+    /// [`Error::Storage`], [`Error::PoolTimeout`], [`Error::Stopped`].
+    pub fn check(&self) -> Result<()> {
+        let conn = self.engine.conn(|| self.context())?;
+        self.verify(&conn, None)
+    }
+
+    /// Checks the token inside your open transaction on `conn` (a
+    /// `&Transaction` or `&Savepoint` derefs to one). If it passes, your
+    /// transaction's writes commit only while the holder holds the lease.
+    ///
+    /// Either transaction flavour is correct:
+    ///
+    /// - **Immediate** (`TransactionBehavior::Immediate`): the write lock is
+    ///   held from `BEGIN`, so the check and your writes see one state.
+    /// - **Deferred** (the default): the check reads the snapshot your
+    ///   transaction started with. If another connection commits before your
+    ///   first write, that write fails with `SQLITE_BUSY_SNAPSHOT` — visible as
+    ///   [`rusqlite::Error`] with extended code 517, or as
+    ///   [`Error::is_transient`] from this crate — and you must roll back and
+    ///   retry the whole transaction, check included. An immediate
+    ///   transaction never needs that retry.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GuardFailed`] if the holder does not hold the lease (roll back);
+    /// [`Error::InvalidArgument`] if `conn` is not in a transaction or is
+    /// connected to another database; [`Error::Storage`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use leasehold::{Engine, Key};
+    /// use leasehold::rusqlite::TransactionBehavior;
+    ///
+    /// let engine = Engine::open(dir.path().join("app.db"))?;
+    /// let key = Key::new("jobs", "nightly-report")?;
+    /// let token = engine.claim(&key, "worker-1", Duration::from_secs(30))?.token();
+    ///
+    /// let mut conn = engine.connection()?;
+    /// conn.execute_batch("CREATE TABLE reports (day TEXT)")?;
+    /// let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    /// token.check_in(&tx)?;
+    /// tx.execute("INSERT INTO reports VALUES ('2026-11-25')", [])?;
+    /// tx.commit()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check_in(&self, conn: &Connection) -> Result<()> {
+        if conn.is_autocommit() {
+            return Err(Error::invalid(
+                "connection",
+                conn.path().unwrap_or(""),
+                "is not inside a transaction; a check outside one guards nothing",
+            ));
+        }
+        self.verify(conn, None)
+    }
+
+    /// The token as an SQL predicate with its parameters, for your own
+    /// statements: `UPDATE t SET … WHERE id = ? AND <guard>`. If the guard
+    /// fails the statement changes no rows, so check the row count (and call
+    /// [`LeaseToken::check_in`] to learn why).
+    ///
+    /// The guard fixes "now" when it is made: make it just before the
+    /// statement runs. Its SQL text is constant, so `prepare_cached` works.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use leasehold::{Engine, Key};
+    /// use leasehold::rusqlite::params_from_iter;
+    ///
+    /// let engine = Engine::open(dir.path().join("app.db"))?;
+    /// let key = Key::new("app", "billing")?;
+    /// let token = engine.claim(&key, "node-a", Duration::from_secs(30))?.token();
+    ///
+    /// let conn = engine.connection()?;
+    /// conn.execute_batch("CREATE TABLE config (k TEXT PRIMARY KEY, v TEXT);
+    ///                     INSERT INTO config VALUES ('mode', 'old')")?;
+    /// let guard = token.guard();
+    /// let sql = format!("UPDATE config SET v = ? WHERE k = ? AND {}", guard.sql());
+    /// let changed = conn.execute(&sql, params_from_iter(guard.bind(&[&"new", &"mode"])))?;
+    /// assert_eq!(changed, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn guard(&self) -> Guard {
+        let now = self.engine.now_ms();
+        let mut params: Vec<Value> = vec![
+            self.key.namespace().to_owned().into(),
+            self.key.name().to_owned().into(),
+            self.holder.clone().into(),
+        ];
+        let sql = match self.epoch {
+            Some(epoch) => {
+                params.push(Value::Integer(epoch as i64));
+                FENCED_GUARD_SQL
+            }
+            None => GUARD_SQL,
+        };
+        params.push(Value::Integer(now));
+        Guard { sql, params }
+    }
+
+    /// Adds this token's guard to `txn` as an assertion op.
+    pub fn add_to(&self, txn: &mut Txn) {
+        txn.op(Op::new().assert_lease(self));
+    }
+
+    fn context(&self) -> Context {
+        Context::new("check").key(&self.key).holder(&self.holder)
+    }
+
+    /// Evaluates the guard on `conn`, which must be on this engine's database.
+    pub(crate) fn verify(&self, conn: &Connection, op: Option<(usize, Option<&str>)>) -> Result<()> {
+        if !self.engine.is_same_database(conn) {
+            return Err(Error::invalid(
+                "connection",
+                conn.path().unwrap_or(""),
+                format!(
+                    "is not connected to {}, where the lease is kept",
+                    self.engine.path().display()
+                ),
+            ));
+        }
+        let now = self.engine.now_ms();
+        let rec = SqliteStore::new(conn)
+            .load(&self.key)
+            .map_err(|e| Error::storage(self.context(), e, self.engine.busy_timeout()))?;
+        match rec {
+            Some(r) if r.is_held_by(&self.holder, self.epoch, now) => Ok(()),
+            other => Err(Error::GuardFailed {
+                op: op.map(|(i, _)| i),
+                label: op.and_then(|(_, l)| l.map(str::to_owned)),
+                key: self.key.clone(),
+                holder: self.holder.clone(),
+                expected_epoch: self.epoch,
+                found: other.map_or(Found::Absent, |r| r.found(now)),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseToken")
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .field("epoch", &self.epoch)
+            .finish()
+    }
+}
+
+/// A token's guard as an SQL predicate and its parameters; from
+/// [`LeaseToken::guard`].
+///
+/// The predicate uses anonymous `?` placeholders, bound after any that come
+/// before it in your statement's text: put your own parameters first with
+/// [`Guard::bind`], or number yours and append [`Guard::params`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Guard {
+    sql: &'static str,
+    params: Vec<Value>,
+}
+
+impl Guard {
+    /// The predicate: an `EXISTS (…)` expression, true while the token holds.
+    pub fn sql(&self) -> &'static str {
+        self.sql
+    }
+
+    /// The predicate's parameters, in placeholder order.
+    pub fn params(&self) -> &[Value] {
+        &self.params
+    }
+
+    /// `before` followed by the guard's parameters: the full parameter list of
+    /// a statement whose guard comes after all its own placeholders.
+    pub fn bind<'a>(&'a self, before: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
+        let mut all = before.to_vec();
+        all.extend(self.params.iter().map(|v| v as &dyn ToSql));
+        all
+    }
+}
+
+impl fmt::Display for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.sql)
+    }
+}

@@ -1,0 +1,427 @@
+//! DESIGN.md semantics 1–5 and 7, one test (or a few) per line, on a manual
+//! clock. Guards (semantics 6) are in `guards.rs`.
+
+mod support;
+
+use leasehold::{Engine, Error, EventKind, Found, Key, ManualClock};
+use support::{key, manual_engine, secs, t0};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+// 1. Claim
+
+#[test]
+fn claiming_a_vacant_key_starts_epoch_one() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    let tenure = engine.claim(&key("a"), "h1", secs(10))?;
+    assert_eq!(tenure.epoch(), 1);
+    assert!(!tenure.is_extension());
+    assert_eq!(tenure.started_at(), t0());
+    assert_eq!(tenure.expires_at(), t0() + secs(10));
+    let lease = engine.lease(&key("a"))?.expect("lease");
+    assert_eq!((lease.holder(), lease.epoch()), (Some("h1"), 1));
+    Ok(())
+}
+
+#[test]
+fn the_holder_reclaiming_extends_with_the_same_epoch() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(5));
+    let again = engine.claim(&key("a"), "h1", secs(10))?;
+    assert!(again.is_extension());
+    assert_eq!(again.epoch(), 1);
+    assert_eq!(again.started_at(), t0());
+    assert_eq!(again.expires_at(), t0() + secs(15));
+    Ok(())
+}
+
+#[test]
+fn another_holder_is_denied_by_name() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    match engine.claim(&key("a"), "h2", secs(10)) {
+        Err(Error::ClaimDenied {
+            key,
+            holder,
+            current_holder,
+        }) => {
+            assert_eq!((key.name(), holder.as_str()), ("a", "h2"));
+            assert_eq!(current_holder, "h1");
+        }
+        other => panic!("expected ClaimDenied, got {other:?}"),
+    }
+    let lease = engine.lease(&key("a"))?.expect("lease");
+    assert_eq!((lease.holder(), lease.epoch()), (Some("h1"), 1), "unchanged");
+    Ok(())
+}
+
+#[test]
+fn the_previous_holder_reclaiming_after_a_lapse_gets_a_new_epoch() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let first = engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(10));
+    let second = engine.claim(&key("a"), "h1", secs(10))?;
+    assert!(!second.is_extension());
+    assert_eq!(second.epoch(), 2);
+    assert!(first.token().check().is_err(), "the lapsed tenure's token fails");
+    second.token().check()?;
+    Ok(())
+}
+
+#[test]
+fn keys_are_isolated_by_namespace_and_name() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    engine.claim(&Key::new("ns1", "x")?, "h1", secs(10))?;
+    engine.claim(&Key::new("ns2", "x")?, "h2", secs(10))?;
+    engine.claim(&Key::new("ns1", "y")?, "h3", secs(10))?;
+    let ns1: Vec<_> = engine.leases("ns1")?.into_iter().map(|l| l.holder().map(str::to_owned)).collect();
+    assert_eq!(ns1, [Some("h1".to_owned()), Some("h3".to_owned())]);
+    assert_eq!(engine.leases("ns2")?.len(), 1);
+    assert!(engine.leases("ns3")?.is_empty());
+    Ok(())
+}
+
+// 2. Guarantee
+
+#[test]
+fn the_lease_is_held_until_call_start_plus_duration() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(10) - std::time::Duration::from_millis(1));
+    assert!(engine.claim(&key("a"), "h2", secs(1)).is_err());
+    assert_eq!(engine.lease(&key("a"))?.and_then(|l| l.holder().map(str::to_owned)), Some("h1".into()));
+    clock.advance(std::time::Duration::from_millis(1));
+    assert!(!engine.lease(&key("a"))?.expect("lease").is_held());
+    assert_eq!(engine.claim(&key("a"), "h2", secs(1))?.epoch(), 2);
+    Ok(())
+}
+
+#[test]
+fn sub_millisecond_durations_round_up() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let t = engine.claim(&key("a"), "h1", std::time::Duration::from_micros(1))?;
+    assert_eq!(t.expires_at(), t0() + std::time::Duration::from_millis(1));
+    clock.advance(std::time::Duration::from_micros(999));
+    assert!(engine.lease(&key("a"))?.expect("lease").is_held());
+    Ok(())
+}
+
+// 3. Never shorten
+
+#[test]
+fn an_extension_never_shortens() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(60))?;
+    clock.advance(secs(1));
+    let t = engine.claim(&key("a"), "h1", secs(1))?;
+    assert_eq!(t.expires_at(), t0() + secs(60));
+    Ok(())
+}
+
+// 4. Release and revoke
+
+#[test]
+fn release_ends_the_tenure_and_keeps_the_epoch_counter() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    let first = engine.claim(&key("a"), "h1", secs(60))?;
+    engine.release(&key("a"), "h1")?;
+    let lease = engine.lease(&key("a"))?.expect("lease");
+    assert_eq!((lease.holder(), lease.epoch()), (None, 1));
+    assert!(first.token().check().is_err());
+    assert_eq!(engine.claim(&key("a"), "h1", secs(60))?.epoch(), 2);
+    Ok(())
+}
+
+#[test]
+fn release_by_a_non_holder_is_not_held_and_changes_nothing() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    assert!(matches!(
+        engine.release(&key("never"), "h1"),
+        Err(Error::NotHeld { current_holder: None, .. })
+    ));
+    engine.claim(&key("a"), "h1", secs(60))?;
+    match engine.release(&key("a"), "h2") {
+        Err(Error::NotHeld {
+            holder,
+            current_holder,
+            ..
+        }) => assert_eq!((holder.as_str(), current_holder.as_deref()), ("h2", Some("h1"))),
+        other => panic!("expected NotHeld, got {other:?}"),
+    }
+    assert_eq!(engine.lease(&key("a"))?.expect("lease").holder(), Some("h1"));
+    Ok(())
+}
+
+#[test]
+fn releasing_a_lapsed_lease_is_not_held() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(1))?;
+    clock.advance(secs(2));
+    assert!(matches!(
+        engine.release(&key("a"), "h1"),
+        Err(Error::NotHeld { current_holder: None, .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn revoke_ends_anyones_tenure() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    assert!(engine.revoke(&key("a"))?.is_none(), "absent key: nothing to revoke");
+    let t = engine.claim(&key("a"), "h1", secs(60))?;
+    let ended = engine.revoke(&key("a"))?.expect("a tenure was ended");
+    assert_eq!((ended.holder(), ended.epoch()), (Some("h1"), 1));
+    assert!(engine.revoke(&key("a"))?.is_none(), "vacant key: nothing to revoke");
+    assert!(t.token().check().is_err());
+    assert_eq!(engine.claim(&key("a"), "h2", secs(60))?.epoch(), 2);
+    Ok(())
+}
+
+#[test]
+fn epochs_survive_attempts_to_delete_rows() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(60))?;
+    let conn = engine.connection()?;
+    let err = conn
+        .execute("DELETE FROM leasehold_leases", [])
+        .expect_err("deletes are refused");
+    assert!(err.to_string().contains("never deleted"), "{err}");
+    let err = conn
+        .execute("UPDATE leasehold_leases SET epoch = 0", [])
+        .expect_err("lowering an epoch is refused");
+    assert!(err.to_string().contains("never decreases"), "{err}");
+    Ok(())
+}
+
+// 5. Pins
+
+#[test]
+fn a_pinned_lease_does_not_expire_and_others_are_still_denied() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    engine.pin(&key("a"), "machine-0", "series upgrade", None)?;
+    clock.advance(secs(3600));
+    let lease = engine.lease(&key("a"))?.expect("lease");
+    assert_eq!(lease.holder(), Some("h1"));
+    assert_eq!(lease.pins().len(), 1);
+    assert_eq!(lease.pins()[0].reason(), "series upgrade");
+    assert!(matches!(
+        engine.claim(&key("a"), "h2", secs(10)),
+        Err(Error::ClaimDenied { .. })
+    ));
+    let t = engine.claim(&key("a"), "h1", secs(10))?;
+    assert!(t.is_extension(), "the holder still extends");
+    assert_eq!(t.epoch(), 1);
+    Ok(())
+}
+
+#[test]
+fn pins_are_a_multiset_of_entities() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    engine.pin(&key("a"), "e1", "", None)?;
+    engine.pin(&key("a"), "e1", "again", None)?; // idempotent per entity
+    engine.pin(&key("a"), "e2", "", None)?;
+    assert_eq!(engine.lease(&key("a"))?.expect("lease").pins().len(), 2);
+    clock.advance(secs(60));
+    assert!(engine.unpin(&key("a"), "e1")?);
+    assert!(!engine.unpin(&key("a"), "e1")?, "e1 has no pin left");
+    assert!(!engine.unpin(&key("a"), "e3")?);
+    assert_eq!(engine.lease(&key("a"))?.expect("lease").holder(), Some("h1"), "e2 still pins");
+    assert!(engine.unpin(&key("a"), "e2")?);
+    assert!(!engine.lease(&key("a"))?.expect("lease").is_held(), "normal expiry resumes");
+    assert_eq!(engine.claim(&key("a"), "h2", secs(10))?.epoch(), 2);
+    Ok(())
+}
+
+#[test]
+fn pinning_a_vacant_key_pins_the_next_tenure() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.pin(&key("a"), "e1", "maintenance", None)?;
+    let lease = engine.lease(&key("a"))?.expect("a pinned key exists");
+    assert_eq!((lease.holder(), lease.epoch(), lease.is_pinned()), (None, 0, true));
+    let t = engine.claim(&key("a"), "h1", secs(10))?;
+    assert_eq!(t.epoch(), 1);
+    clock.advance(secs(100));
+    assert_eq!(engine.lease(&key("a"))?.expect("lease").holder(), Some("h1"));
+    Ok(())
+}
+
+#[test]
+fn a_pin_can_expire_by_itself() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    engine.pin(&key("a"), "e1", "forgettable", Some(secs(100)))?;
+    clock.advance(secs(99));
+    assert!(engine.lease(&key("a"))?.expect("lease").is_held());
+    clock.advance(secs(1));
+    let lease = engine.lease(&key("a"))?.expect("lease");
+    assert!(!lease.is_held());
+    assert!(lease.pins().is_empty());
+    Ok(())
+}
+
+#[test]
+fn pinning_a_lapsed_tenure_does_not_revive_it() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let old = engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(20));
+    engine.pin(&key("a"), "e1", "", None)?;
+    assert!(!engine.lease(&key("a"))?.expect("lease").is_held());
+    assert!(old.token().check().is_err());
+    assert_eq!(engine.claim(&key("a"), "h2", secs(10))?.epoch(), 2);
+    Ok(())
+}
+
+#[test]
+fn revoking_a_pinned_lease_keeps_the_pin_for_the_next_tenure() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    engine.pin(&key("a"), "e1", "", None)?;
+    engine.revoke(&key("a"))?.expect("revoked");
+    engine.claim(&key("a"), "h2", secs(10))?;
+    clock.advance(secs(100));
+    let lease = engine.lease(&key("a"))?.expect("lease");
+    assert_eq!((lease.holder(), lease.epoch()), (Some("h2"), 2));
+    Ok(())
+}
+
+// 7. Time
+
+#[test]
+fn a_clock_stepping_back_does_not_revive_an_expired_lease() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let t = engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(20));
+    assert!(t.token().check().is_err());
+    clock.step_back(secs(15)); // back to t0 + 5s, inside the old tenure
+    assert!(!engine.lease(&key("a"))?.expect("lease").is_held());
+    assert!(t.token().check().is_err());
+    assert!(engine.claim(&key("a"), "h2", secs(10)).is_ok());
+    Ok(())
+}
+
+#[test]
+fn a_clock_stepping_back_does_not_lengthen_a_tenure() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(5));
+    engine.lease(&key("a"))?; // the engine observes t0 + 5s
+    clock.step_back(secs(60));
+    // The extension is measured from engine time (t0 + 5s), not the clock.
+    let t = engine.claim(&key("a"), "h1", secs(10))?;
+    assert_eq!(t.expires_at(), t0() + secs(15));
+    assert_eq!(engine.now(), t0() + secs(5));
+    Ok(())
+}
+
+#[test]
+fn a_new_engine_never_starts_behind_the_persisted_time() -> R {
+    let (db, engine, clock) = manual_engine();
+    engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(30));
+    // Any write persists the high-water mark (at most once a second).
+    engine.claim(&key("b"), "h1", secs(1))?;
+    drop(engine);
+    let behind = ManualClock::new(t0());
+    let reopened = Engine::builder(&db.path).clock(behind).build()?;
+    assert_eq!(reopened.now(), t0() + secs(30));
+    assert!(!reopened.lease(&key("a"))?.expect("lease").is_held());
+    Ok(())
+}
+
+#[test]
+fn each_lease_row_remembers_its_last_write_time() -> R {
+    let (db, engine, clock) = manual_engine();
+    clock.advance(secs(100));
+    // The first write after open persists t0+100s; the next one, within a
+    // second, does not persist t0+100.5s, but the row records it.
+    engine.claim(&key("x"), "h1", secs(1))?;
+    clock.advance(std::time::Duration::from_millis(500));
+    engine.claim(&key("a"), "h1", secs(1))?;
+    engine.release(&key("a"), "h1")?;
+    drop(engine);
+    let reopened = Engine::builder(&db.path).clock(ManualClock::new(t0())).build()?;
+    // The row's last write was at t0+100.5s: judged no earlier than that.
+    let err = reopened.token(&key("a"), "h1")?.check().unwrap_err();
+    assert!(matches!(err, Error::GuardFailed { found: Found::Vacant { epoch: 1 }, .. }), "{err}");
+    assert_eq!(reopened.claim(&key("a"), "h2", secs(1))?.started_at(), t0() + secs(100) + std::time::Duration::from_millis(500));
+    Ok(())
+}
+
+// History
+
+#[test]
+fn transitions_are_recorded_in_the_history() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let k = key("a");
+    engine.claim(&k, "h1", secs(10))?;
+    engine.claim(&k, "h1", secs(10))?; // extension: not logged
+    clock.advance(secs(20));
+    engine.claim(&k, "h2", secs(10))?; // h1 lapsed, h2 claimed
+    engine.pin(&k, "e1", "why", None)?;
+    engine.unpin(&k, "e1")?;
+    engine.release(&k, "h2")?;
+    engine.claim(&k, "h3", secs(10))?;
+    engine.revoke(&k)?;
+    let kinds: Vec<(EventKind, Option<String>, u64)> = engine
+        .history(&k, 100)?
+        .iter()
+        .map(|e| (e.kind(), e.holder().map(str::to_owned), e.epoch()))
+        .collect();
+    use EventKind::*;
+    let h = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        kinds,
+        [
+            (Claimed, h("h1"), 1),
+            (Lapsed, h("h1"), 1),
+            (Claimed, h("h2"), 2),
+            (Pinned, h("h2"), 2),
+            (Unpinned, h("h2"), 2),
+            (Released, h("h2"), 2),
+            (Claimed, h("h3"), 3),
+            (Revoked, h("h3"), 3),
+        ]
+    );
+    let lapsed = &engine.history(&k, 100)?[1];
+    assert_eq!(lapsed.at(), t0() + secs(10), "a lapse is dated at the expiry");
+    Ok(())
+}
+
+#[test]
+fn history_is_bounded() -> R {
+    let db = support::TempDb::new();
+    let engine = Engine::builder(&db.path).event_retention(5).build()?;
+    let k = key("a");
+    for i in 0..10 {
+        engine.claim(&k, &format!("h{i}"), secs(10))?;
+        engine.release(&k, &format!("h{i}"))?;
+    }
+    let history = engine.history(&k, 100)?;
+    assert_eq!(history.len(), 5);
+    assert_eq!(history.last().map(|e| e.kind()), Some(EventKind::Released));
+    assert_eq!(history.last().map(|e| e.epoch()), Some(10));
+    Ok(())
+}
+
+// Listing
+
+#[test]
+fn listing_shows_held_leases_or_all_keys() -> R {
+    let (_db, engine, clock) = manual_engine();
+    engine.claim(&key("b"), "h1", secs(10))?;
+    engine.claim(&key("a"), "h2", secs(100))?;
+    engine.pin(&key("c"), "e1", "", None)?;
+    clock.advance(secs(50));
+    let held: Vec<String> = engine.leases("test")?.iter().map(|l| l.key().name().to_owned()).collect();
+    assert_eq!(held, ["a"]);
+    let all: Vec<(String, bool, usize)> = engine
+        .all_leases("test")?
+        .iter()
+        .map(|l| (l.key().name().to_owned(), l.is_held(), l.pins().len()))
+        .collect();
+    assert_eq!(all, [("a".into(), true, 0), ("b".into(), false, 0), ("c".into(), false, 1)]);
+    Ok(())
+}
