@@ -84,7 +84,7 @@ impl ManualClock {
     /// If the new time is out of chrono's range.
     pub fn advance(&self, by: Duration) {
         let delta = TimeDelta::from_std(by).expect("duration out of range");
-        self.update(|now| *now = *now + delta);
+        self.update(|now| *now += delta);
     }
 
     /// Moves the clock backward, as an NTP step would.
@@ -94,7 +94,7 @@ impl ManualClock {
     /// If the new time is out of chrono's range.
     pub fn step_back(&self, by: Duration) {
         let delta = TimeDelta::from_std(by).expect("duration out of range");
-        self.update(|now| *now = *now - delta);
+        self.update(|now| *now -= delta);
     }
 
     /// Sets the clock to `to`, forward or backward.

@@ -198,15 +198,21 @@ impl EngineBuilder {
         )
         .map_err(open_err)?;
         conn.busy_timeout(self.busy_timeout).map_err(open_err)?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
+        // Switching a fresh file to WAL needs an exclusive lock, and SQLite
+        // answers SQLITE_BUSY at once (without its busy handler) when another
+        // process holds a lock at that moment: retry within the budget.
+        let mode: String = retry_busy(self.busy_timeout, || {
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        })
+        .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Open {
                 path: self.path.clone(),
                 source: rusqlite::Error::SqliteFailure(
                     rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                    Some(format!("could not switch to WAL (journal mode stays {mode})")),
+                    Some(format!(
+                        "could not switch to WAL (journal mode stays {mode})"
+                    )),
                 ),
             });
         }
@@ -215,6 +221,32 @@ impl EngineBuilder {
             other => other,
         })?;
         SqliteStore::new(&conn).high_water().map_err(open_err)
+    }
+}
+
+/// Runs `f` until it succeeds, fails with something other than
+/// `SQLITE_BUSY`, or `budget` has passed, sleeping with growing jittered
+/// pauses between tries.
+pub(crate) fn retry_busy<T>(
+    budget: Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match f() {
+            Err(e) if crate::error::is_busy(&e) && started.elapsed() < budget => {
+                // Jitter from the clock's nanoseconds keeps processes that
+                // collided from retrying in lockstep.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let jitter = Duration::from_nanos(u64::from(nanos) % (pause.as_nanos() as u64 + 1));
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -613,7 +645,10 @@ impl Engine {
     ///
     /// Storage errors as for [`Engine::lease`].
     pub fn history(&self, key: &Key, limit: usize) -> Result<Vec<crate::Event>> {
-        self.read(|| Context::new("history").key(key), |tx| tx.history(key, limit))
+        self.read(
+            || Context::new("history").key(key),
+            |tx| tx.history(key, limit),
+        )
     }
 
     /// A token asserting "`holder` holds `key` now" (any tenure). For a token

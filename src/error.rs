@@ -153,7 +153,9 @@ pub enum Error {
 
     /// No pooled connection became free within the busy timeout (every
     /// connection is in use, or new ones cannot be opened); nothing was done.
-    #[error("{context}: no pooled connection free after {waited:?} (pool size {size}): {last_error}")]
+    #[error(
+        "{context}: no pooled connection free after {waited:?} (pool size {size}): {last_error}"
+    )]
     PoolTimeout {
         /// What was attempted.
         context: Context,
@@ -210,7 +212,9 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Busy { .. } | Error::Timeout { .. } | Error::PoolTimeout { .. } => true,
-            Error::Storage { source, .. } | Error::StatementFailed { source, .. } => is_busy(source),
+            Error::Storage { source, .. } | Error::StatementFailed { source, .. } => {
+                is_busy(source)
+            }
             _ => false,
         }
     }
@@ -228,7 +232,11 @@ impl Error {
     }
 
     /// Classifies an SQLite error raised while doing `context`.
-    pub(crate) fn storage(context: Context, source: rusqlite::Error, busy_budget: Duration) -> Error {
+    pub(crate) fn storage(
+        context: Context,
+        source: rusqlite::Error,
+        busy_budget: Duration,
+    ) -> Error {
         if is_busy(&source) && !is_stale_snapshot(&source) {
             Error::Busy {
                 context,
@@ -367,4 +375,238 @@ fn op_prefix(op: Option<usize>, label: Option<&str>) -> String {
 
 fn epoch_suffix(epoch: Option<u64>) -> String {
     epoch.map(|e| format!(" at epoch {e}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        Key::new("ops", "schema-migration").expect("key")
+    }
+
+    fn sqlite(code: i32, msg: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(msg.to_owned()))
+    }
+
+    /// Pins the text of every variant: these lines are what operators read.
+    #[test]
+    fn display_of_every_variant() {
+        let ctx = Context::new("claim").key(&key()).holder("host-1");
+        let cases: Vec<(Error, &str)> = vec![
+            (
+                Error::ClaimDenied {
+                    key: key(),
+                    holder: "host-2".into(),
+                    current_holder: "host-1".into(),
+                },
+                "claim of ops/schema-migration by host-2 denied: it is held by host-1",
+            ),
+            (
+                Error::NotHeld {
+                    key: key(),
+                    holder: "host-2".into(),
+                    current_holder: Some("host-1".into()),
+                },
+                "ops/schema-migration is not held by host-2: it is held by host-1",
+            ),
+            (
+                Error::NotHeld {
+                    key: key(),
+                    holder: "host-2".into(),
+                    current_holder: None,
+                },
+                "ops/schema-migration is not held by host-2: nobody holds it",
+            ),
+            (
+                Error::GuardFailed {
+                    op: Some(2),
+                    label: Some("write config".into()),
+                    key: key(),
+                    holder: "host-1".into(),
+                    expected_epoch: Some(4),
+                    found: Found::Held {
+                        holder: "host-2".into(),
+                        epoch: 5,
+                    },
+                },
+                "op 2 (write config): guard failed for ops/schema-migration: expected host-1 at epoch 4 \
+                 to hold it, found it held by host-2 at epoch 5",
+            ),
+            (
+                Error::GuardFailed {
+                    op: None,
+                    label: None,
+                    key: key(),
+                    holder: "host-1".into(),
+                    expected_epoch: None,
+                    found: Found::Lapsed {
+                        holder: "host-1".into(),
+                        epoch: 3,
+                    },
+                },
+                "guard failed for ops/schema-migration: expected host-1 to hold it, \
+                 found host-1's tenure at epoch 3 expired",
+            ),
+            (
+                Error::GuardFailed {
+                    op: Some(0),
+                    label: None,
+                    key: key(),
+                    holder: "host-1".into(),
+                    expected_epoch: Some(1),
+                    found: Found::Vacant { epoch: 1 },
+                },
+                "op 0: guard failed for ops/schema-migration: expected host-1 at epoch 1 to hold it, \
+                 found it vacant after epoch 1",
+            ),
+            (
+                Error::GuardFailed {
+                    op: None,
+                    label: None,
+                    key: key(),
+                    holder: "host-1".into(),
+                    expected_epoch: None,
+                    found: Found::Absent,
+                },
+                "guard failed for ops/schema-migration: expected host-1 to hold it, found no lease at all",
+            ),
+            (
+                Error::AssertionFailed {
+                    op: 1,
+                    label: None,
+                    sql: "SELECT 1 FROM t WHERE id = ?".into(),
+                },
+                "op 1: assertion matched no row: SELECT 1 FROM t WHERE id = ?",
+            ),
+            (
+                Error::StatementFailed {
+                    op: 3,
+                    label: Some("insert".into()),
+                    sql: "INSERT INTO t VALUES (1)".into(),
+                    source: sqlite(19, "UNIQUE constraint failed: t.id"),
+                },
+                "op 3 (insert): statement failed: UNIQUE constraint failed: t.id: INSERT INTO t VALUES (1)",
+            ),
+            (
+                Error::invalid(
+                    "holder",
+                    "bell\u{7}",
+                    "contains the control character U+0007 at byte 4",
+                ),
+                "invalid holder \"bell\\u{7}\": contains the control character U+0007 at byte 4",
+            ),
+            (
+                Error::SchemaTooNew {
+                    found: 9,
+                    supported: 2,
+                },
+                "database schema version 9 is newer than this build of leasehold supports (up to 2); \
+                 upgrade leasehold",
+            ),
+            (
+                Error::SchemaMismatch {
+                    version: 1,
+                    name: "leases".into(),
+                },
+                "migration 1 (leases) applied to this database differs from this build's copy",
+            ),
+            (
+                Error::NotADatabase {
+                    path: "/tmp/notes.txt".into(),
+                },
+                "/tmp/notes.txt is not a SQLite database",
+            ),
+            (
+                Error::Open {
+                    path: "/ro/app.db".into(),
+                    source: sqlite(8, "attempt to write a readonly database"),
+                },
+                "cannot open /ro/app.db: attempt to write a readonly database",
+            ),
+            (
+                Error::Busy {
+                    context: ctx.clone(),
+                    waited: Duration::from_secs(5),
+                },
+                "claim of ops/schema-migration by host-1: database still locked after 5s",
+            ),
+            (
+                Error::PoolTimeout {
+                    context: Context::new("revoke").key(&key()),
+                    waited: Duration::from_secs(5),
+                    size: 8,
+                    last_error: "timed out waiting for connection".into(),
+                },
+                "revoke of ops/schema-migration: no pooled connection free after 5s (pool size 8): \
+                 timed out waiting for connection",
+            ),
+            (
+                Error::Timeout {
+                    context: Context::new("wait for release").key(&key()),
+                    waited: Duration::from_millis(250),
+                },
+                "wait for release of ops/schema-migration: timed out after 250ms",
+            ),
+            (
+                Error::Stopped {
+                    context: Context::new("wait for release").key(&key()),
+                },
+                "wait for release of ops/schema-migration: the leasehold engine has stopped",
+            ),
+            (
+                Error::Storage {
+                    context: ctx,
+                    source: sqlite(13, "database or disk is full"),
+                },
+                "claim of ops/schema-migration by host-1: database or disk is full",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let e = Error::invalid("name", &"x".repeat(300), "too long");
+        assert_eq!(
+            e.to_string(),
+            format!("invalid name \"{}…\": too long", "x".repeat(64))
+        );
+    }
+
+    #[test]
+    fn busy_is_transient_and_classified() {
+        let busy = Error::storage(
+            Context::new("claim"),
+            sqlite(5, "database is locked"),
+            Duration::from_secs(1),
+        );
+        assert!(matches!(busy, Error::Busy { .. }));
+        assert!(busy.is_transient());
+        assert_eq!(
+            busy.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy)
+        );
+        let snapshot = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error {
+                code: rusqlite::ErrorCode::DatabaseBusy,
+                extended_code: 517,
+            },
+            None,
+        );
+        let stale = Error::storage(Context::new("commit"), snapshot, Duration::from_secs(1));
+        assert!(
+            matches!(stale, Error::Storage { .. }),
+            "a stale snapshot is not a lock wait"
+        );
+        assert!(stale.is_transient(), "but retrying the transaction helps");
+        let full = Error::storage(
+            Context::new("claim"),
+            sqlite(13, "full"),
+            Duration::from_secs(1),
+        );
+        assert!(!full.is_transient());
+    }
 }

@@ -126,7 +126,11 @@ pub(crate) fn history(conn: &Connection, key: &Key, limit: usize) -> rusqlite::R
                 id: r.get(0)?,
                 at: from_ms(r.get(1)?),
                 kind: kind.parse().map_err(|e: String| {
-                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
                 })?,
                 holder: r.get(3)?,
                 epoch: r.get::<_, i64>(4)? as u64,

@@ -119,7 +119,10 @@ pub(crate) fn duration_ms(what: &'static str, duration: Duration) -> Result<i64>
         return Err(Error::invalid(
             what,
             &format!("{duration:?}"),
-            format!("exceeds the maximum of {} days", MAX_DURATION.as_secs() / 86_400),
+            format!(
+                "exceeds the maximum of {} days",
+                MAX_DURATION.as_secs() / 86_400
+            ),
         ));
     }
     let ms = duration.as_nanos().div_ceil(1_000_000);
@@ -153,7 +156,10 @@ mod tests {
             ("a", "del\u{7f}"),
         ] {
             let err = Key::new(ns, name).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { .. }), "{ns:?}/{name:?}");
+            assert!(
+                matches!(err, Error::InvalidArgument { .. }),
+                "{ns:?}/{name:?}"
+            );
         }
         let err = Key::new("a", "x".repeat(MAX_NAME_LEN + 1)).unwrap_err();
         assert!(err.to_string().contains("257 bytes long"), "{err}");

@@ -95,7 +95,9 @@ impl Record {
     /// record (no write has settled it yet).
     pub fn lapsed(&self, now: i64) -> Option<&str> {
         let t = self.time(now);
-        self.holder.as_deref().filter(|_| self.holder_at(t).is_none())
+        self.holder
+            .as_deref()
+            .filter(|_| self.holder_at(t).is_none())
     }
 
     /// Ends a tenure that ran out, so that every later decision sees the key
@@ -433,7 +435,10 @@ mod tests {
         let (rec, _) = claim(None, "a", 0, 1000);
         assert_eq!(Record::claim(Some(&rec), "b", 999, 10), Err("a".to_owned()));
         let (rec, how) = claim(Some(&rec), "b", 1000, 10);
-        assert_eq!((how, rec.epoch, rec.holder.as_deref()), (Claimed::New, 2, Some("b")));
+        assert_eq!(
+            (how, rec.epoch, rec.holder.as_deref()),
+            (Claimed::New, 2, Some("b"))
+        );
     }
 
     #[test]
@@ -503,8 +508,14 @@ mod tests {
             expires_ms,
         };
         assert_eq!(PinRecord::pinned_until(&[], 0), 0);
-        assert_eq!(PinRecord::pinned_until(&[pin(Some(50)), pin(Some(70))], 60), 70);
+        assert_eq!(
+            PinRecord::pinned_until(&[pin(Some(50)), pin(Some(70))], 60),
+            70
+        );
         assert_eq!(PinRecord::pinned_until(&[pin(Some(50))], 60), 0);
-        assert_eq!(PinRecord::pinned_until(&[pin(Some(50)), pin(None)], 0), FOREVER_MS);
+        assert_eq!(
+            PinRecord::pinned_until(&[pin(Some(50)), pin(None)], 0),
+            FOREVER_MS
+        );
     }
 }

@@ -148,7 +148,10 @@ impl<'c> InTxn<'c> {
             holder: holder.to_owned(),
             current_holder,
         };
-        let current = store.load(key).map_err(&fail)?.ok_or_else(|| not_held(None))?;
+        let current = store
+            .load(key)
+            .map_err(&fail)?
+            .ok_or_else(|| not_held(None))?;
         let rec = current.release(holder, now).map_err(not_held)?;
         self.event(
             &store,
@@ -347,7 +350,11 @@ impl<'c> InTxn<'c> {
         let store = self.store();
         let now = self.engine.now_ms();
         let rows = store.list(namespace).map_err(&fail)?;
-        let mut pins = store.list_pins(namespace).map_err(&fail)?.into_iter().peekable();
+        let mut pins = store
+            .list_pins(namespace)
+            .map_err(&fail)?
+            .into_iter()
+            .peekable();
         let mut leases = Vec::with_capacity(rows.len());
         // Both lists are ordered by name: merge them.
         for (name, rec) in rows {

@@ -238,10 +238,11 @@ mod tests {
             assert_eq!(m.version as usize, i + 1);
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
-        let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
-            .expect("migrations dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut files: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+                .expect("migrations dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
         files.sort();
         let listed: Vec<String> = MIGRATIONS
             .iter()
@@ -317,8 +318,11 @@ mod tests {
     fn edited_sql_is_detected() -> Result<()> {
         let conn = Connection::open_in_memory().expect("memory db");
         migrate(&conn)?;
-        conn.execute("UPDATE leasehold_schema SET checksum = 'edited' WHERE version = 1", [])
-            .expect("update");
+        conn.execute(
+            "UPDATE leasehold_schema SET checksum = 'edited' WHERE version = 1",
+            [],
+        )
+        .expect("update");
         assert!(matches!(
             migrate(&conn),
             Err(Error::SchemaMismatch { version: 1, .. })

@@ -47,7 +47,12 @@ pub(crate) trait Store {
     fn delete_pin(&self, key: &Key, entity: &str) -> Result<bool, Self::Error>;
     fn list(&self, namespace: &str) -> Result<Vec<(String, Record)>, Self::Error>;
     fn list_pins(&self, namespace: &str) -> Result<Vec<(String, PinRecord)>, Self::Error>;
-    fn record_event(&self, key: &Key, event: &EventRecord, retention: u64) -> Result<(), Self::Error>;
+    fn record_event(
+        &self,
+        key: &Key,
+        event: &EventRecord,
+        retention: u64,
+    ) -> Result<(), Self::Error>;
     fn persist_high_water(&self, ms: i64) -> Result<(), Self::Error>;
 }
 

@@ -185,7 +185,11 @@ impl LeaseToken {
     }
 
     /// Evaluates the guard on `conn`, which must be on this engine's database.
-    pub(crate) fn verify(&self, conn: &Connection, op: Option<(usize, Option<&str>)>) -> Result<()> {
+    pub(crate) fn verify(
+        &self,
+        conn: &Connection,
+        op: Option<(usize, Option<&str>)>,
+    ) -> Result<()> {
         if !self.engine.is_same_database(conn) {
             return Err(Error::invalid(
                 "connection",

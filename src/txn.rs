@@ -280,7 +280,8 @@ impl Txn {
             context: Context::new("apply"),
             source,
         };
-        conn.execute_batch("SAVEPOINT leasehold_txn").map_err(fail)?;
+        conn.execute_batch("SAVEPOINT leasehold_txn")
+            .map_err(fail)?;
         match self.run_ops(conn) {
             Ok(changes) => {
                 conn.execute_batch("RELEASE leasehold_txn").map_err(fail)?;

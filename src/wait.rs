@@ -69,15 +69,16 @@ impl Engine {
     pub(crate) fn watcher(&self) -> &Watcher {
         self.inner.watcher.get_or_init(|| {
             let weak = Arc::downgrade(&self.inner);
-            self.clock().on_change(Box::new(move || match weak.upgrade() {
-                Some(inner) => {
-                    if let Some(w) = inner.watcher.get() {
-                        w.poke();
+            self.clock()
+                .on_change(Box::new(move || match weak.upgrade() {
+                    Some(inner) => {
+                        if let Some(w) = inner.watcher.get() {
+                            w.poke();
+                        }
+                        true
                     }
-                    true
-                }
-                None => false,
-            }));
+                    None => false,
+                }));
             Watcher::new()
         })
     }

@@ -52,7 +52,11 @@ fn another_holder_is_denied_by_name() -> R {
         other => panic!("expected ClaimDenied, got {other:?}"),
     }
     let lease = engine.lease(&key("a"))?.expect("lease");
-    assert_eq!((lease.holder(), lease.epoch()), (Some("h1"), 1), "unchanged");
+    assert_eq!(
+        (lease.holder(), lease.epoch()),
+        (Some("h1"), 1),
+        "unchanged"
+    );
     Ok(())
 }
 
@@ -64,7 +68,10 @@ fn the_previous_holder_reclaiming_after_a_lapse_gets_a_new_epoch() -> R {
     let second = engine.claim(&key("a"), "h1", secs(10))?;
     assert!(!second.is_extension());
     assert_eq!(second.epoch(), 2);
-    assert!(first.token().check().is_err(), "the lapsed tenure's token fails");
+    assert!(
+        first.token().check().is_err(),
+        "the lapsed tenure's token fails"
+    );
     second.token().check()?;
     Ok(())
 }
@@ -75,7 +82,11 @@ fn keys_are_isolated_by_namespace_and_name() -> R {
     engine.claim(&Key::new("ns1", "x")?, "h1", secs(10))?;
     engine.claim(&Key::new("ns2", "x")?, "h2", secs(10))?;
     engine.claim(&Key::new("ns1", "y")?, "h3", secs(10))?;
-    let ns1: Vec<_> = engine.leases("ns1")?.into_iter().map(|l| l.holder().map(str::to_owned)).collect();
+    let ns1: Vec<_> = engine
+        .leases("ns1")?
+        .into_iter()
+        .map(|l| l.holder().map(str::to_owned))
+        .collect();
     assert_eq!(ns1, [Some("h1".to_owned()), Some("h3".to_owned())]);
     assert_eq!(engine.leases("ns2")?.len(), 1);
     assert!(engine.leases("ns3")?.is_empty());
@@ -90,7 +101,12 @@ fn the_lease_is_held_until_call_start_plus_duration() -> R {
     engine.claim(&key("a"), "h1", secs(10))?;
     clock.advance(secs(10) - std::time::Duration::from_millis(1));
     assert!(engine.claim(&key("a"), "h2", secs(1)).is_err());
-    assert_eq!(engine.lease(&key("a"))?.and_then(|l| l.holder().map(str::to_owned)), Some("h1".into()));
+    assert_eq!(
+        engine
+            .lease(&key("a"))?
+            .and_then(|l| l.holder().map(str::to_owned)),
+        Some("h1".into())
+    );
     clock.advance(std::time::Duration::from_millis(1));
     assert!(!engine.lease(&key("a"))?.expect("lease").is_held());
     assert_eq!(engine.claim(&key("a"), "h2", secs(1))?.epoch(), 2);
@@ -138,7 +154,10 @@ fn release_by_a_non_holder_is_not_held_and_changes_nothing() -> R {
     let (_db, engine, _clock) = manual_engine();
     assert!(matches!(
         engine.release(&key("never"), "h1"),
-        Err(Error::NotHeld { current_holder: None, .. })
+        Err(Error::NotHeld {
+            current_holder: None,
+            ..
+        })
     ));
     engine.claim(&key("a"), "h1", secs(60))?;
     match engine.release(&key("a"), "h2") {
@@ -146,10 +165,16 @@ fn release_by_a_non_holder_is_not_held_and_changes_nothing() -> R {
             holder,
             current_holder,
             ..
-        }) => assert_eq!((holder.as_str(), current_holder.as_deref()), ("h2", Some("h1"))),
+        }) => assert_eq!(
+            (holder.as_str(), current_holder.as_deref()),
+            ("h2", Some("h1"))
+        ),
         other => panic!("expected NotHeld, got {other:?}"),
     }
-    assert_eq!(engine.lease(&key("a"))?.expect("lease").holder(), Some("h1"));
+    assert_eq!(
+        engine.lease(&key("a"))?.expect("lease").holder(),
+        Some("h1")
+    );
     Ok(())
 }
 
@@ -160,7 +185,10 @@ fn releasing_a_lapsed_lease_is_not_held() -> R {
     clock.advance(secs(2));
     assert!(matches!(
         engine.release(&key("a"), "h1"),
-        Err(Error::NotHeld { current_holder: None, .. })
+        Err(Error::NotHeld {
+            current_holder: None,
+            ..
+        })
     ));
     Ok(())
 }
@@ -168,11 +196,17 @@ fn releasing_a_lapsed_lease_is_not_held() -> R {
 #[test]
 fn revoke_ends_anyones_tenure() -> R {
     let (_db, engine, _clock) = manual_engine();
-    assert!(engine.revoke(&key("a"))?.is_none(), "absent key: nothing to revoke");
+    assert!(
+        engine.revoke(&key("a"))?.is_none(),
+        "absent key: nothing to revoke"
+    );
     let t = engine.claim(&key("a"), "h1", secs(60))?;
     let ended = engine.revoke(&key("a"))?.expect("a tenure was ended");
     assert_eq!((ended.holder(), ended.epoch()), (Some("h1"), 1));
-    assert!(engine.revoke(&key("a"))?.is_none(), "vacant key: nothing to revoke");
+    assert!(
+        engine.revoke(&key("a"))?.is_none(),
+        "vacant key: nothing to revoke"
+    );
     assert!(t.token().check().is_err());
     assert_eq!(engine.claim(&key("a"), "h2", secs(60))?.epoch(), 2);
     Ok(())
@@ -228,9 +262,16 @@ fn pins_are_a_multiset_of_entities() -> R {
     assert!(engine.unpin(&key("a"), "e1")?);
     assert!(!engine.unpin(&key("a"), "e1")?, "e1 has no pin left");
     assert!(!engine.unpin(&key("a"), "e3")?);
-    assert_eq!(engine.lease(&key("a"))?.expect("lease").holder(), Some("h1"), "e2 still pins");
+    assert_eq!(
+        engine.lease(&key("a"))?.expect("lease").holder(),
+        Some("h1"),
+        "e2 still pins"
+    );
     assert!(engine.unpin(&key("a"), "e2")?);
-    assert!(!engine.lease(&key("a"))?.expect("lease").is_held(), "normal expiry resumes");
+    assert!(
+        !engine.lease(&key("a"))?.expect("lease").is_held(),
+        "normal expiry resumes"
+    );
     assert_eq!(engine.claim(&key("a"), "h2", secs(10))?.epoch(), 2);
     Ok(())
 }
@@ -240,11 +281,17 @@ fn pinning_a_vacant_key_pins_the_next_tenure() -> R {
     let (_db, engine, clock) = manual_engine();
     engine.pin(&key("a"), "e1", "maintenance", None)?;
     let lease = engine.lease(&key("a"))?.expect("a pinned key exists");
-    assert_eq!((lease.holder(), lease.epoch(), lease.is_pinned()), (None, 0, true));
+    assert_eq!(
+        (lease.holder(), lease.epoch(), lease.is_pinned()),
+        (None, 0, true)
+    );
     let t = engine.claim(&key("a"), "h1", secs(10))?;
     assert_eq!(t.epoch(), 1);
     clock.advance(secs(100));
-    assert_eq!(engine.lease(&key("a"))?.expect("lease").holder(), Some("h1"));
+    assert_eq!(
+        engine.lease(&key("a"))?.expect("lease").holder(),
+        Some("h1")
+    );
     Ok(())
 }
 
@@ -342,11 +389,25 @@ fn each_lease_row_remembers_its_last_write_time() -> R {
     engine.claim(&key("a"), "h1", secs(1))?;
     engine.release(&key("a"), "h1")?;
     drop(engine);
-    let reopened = Engine::builder(&db.path).clock(ManualClock::new(t0())).build()?;
+    let reopened = Engine::builder(&db.path)
+        .clock(ManualClock::new(t0()))
+        .build()?;
     // The row's last write was at t0+100.5s: judged no earlier than that.
     let err = reopened.token(&key("a"), "h1")?.check().unwrap_err();
-    assert!(matches!(err, Error::GuardFailed { found: Found::Vacant { epoch: 1 }, .. }), "{err}");
-    assert_eq!(reopened.claim(&key("a"), "h2", secs(1))?.started_at(), t0() + secs(100) + std::time::Duration::from_millis(500));
+    assert!(
+        matches!(
+            err,
+            Error::GuardFailed {
+                found: Found::Vacant { epoch: 1 },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        reopened.claim(&key("a"), "h2", secs(1))?.started_at(),
+        t0() + secs(100) + std::time::Duration::from_millis(500)
+    );
     Ok(())
 }
 
@@ -386,7 +447,11 @@ fn transitions_are_recorded_in_the_history() -> R {
         ]
     );
     let lapsed = &engine.history(&k, 100)?[1];
-    assert_eq!(lapsed.at(), t0() + secs(10), "a lapse is dated at the expiry");
+    assert_eq!(
+        lapsed.at(),
+        t0() + secs(10),
+        "a lapse is dated at the expiry"
+    );
     Ok(())
 }
 
@@ -415,13 +480,24 @@ fn listing_shows_held_leases_or_all_keys() -> R {
     engine.claim(&key("a"), "h2", secs(100))?;
     engine.pin(&key("c"), "e1", "", None)?;
     clock.advance(secs(50));
-    let held: Vec<String> = engine.leases("test")?.iter().map(|l| l.key().name().to_owned()).collect();
+    let held: Vec<String> = engine
+        .leases("test")?
+        .iter()
+        .map(|l| l.key().name().to_owned())
+        .collect();
     assert_eq!(held, ["a"]);
     let all: Vec<(String, bool, usize)> = engine
         .all_leases("test")?
         .iter()
         .map(|l| (l.key().name().to_owned(), l.is_held(), l.pins().len()))
         .collect();
-    assert_eq!(all, [("a".into(), true, 0), ("b".into(), false, 0), ("c".into(), false, 1)]);
+    assert_eq!(
+        all,
+        [
+            ("a".into(), true, 0),
+            ("b".into(), false, 0),
+            ("c".into(), false, 1)
+        ]
+    );
     Ok(())
 }

@@ -69,7 +69,11 @@ pub fn role() -> Option<String> {
 pub fn wait_for_file(path: &Path, timeout: Duration) {
     let deadline = std::time::Instant::now() + timeout;
     while !path.exists() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {}", path.display());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
