@@ -9,7 +9,7 @@ use rusqlite::{Connection, ToSql, params_from_iter};
 use crate::error::{Context, Error, Result};
 use crate::token::LeaseToken;
 
-/// A list of [`Op`]s committed as one transaction by [`Engine::commit`] (or
+/// A list of [`Op`]s committed as one transaction by [`Engine::commit`](crate::Engine::commit) (or
 /// applied inside yours by [`Txn::apply`]).
 ///
 /// - Every op's assertion is checked first, in order. The first that fails
@@ -266,7 +266,7 @@ impl Txn {
     ///
     /// # Errors
     ///
-    /// As [`Engine::commit`], and [`Error::InvalidArgument`] if `conn` is not
+    /// As [`Engine::commit`](crate::Engine::commit), and [`Error::InvalidArgument`] if `conn` is not
     /// inside a transaction.
     pub fn apply(&self, conn: &Connection) -> Result<Vec<usize>> {
         if conn.is_autocommit() {
