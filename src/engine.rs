@@ -13,6 +13,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::clock::{Clock, SystemClock, from_ms, to_ms};
+use crate::driver::{Driver, HandleError, LogErrors};
 use crate::error::{Context, Error, Result};
 use crate::key::Key;
 use crate::lease::{Lease, Tenure};
@@ -21,7 +22,6 @@ use crate::schema;
 use crate::store::SqliteStore;
 use crate::token::LeaseToken;
 use crate::txn::Txn;
-use crate::wait::Watcher;
 
 /// How often (in engine time) a write transaction also persists the engine's
 /// clock high-water mark.
@@ -64,6 +64,14 @@ pub struct EngineBuilder {
     pool_size: u32,
     synchronous: Synchronous,
     event_retention: u64,
+    watch_interval: Duration,
+    errors: Box<dyn HandleError>,
+}
+
+impl fmt::Debug for dyn HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandleError")
+    }
 }
 
 impl EngineBuilder {
@@ -96,10 +104,29 @@ impl EngineBuilder {
         self
     }
 
-    /// How many history events the database keeps (the newest ones).
-    /// Default: 10,000.
+    /// How many history events the database keeps (the newest ones), at
+    /// least 1. Default: 10,000. The background thread learns which keys
+    /// changed from these events; if more than this many happen between two
+    /// of its looks, it re-checks every key it watches.
     pub fn event_retention(mut self, events: u64) -> EngineBuilder {
         self.event_retention = events;
+        self
+    }
+
+    /// How often the background thread checks the database for commits by
+    /// other processes (`PRAGMA data_version`, about a microsecond), while
+    /// anything in this process waits or tracks. It bounds how late another
+    /// process's release is noticed. Default: 1 ms. Changes made through this
+    /// engine are noticed at once.
+    pub fn watch_interval(mut self, interval: Duration) -> EngineBuilder {
+        self.watch_interval = interval;
+        self
+    }
+
+    /// Where errors of background work go (renewals and releases that
+    /// failed). Default: [`LogErrors`], which logs them with the `log` crate.
+    pub fn error_handler(mut self, handler: impl HandleError) -> EngineBuilder {
+        self.errors = Box::new(handler);
         self
     }
 
@@ -129,6 +156,16 @@ impl EngineBuilder {
         }
         if self.pool_size == 0 {
             return Err(Error::invalid("pool size", "0", "must be at least 1"));
+        }
+        if self.event_retention == 0 {
+            return Err(Error::invalid("event retention", "0", "must be at least 1"));
+        }
+        if self.watch_interval.is_zero() || self.watch_interval > Duration::from_secs(60) {
+            return Err(Error::invalid(
+                "watch interval",
+                &format!("{:?}", self.watch_interval),
+                "must be between 1ns and 60s",
+            ));
         }
         if self.busy_timeout > Duration::from_secs(3600) {
             return Err(Error::invalid(
@@ -168,9 +205,21 @@ impl EngineBuilder {
                 busy_timeout,
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
-                watcher: OnceLock::new(),
+                driver: Arc::new(Driver::new(self.watch_interval, self.errors)),
             }),
         };
+        // Moving a manual clock wakes waiters and trackers at once.
+        let weak = Arc::downgrade(&engine.inner);
+        engine
+            .inner
+            .clock
+            .on_change(Box::new(move || match weak.upgrade() {
+                Some(inner) => {
+                    inner.driver.poke();
+                    true
+                }
+                None => false,
+            }));
         Ok(engine)
     }
 
@@ -293,14 +342,12 @@ pub(crate) struct Inner {
     busy_timeout: Duration,
     pub(crate) event_retention: u64,
     stopped: AtomicBool,
-    pub(crate) watcher: OnceLock<Watcher>,
+    pub(crate) driver: Arc<Driver>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(w) = self.watcher.get() {
-            w.stop();
-        }
+        self.driver.shutdown(false);
     }
 }
 
@@ -324,6 +371,8 @@ impl Engine {
             pool_size: 8,
             synchronous: Synchronous::Normal,
             event_retention: 10_000,
+            watch_interval: Duration::from_millis(1),
+            errors: Box::new(LogErrors),
         }
     }
 
@@ -342,10 +391,6 @@ impl Engine {
         let read = to_ms(self.inner.clock.now());
         let before = self.inner.high_water.fetch_max(read, Ordering::AcqRel);
         read.max(before)
-    }
-
-    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
     }
 
     pub(crate) fn busy_timeout(&self) -> Duration {
@@ -400,14 +445,15 @@ impl Engine {
         self.inner.stopped.load(Ordering::Acquire)
     }
 
-    /// Stops the engine, for every clone: later operations fail with
-    /// [`Error::Stopped`], and so does every thread blocked in a wait.
-    /// Committed leases stay as they are.
+    /// Stops the engine, for every clone: every tracker stops (releasing its
+    /// lease unless configured not to) and its pending tickets resolve
+    /// `false`; then later operations fail with [`Error::Stopped`], and so
+    /// does every thread blocked in a wait. Other committed leases stay as
+    /// they are. Blocks until the background thread has finished.
     pub fn shutdown(&self) {
+        self.inner.driver.shutdown(true);
         self.inner.stopped.store(true, Ordering::Release);
-        if let Some(w) = self.inner.watcher.get() {
-            w.stop();
-        }
+        self.inner.driver.poke();
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a pooled connection,
@@ -447,11 +493,13 @@ impl Engine {
         Ok(value)
     }
 
-    /// Tells in-process waiters that this engine committed a change.
+    /// Tells waiters and trackers that this engine committed a change.
     pub(crate) fn changed(&self) {
-        if let Some(w) = self.inner.watcher.get() {
-            w.poke();
-        }
+        self.inner.driver.poke();
+    }
+
+    pub(crate) fn driver(&self) -> &Arc<Driver> {
+        &self.inner.driver
     }
 
     /// Whether `conn` is a connection to this engine's database file.

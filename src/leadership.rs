@@ -30,7 +30,9 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::key::Key;
 use crate::lease::Tenure;
+use crate::ticket::LeaseTicket;
 use crate::token::{Guard, LeaseToken};
+use crate::tracker::LeaseTracker;
 use crate::txn::Txn;
 
 /// The namespace of application leadership leases.
@@ -109,6 +111,79 @@ pub trait Token {
 
     /// Adds the condition to `txn` as an assertion op.
     fn add_to(&self, txn: &mut Txn);
+}
+
+/// A tracker's answer to one question, available once.
+pub trait Ticket {
+    /// Blocks until the answer arrives.
+    fn wait(&self) -> bool;
+
+    /// Blocks until the answer arrives or `timeout` passes (`None`).
+    fn wait_timeout(&self, timeout: Duration) -> Option<bool>;
+
+    /// The answer if it has arrived, without blocking.
+    fn try_wait(&self) -> Option<bool>;
+}
+
+/// Discovers leadership status by claiming it, in the background.
+pub trait Tracker {
+    /// The ticket type returned.
+    type Ticket: Ticket;
+
+    /// The application whose leadership is claimed.
+    fn application_name(&self) -> &str;
+
+    /// How long a `true` [`Tracker::claim_leader`] answer is guaranteed.
+    fn claim_duration(&self) -> Duration;
+
+    /// A ticket answering `true` if leadership is guaranteed for at least
+    /// [`Tracker::claim_duration`] from the time it was issued.
+    fn claim_leader(&self) -> Self::Ticket;
+
+    /// A ticket answering `true` once the tracker leads.
+    fn wait_leader(&self) -> Self::Ticket;
+
+    /// A ticket answering `true` once the tracker's leadership can no longer
+    /// be guaranteed.
+    fn wait_minion(&self) -> Self::Ticket;
+}
+
+impl Ticket for LeaseTicket {
+    fn wait(&self) -> bool {
+        LeaseTicket::wait(self)
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> Option<bool> {
+        LeaseTicket::wait_timeout(self, timeout)
+    }
+
+    fn try_wait(&self) -> Option<bool> {
+        LeaseTicket::try_wait(self)
+    }
+}
+
+impl Tracker for LeaseTracker {
+    type Ticket = LeaseTicket;
+
+    fn application_name(&self) -> &str {
+        self.key().name()
+    }
+
+    fn claim_duration(&self) -> Duration {
+        LeaseTracker::claim_duration(self)
+    }
+
+    fn claim_leader(&self) -> LeaseTicket {
+        LeaseTracker::claim_leader(self)
+    }
+
+    fn wait_leader(&self) -> LeaseTicket {
+        LeaseTracker::wait_leader(self)
+    }
+
+    fn wait_minion(&self) -> LeaseTicket {
+        LeaseTracker::wait_minion(self)
+    }
 }
 
 impl Claimer for Engine {

@@ -286,6 +286,18 @@ impl Lease {
         &self.pins
     }
 
+    /// When the lease stops being held unless renewed: the later of the
+    /// expiry and the pins' expiries. `None` if vacant or pinned without an
+    /// expiry.
+    pub fn held_until(&self) -> Option<DateTime<Utc>> {
+        let expiry = self.expires_at?;
+        let mut until = expiry;
+        for pin in &self.pins {
+            until = until.max(pin.expires_at?);
+        }
+        Some(until)
+    }
+
     /// Whether any live pin holds the lease against expiry.
     pub fn is_pinned(&self) -> bool {
         !self.pins.is_empty()

@@ -81,6 +81,7 @@
 //! tool through [`migrate`].
 
 mod clock;
+mod driver;
 mod engine;
 mod error;
 mod event;
@@ -90,11 +91,14 @@ mod lease;
 mod ops;
 mod schema;
 mod store;
+mod ticket;
 mod token;
+mod tracker;
 mod txn;
 mod wait;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::driver::{HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
 pub use crate::error::{Context, Error, Found, Result};
 pub use crate::event::{Event, EventKind};
@@ -102,7 +106,9 @@ pub use crate::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
 pub use crate::lease::{Lease, Pin, Tenure};
 pub use crate::ops::InTxn;
 pub use crate::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
+pub use crate::ticket::LeaseTicket;
 pub use crate::token::{Guard, LeaseToken};
+pub use crate::tracker::{Leading, LeaseTracker, TrackerBuilder};
 pub use crate::txn::{IntoParams, Op, Txn};
 
 pub use chrono;

@@ -31,6 +31,11 @@ impl<'c> InTxn<'c> {
         InTxn { engine, conn }
     }
 
+    /// The connection this runs on.
+    pub(crate) fn connection(&self) -> &'c Connection {
+        self.conn
+    }
+
     fn store(&self) -> SqliteStore<'c> {
         SqliteStore::new(self.conn)
     }

@@ -1,6 +1,5 @@
 //! Waiting for a lease to become vacant.
 
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::clock::to_ms;
@@ -8,81 +7,21 @@ use crate::engine::Engine;
 use crate::error::{Context, Error, Result};
 use crate::key::Key;
 
-/// How often a waiter re-reads the database when nothing in this process
-/// told it of a change (changes by other processes are seen this late at
-/// worst).
-const POLL: Duration = Duration::from_millis(25);
+/// The longest a waiter sleeps without re-reading its lease. Waiters are
+/// woken by the engine's background thread when a key changes hands; this
+/// is only a backstop (for changes made with raw SQL, which log no event).
+const BACKSTOP: Duration = Duration::from_secs(1);
 
-/// Wakes an engine's waiters: bumped on every commit the engine makes, on
-/// every move of a manual clock, and on shutdown.
-pub(crate) struct Watcher {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+/// Deregisters a waiter from the background thread when it returns.
+struct Registered<'a>(&'a Engine);
 
-struct State {
-    generation: u64,
-    stopped: bool,
-}
-
-impl Watcher {
-    fn new() -> Watcher {
-        Watcher {
-            state: Mutex::new(State {
-                generation: 0,
-                stopped: false,
-            }),
-            changed: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn poke(&self) {
-        self.lock().generation += 1;
-        self.changed.notify_all();
-    }
-
-    pub fn stop(&self) {
-        self.lock().stopped = true;
-        self.changed.notify_all();
-    }
-
-    fn generation(&self) -> u64 {
-        self.lock().generation
-    }
-
-    /// Sleeps until the generation moves past `seen`, the watcher stops, or
-    /// `timeout` passes.
-    fn wait_change(&self, seen: u64, timeout: Duration) {
-        let state = self.lock();
-        let _unused = self
-            .changed
-            .wait_timeout_while(state, timeout, |s| s.generation == seen && !s.stopped)
-            .unwrap_or_else(|e| e.into_inner());
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.driver().remove_waiter();
     }
 }
 
 impl Engine {
-    pub(crate) fn watcher(&self) -> &Watcher {
-        self.inner.watcher.get_or_init(|| {
-            let weak = Arc::downgrade(&self.inner);
-            self.clock()
-                .on_change(Box::new(move || match weak.upgrade() {
-                    Some(inner) => {
-                        if let Some(w) = inner.watcher.get() {
-                            w.poke();
-                        }
-                        true
-                    }
-                    None => false,
-                }));
-            Watcher::new()
-        })
-    }
-
     /// Blocks until `key` is vacant: never claimed, released, revoked, or
     /// expired and unpinned. Returns at once if it already is.
     ///
@@ -117,17 +56,22 @@ impl Engine {
     fn wait_released(&self, key: &Key, deadline: Option<Instant>) -> Result<()> {
         let started = Instant::now();
         let ctx = || Context::new("wait for release").key(key);
-        let watcher = self.watcher();
+        let driver = self.driver();
+        driver.add_waiter(self);
+        let _registered = Registered(self);
         loop {
             self.ensure_running(&ctx)?;
-            let seen = watcher.generation();
+            if driver.is_stopping() {
+                return Err(Error::Stopped { context: ctx() });
+            }
+            let seen = driver.generation();
             let lease = match self.lease(key)? {
                 Some(lease) if lease.is_held() => lease,
                 _ => return Ok(()),
             };
-            let mut wait = POLL;
-            if let (Some(expiry), false) = (lease.expires_at(), lease.is_pinned()) {
-                let left = to_ms(expiry) - self.now_ms();
+            let mut wait = BACKSTOP;
+            if let Some(until) = lease.held_until() {
+                let left = to_ms(until) - self.now_ms();
                 wait = wait.min(Duration::from_millis(left.max(0) as u64));
             }
             if let Some(deadline) = deadline {
@@ -140,7 +84,7 @@ impl Engine {
                 }
                 wait = wait.min(deadline - now);
             }
-            watcher.wait_change(seen, wait);
+            driver.wait_change(seen, wait);
         }
     }
 }
