@@ -44,8 +44,9 @@ CREATE TABLE leasehold_clock (
 );
 INSERT INTO leasehold_clock (id, high_water_ms) VALUES (1, 0);
 
--- Epochs must never be reused: refuse to delete lease rows and to lower an
--- epoch, whoever tries.
+-- Epochs must never be reused: refuse to delete lease rows, to lower an
+-- epoch, or to replace a row by one with a lower epoch (INSERT OR REPLACE
+-- deletes without firing delete triggers), whoever tries.
 CREATE TRIGGER leasehold_leases_keep_rows
 BEFORE DELETE ON leasehold_leases
 BEGIN
@@ -55,6 +56,14 @@ END;
 CREATE TRIGGER leasehold_leases_epoch_never_decreases
 BEFORE UPDATE OF epoch ON leasehold_leases
 WHEN NEW.epoch < OLD.epoch
+BEGIN
+    SELECT RAISE(ABORT, 'leasehold: a lease epoch never decreases');
+END;
+
+CREATE TRIGGER leasehold_leases_no_replacement_downwards
+BEFORE INSERT ON leasehold_leases
+WHEN EXISTS (SELECT 1 FROM leasehold_leases
+             WHERE namespace = NEW.namespace AND name = NEW.name AND epoch > NEW.epoch)
 BEGIN
     SELECT RAISE(ABORT, 'leasehold: a lease epoch never decreases');
 END;

@@ -970,7 +970,9 @@ impl Watch {
         self.data_version = Some(version);
         let Some(last) = self.last_event else {
             let newest: Option<i64> = conn
-                .query_row("SELECT max(id) FROM leasehold_events", [], |r| r.get(0))
+                .query_row("SELECT max(id) FROM main.leasehold_events", [], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(fail)?
                 .flatten();
@@ -982,7 +984,7 @@ impl Watch {
         const LIMIT: i64 = 10_000;
         let rows: Vec<(i64, String, String)> = conn
             .prepare_cached(
-                "SELECT id, namespace, name FROM leasehold_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, namespace, name FROM main.leasehold_events WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .and_then(|mut s| {
                 s.query_map((last, LIMIT), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

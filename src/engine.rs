@@ -19,7 +19,7 @@ use crate::key::Key;
 use crate::lease::{Lease, Tenure};
 use crate::ops::InTxn;
 use crate::schema;
-use crate::store::SqliteStore;
+use crate::store::{SqliteStore, Store};
 use crate::token::LeaseToken;
 use crate::txn::Txn;
 
@@ -247,6 +247,19 @@ impl EngineBuilder {
         )
         .map_err(open_err)?;
         conn.busy_timeout(self.busy_timeout).map_err(open_err)?;
+        // Refuse a newer schema before changing anything, journal mode included.
+        let found = retry_busy(self.busy_timeout, || match schema::schema_version(&conn) {
+            Ok(v) => Ok(v),
+            Err(Error::Storage { source, .. }) => Err(source),
+            Err(_) => Ok(0),
+        })
+        .map_err(open_err)?;
+        if found > schema::SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
         // Switching a fresh file to WAL needs an exclusive lock, and SQLite
         // answers SQLITE_BUSY at once (without its busy handler) when another
         // process holds a lock at that moment: retry within the budget.
@@ -269,7 +282,17 @@ impl EngineBuilder {
             Error::Storage { source, .. } => open_err(source),
             other => other,
         })?;
-        SqliteStore::new(&conn).high_water().map_err(open_err)
+        let high_water = SqliteStore::new(&conn).high_water().map_err(open_err)?;
+        let clock = to_ms(self.clock.now());
+        if high_water > clock + 24 * 3600 * 1000 {
+            log::warn!(
+                "leasehold: {} records engine time {} ms ahead of this clock; \
+                 leases will not expire until the clock catches up",
+                self.path.display(),
+                high_water - clock
+            );
+        }
+        Ok(high_water)
     }
 }
 
@@ -345,9 +368,30 @@ pub(crate) struct Inner {
     pub(crate) driver: Arc<Driver>,
 }
 
+impl Inner {
+    /// Persists the engine's high-water mark if it is ahead of the stored one
+    /// (best effort: at shutdown and drop, so that a restart with a clock
+    /// stepped back does not start behind what this engine saw).
+    fn persist_high_water(&self) {
+        let now = self.high_water.load(Ordering::Acquire);
+        if now <= self.persisted_high_water.load(Ordering::Acquire)
+            || self.stopped.load(Ordering::Acquire)
+        {
+            return;
+        }
+        if let Some(conn) = self.pool.try_get() {
+            let stored = SqliteStore::new(&conn).persist_high_water(now);
+            if stored.is_ok() {
+                self.persisted_high_water.fetch_max(now, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         self.driver.shutdown(false);
+        self.persist_high_water();
     }
 }
 
@@ -388,25 +432,40 @@ impl Engine {
     }
 
     pub(crate) fn now_ms(&self) -> i64 {
-        let read = to_ms(self.inner.clock.now());
+        self.now_reading().0
+    }
+
+    /// Engine time in whole milliseconds, and whether the instant it stands
+    /// for lies after that millisecond began (the clock read a fraction of a
+    /// millisecond more). A claim's guarantee counts from the instant, so
+    /// expiries round up.
+    pub(crate) fn now_reading(&self) -> (i64, bool) {
+        let clock = self.inner.clock.now();
+        let read = to_ms(clock);
+        let fraction = clock.timestamp_subsec_nanos() % 1_000_000 != 0;
         let before = self.inner.high_water.fetch_max(read, Ordering::AcqRel);
-        read.max(before)
+        if before > read {
+            (before, false)
+        } else {
+            (read, fraction)
+        }
     }
 
     pub(crate) fn busy_timeout(&self) -> Duration {
         self.inner.busy_timeout
     }
 
-    /// Whether the write transaction at engine time `now` should also persist
+    /// Whether a write transaction at engine time `now` should also persist
     /// the high-water mark (at most about once a second).
-    pub(crate) fn should_persist_high_water(&self, now: i64) -> bool {
-        let persisted = self.inner.persisted_high_water.load(Ordering::Acquire);
-        now - persisted >= HIGH_WATER_PERSIST_MS
-            && self
-                .inner
-                .persisted_high_water
-                .compare_exchange(persisted, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+    pub(crate) fn high_water_due(&self, now: i64) -> bool {
+        now - self.inner.persisted_high_water.load(Ordering::Acquire) >= HIGH_WATER_PERSIST_MS
+    }
+
+    /// Records that `ms` is persisted (after the commit that wrote it).
+    pub(crate) fn high_water_persisted(&self, ms: i64) {
+        self.inner
+            .persisted_high_water
+            .fetch_max(ms, Ordering::AcqRel);
     }
 
     /// Takes a connection from the engine's pool, for your own transactions
@@ -452,6 +511,7 @@ impl Engine {
     /// they are. Blocks until the background thread has finished.
     pub fn shutdown(&self) {
         self.inner.driver.shutdown(true);
+        self.inner.persist_high_water();
         self.inner.stopped.store(true, Ordering::Release);
         self.inner.driver.poke();
     }
@@ -465,8 +525,12 @@ impl Engine {
     ) -> Result<T> {
         let conn = self.conn(&ctx)?;
         let tx = Immediate::begin(&conn, self, &ctx)?;
-        let value = f(&InTxn::new(self, &conn))?;
+        let scope = InTxn::owned(self, &conn);
+        let value = f(&scope)?;
         tx.commit(&ctx)?;
+        if let Some(ms) = scope.persisted_high_water() {
+            self.high_water_persisted(ms);
+        }
         self.changed();
         Ok(value)
     }
@@ -482,7 +546,7 @@ impl Engine {
         conn.prepare_cached("BEGIN")
             .and_then(|mut s| s.execute([]))
             .map_err(storage)?;
-        let result = f(&InTxn::new(self, &conn));
+        let result = f(&InTxn::owned(self, &conn));
         // A read transaction has nothing to lose; end it either way.
         let end = conn
             .prepare_cached("COMMIT")
@@ -565,7 +629,7 @@ impl Engine {
                 format!("is not connected to {}", self.inner.path.display()),
             ));
         }
-        Ok(InTxn::new(self, conn))
+        Ok(InTxn::borrowed(self, conn))
     }
 
     /// Claims `key` for `holder` for `duration`, or extends `holder`'s
@@ -672,7 +736,10 @@ impl Engine {
     /// [`Error::InvalidArgument`] for a bad namespace; storage errors as for
     /// [`Engine::lease`].
     pub fn leases(&self, namespace: &str) -> Result<Vec<Lease>> {
-        self.read(|| Context::new("list"), |tx| tx.leases(namespace))
+        self.read(
+            || Context::new("list").namespace(namespace),
+            |tx| tx.leases(namespace),
+        )
     }
 
     /// Every key of `namespace` ever claimed or pinned, held or vacant,
@@ -682,7 +749,10 @@ impl Engine {
     ///
     /// As [`Engine::leases`].
     pub fn all_leases(&self, namespace: &str) -> Result<Vec<Lease>> {
-        self.read(|| Context::new("list"), |tx| tx.all_leases(namespace))
+        self.read(
+            || Context::new("list").namespace(namespace),
+            |tx| tx.all_leases(namespace),
+        )
     }
 
     /// The newest `limit` events of `key` (claims, releases, revokes, lapses,
@@ -765,9 +835,10 @@ impl<'c> Immediate<'c> {
         engine: &'c Engine,
         ctx: &impl Fn() -> Context,
     ) -> Result<Immediate<'c>> {
+        let started = std::time::Instant::now();
         conn.prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]))
-            .map_err(|e| Error::storage(ctx(), e, engine.busy_timeout()))?;
+            .map_err(|e| Error::storage(ctx(), e, started.elapsed()))?;
         Ok(Immediate {
             conn,
             engine,
@@ -813,6 +884,16 @@ impl Deref for PooledConnection {
 impl DerefMut for PooledConnection {
     fn deref_mut(&mut self) -> &mut Connection {
         &mut self.0
+    }
+}
+
+impl Drop for PooledConnection {
+    /// Rolls back a transaction left open, so that the connection returns to
+    /// the pool clean.
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
     }
 }
 

@@ -307,6 +307,7 @@ impl fmt::Display for Found {
 pub struct Context {
     operation: &'static str,
     key: Option<Key>,
+    namespace: Option<String>,
     holder: Option<String>,
 }
 
@@ -315,8 +316,14 @@ impl Context {
         Context {
             operation,
             key: None,
+            namespace: None,
             holder: None,
         }
+    }
+
+    pub(crate) fn namespace(mut self, namespace: &str) -> Context {
+        self.namespace = Some(namespace.to_owned());
+        self
     }
 
     pub(crate) fn key(mut self, key: &Key) -> Context {
@@ -350,6 +357,8 @@ impl fmt::Display for Context {
         f.write_str(self.operation)?;
         if let Some(key) = &self.key {
             write!(f, " of {key}")?;
+        } else if let Some(namespace) = &self.namespace {
+            write!(f, " in {namespace}")?;
         }
         if let Some(holder) = &self.holder {
             write!(f, " by {holder}")?;

@@ -117,7 +117,7 @@ pub(crate) fn history(conn: &Connection, key: &Key, limit: usize) -> rusqlite::R
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut events: Vec<Event> = conn
         .prepare_cached(
-            "SELECT id, at_ms, kind, holder, epoch, entity, detail FROM leasehold_events
+            "SELECT id, at_ms, kind, holder, epoch, entity, detail FROM main.leasehold_events
              WHERE namespace = ?1 AND name = ?2 ORDER BY id DESC LIMIT ?3",
         )?
         .query_map((key.namespace(), key.name(), limit), |r| {

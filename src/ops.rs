@@ -1,6 +1,7 @@
 //! Lease operations inside one transaction: the glue between the pure state
 //! machine (`lease.rs`), the store (`store.rs`) and engine time.
 
+use std::cell::Cell;
 use std::fmt;
 use std::time::Duration;
 
@@ -20,15 +21,42 @@ use crate::store::{EventRecord, SqliteStore, Store};
 /// your transaction: nothing is visible to others, and nothing is final,
 /// until you commit. The guarantees of a claim start when your transaction
 /// commits, but are measured from the instant of the call, so commit
-/// promptly.
+/// promptly. A [`Tenure`] (and its token) from a claim you then roll back
+/// describes a tenure that never existed: drop it, since its epoch may be
+/// given to the next real tenure.
 pub struct InTxn<'c> {
     engine: &'c Engine,
     conn: &'c Connection,
+    /// Whether the engine owns the transaction (and will tell it what was
+    /// persisted once it commits).
+    owned: bool,
+    persisted: Cell<Option<i64>>,
 }
 
 impl<'c> InTxn<'c> {
-    pub(crate) fn new(engine: &'c Engine, conn: &'c Connection) -> InTxn<'c> {
-        InTxn { engine, conn }
+    /// Operations in a transaction the engine began and will commit.
+    pub(crate) fn owned(engine: &'c Engine, conn: &'c Connection) -> InTxn<'c> {
+        InTxn {
+            engine,
+            conn,
+            owned: true,
+            persisted: Cell::new(None),
+        }
+    }
+
+    /// Operations in the caller's transaction.
+    pub(crate) fn borrowed(engine: &'c Engine, conn: &'c Connection) -> InTxn<'c> {
+        InTxn {
+            engine,
+            conn,
+            owned: false,
+            persisted: Cell::new(None),
+        }
+    }
+
+    /// The high-water mark this transaction wrote, once it commits.
+    pub(crate) fn persisted_high_water(&self) -> Option<i64> {
+        self.persisted.get()
     }
 
     /// The connection this runs on.
@@ -44,13 +72,16 @@ impl<'c> InTxn<'c> {
         move |e| Error::storage(ctx.clone(), e, self.engine.busy_timeout())
     }
 
-    /// Engine time for a write, persisting the high-water mark when due.
-    fn write_time(&self, store: &SqliteStore<'_>) -> rusqlite::Result<i64> {
-        let now = self.engine.now_ms();
-        if self.engine.should_persist_high_water(now) {
+    /// Ends a write that succeeded: persists the high-water mark too when
+    /// due. (Refused operations write nothing at all.)
+    fn finish_write(&self, store: &SqliteStore<'_>, now: i64) -> rusqlite::Result<()> {
+        if self.engine.high_water_due(now) {
             store.persist_high_water(now)?;
+            if self.owned {
+                self.persisted.set(Some(now));
+            }
         }
-        Ok(now)
+        Ok(())
     }
 
     fn event(
@@ -98,7 +129,10 @@ impl<'c> InTxn<'c> {
         let ms = duration_ms("duration", duration)?;
         let fail = self.fail(Context::new("claim").key(key).holder(holder));
         let store = self.store();
-        let now = self.write_time(&store).map_err(&fail)?;
+        let (now, fraction) = self.engine.now_reading();
+        // The guarantee runs from the instant of the call, which may lie up to
+        // a millisecond after `now`: round the expiry up.
+        let ms = ms + i64::from(fraction);
         let current = store.load(key).map_err(&fail)?;
         let (rec, claimed) =
             Record::claim(current.as_ref(), holder, now, ms).map_err(|current_holder| {
@@ -127,6 +161,7 @@ impl<'c> InTxn<'c> {
             .map_err(&fail)?;
         }
         store.save(key, &rec).map_err(&fail)?;
+        self.finish_write(&store, now).map_err(&fail)?;
         Ok(Tenure {
             engine: self.engine.clone(),
             key: key.clone(),
@@ -147,7 +182,7 @@ impl<'c> InTxn<'c> {
         validate_name("holder", holder)?;
         let fail = self.fail(Context::new("release").key(key).holder(holder));
         let store = self.store();
-        let now = self.write_time(&store).map_err(&fail)?;
+        let now = self.engine.now_ms();
         let not_held = |current_holder| Error::NotHeld {
             key: key.clone(),
             holder: holder.to_owned(),
@@ -171,7 +206,8 @@ impl<'c> InTxn<'c> {
             },
         )
         .map_err(&fail)?;
-        store.save(key, &rec).map_err(&fail)
+        store.save(key, &rec).map_err(&fail)?;
+        self.finish_write(&store, now).map_err(&fail)
     }
 
     /// As [`Engine::revoke`], inside this transaction.
@@ -182,7 +218,7 @@ impl<'c> InTxn<'c> {
     pub fn revoke(&self, key: &Key) -> Result<Option<Lease>> {
         let fail = self.fail(Context::new("revoke").key(key));
         let store = self.store();
-        let now = self.write_time(&store).map_err(&fail)?;
+        let now = self.engine.now_ms();
         let Some(current) = store.load(key).map_err(&fail)? else {
             return Ok(None);
         };
@@ -212,6 +248,7 @@ impl<'c> InTxn<'c> {
         };
         if rec != current {
             store.save(key, &rec).map_err(&fail)?;
+            self.finish_write(&store, now).map_err(&fail)?;
         }
         Ok(before)
     }
@@ -235,7 +272,7 @@ impl<'c> InTxn<'c> {
             .transpose()?;
         let fail = self.fail(Context::new("pin").key(key).holder(entity));
         let store = self.store();
-        let now = self.write_time(&store).map_err(&fail)?;
+        let now = self.engine.now_ms();
         let current = store.load(key).map_err(&fail)?;
         let rec = current.clone().unwrap_or_else(|| Record::vacant(now));
         let t = rec.time(now);
@@ -262,7 +299,8 @@ impl<'c> InTxn<'c> {
             },
         )
         .map_err(&fail)?;
-        store.save(key, &rec).map_err(&fail)
+        store.save(key, &rec).map_err(&fail)?;
+        self.finish_write(&store, now).map_err(&fail)
     }
 
     /// As [`Engine::unpin`], inside this transaction.
@@ -274,7 +312,7 @@ impl<'c> InTxn<'c> {
         validate_name("entity", entity)?;
         let fail = self.fail(Context::new("unpin").key(key).holder(entity));
         let store = self.store();
-        let now = self.write_time(&store).map_err(&fail)?;
+        let now = self.engine.now_ms();
         let Some(current) = store.load(key).map_err(&fail)? else {
             return Ok(false);
         };
@@ -299,6 +337,7 @@ impl<'c> InTxn<'c> {
         )
         .map_err(&fail)?;
         store.save(key, &rec).map_err(&fail)?;
+        self.finish_write(&store, now).map_err(&fail)?;
         Ok(true)
     }
 
@@ -351,7 +390,7 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::all_leases`].
     pub fn all_leases(&self, namespace: &str) -> Result<Vec<Lease>> {
         validate_name("namespace", namespace)?;
-        let fail = self.fail(Context::new("list"));
+        let fail = self.fail(Context::new("list").namespace(namespace));
         let store = self.store();
         let now = self.engine.now_ms();
         let rows = store.list(namespace).map_err(&fail)?;

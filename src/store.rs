@@ -15,13 +15,13 @@ use crate::lease::{PinRecord, Record};
 /// key. Parameters, in order: namespace, name, holder, now (ms).
 ///
 /// It must agree with [`Record::is_held_by`]; the tests check that it does.
-pub(crate) const GUARD_SQL: &str = "EXISTS (SELECT 1 FROM leasehold_leases \
+pub(crate) const GUARD_SQL: &str = "EXISTS (SELECT 1 FROM main.leasehold_leases \
      WHERE namespace = ? AND name = ? AND holder = ? \
      AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))";
 
 /// The guard predicate for a token fixed to one tenure. Parameters, in
 /// order: namespace, name, holder, epoch, now (ms).
-pub(crate) const FENCED_GUARD_SQL: &str = "EXISTS (SELECT 1 FROM leasehold_leases \
+pub(crate) const FENCED_GUARD_SQL: &str = "EXISTS (SELECT 1 FROM main.leasehold_leases \
      WHERE namespace = ? AND name = ? AND holder = ? AND epoch = ? \
      AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))";
 
@@ -66,20 +66,22 @@ impl<'c> SqliteStore<'c> {
         SqliteStore { conn }
     }
 
-    /// The persisted high-water mark of engine time.
+    /// The latest engine time the database proves has passed: the persisted
+    /// high-water mark, or any lease row's last write if later.
     pub fn high_water(&self) -> rusqlite::Result<i64> {
         self.conn
-            .prepare_cached("SELECT high_water_ms FROM leasehold_clock WHERE id = 1")?
+            .prepare_cached(
+                "SELECT max(coalesce((SELECT high_water_ms FROM main.leasehold_clock WHERE id = 1), 0),
+                            coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0))",
+            )?
             .query_row([], |r| r.get(0))
-            .optional()
-            .map(Option::unwrap_or_default)
     }
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Record> {
     Ok(Record {
         holder: row.get(at)?,
-        epoch: row.get::<_, i64>(at + 1)? as u64,
+        epoch: row.get(at + 1)?,
         started_ms: row.get(at + 2)?,
         expiry_ms: row.get(at + 3)?,
         pinned_until_ms: row.get(at + 4)?,
@@ -104,40 +106,49 @@ impl Store for SqliteStore<'_> {
     fn load(&self, key: &Key) -> rusqlite::Result<Option<Record>> {
         self.conn
             .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM leasehold_leases WHERE namespace = ?1 AND name = ?2"
+                "SELECT {RECORD_COLUMNS} FROM main.leasehold_leases WHERE namespace = ?1 AND name = ?2"
             ))?
             .query_row([key.namespace(), key.name()], |r| record_from_row(r, 0))
             .optional()
     }
 
     fn save(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
-        self.conn
+        // Existing keys take an UPDATE (the common case: no insert trigger to
+        // run); a key's first row takes an INSERT.
+        let values = params![
+            key.namespace(),
+            key.name(),
+            rec.holder,
+            rec.epoch,
+            rec.started_ms,
+            rec.expiry_ms,
+            rec.pinned_until_ms,
+            rec.updated_ms,
+        ];
+        let updated = self
+            .conn
             .prepare_cached(
-                "INSERT INTO leasehold_leases
-                    (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (namespace, name) DO UPDATE SET
-                    holder = excluded.holder, epoch = excluded.epoch,
-                    started_ms = excluded.started_ms, expiry_ms = excluded.expiry_ms,
-                    pinned_until_ms = excluded.pinned_until_ms, updated_ms = excluded.updated_ms",
+                "UPDATE main.leasehold_leases SET holder = ?3, epoch = ?4, started_ms = ?5,
+                    expiry_ms = ?6, pinned_until_ms = ?7, updated_ms = ?8
+                 WHERE namespace = ?1 AND name = ?2",
             )?
-            .execute(params![
-                key.namespace(),
-                key.name(),
-                rec.holder,
-                rec.epoch as i64,
-                rec.started_ms,
-                rec.expiry_ms,
-                rec.pinned_until_ms,
-                rec.updated_ms,
-            ])
-            .map(drop)
+            .execute(values)?;
+        if updated == 0 {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO main.leasehold_leases
+                        (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(values)?;
+        }
+        Ok(())
     }
 
     fn pins(&self, key: &Key) -> rusqlite::Result<Vec<PinRecord>> {
         self.conn
             .prepare_cached(
-                "SELECT entity, reason, pinned_ms, expires_ms FROM leasehold_pins
+                "SELECT entity, reason, pinned_ms, expires_ms FROM main.leasehold_pins
                  WHERE namespace = ?1 AND name = ?2 ORDER BY entity",
             )?
             .query_map([key.namespace(), key.name()], |r| pin_from_row(r, 0))?
@@ -147,7 +158,7 @@ impl Store for SqliteStore<'_> {
     fn put_pin(&self, key: &Key, pin: &PinRecord) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO leasehold_pins (namespace, name, entity, reason, pinned_ms, expires_ms)
+                "INSERT INTO main.leasehold_pins (namespace, name, entity, reason, pinned_ms, expires_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (namespace, name, entity) DO UPDATE SET
                     reason = excluded.reason, pinned_ms = excluded.pinned_ms,
@@ -167,7 +178,7 @@ impl Store for SqliteStore<'_> {
     fn delete_pin(&self, key: &Key, entity: &str) -> rusqlite::Result<bool> {
         self.conn
             .prepare_cached(
-                "DELETE FROM leasehold_pins WHERE namespace = ?1 AND name = ?2 AND entity = ?3",
+                "DELETE FROM main.leasehold_pins WHERE namespace = ?1 AND name = ?2 AND entity = ?3",
             )?
             .execute([key.namespace(), key.name(), entity])
             .map(|n| n > 0)
@@ -176,7 +187,7 @@ impl Store for SqliteStore<'_> {
     fn list(&self, namespace: &str) -> rusqlite::Result<Vec<(String, Record)>> {
         self.conn
             .prepare_cached(&format!(
-                "SELECT name, {RECORD_COLUMNS} FROM leasehold_leases WHERE namespace = ?1 ORDER BY name"
+                "SELECT name, {RECORD_COLUMNS} FROM main.leasehold_leases WHERE namespace = ?1 ORDER BY name"
             ))?
             .query_map([namespace], |r| Ok((r.get(0)?, record_from_row(r, 1)?)))?
             .collect()
@@ -185,7 +196,7 @@ impl Store for SqliteStore<'_> {
     fn list_pins(&self, namespace: &str) -> rusqlite::Result<Vec<(String, PinRecord)>> {
         self.conn
             .prepare_cached(
-                "SELECT name, entity, reason, pinned_ms, expires_ms FROM leasehold_pins
+                "SELECT name, entity, reason, pinned_ms, expires_ms FROM main.leasehold_pins
                  WHERE namespace = ?1 ORDER BY name, entity",
             )?
             .query_map([namespace], |r| Ok((r.get(0)?, pin_from_row(r, 1)?)))?
@@ -195,7 +206,7 @@ impl Store for SqliteStore<'_> {
     fn record_event(&self, key: &Key, e: &EventRecord, retention: u64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO leasehold_events (at_ms, namespace, name, kind, holder, epoch, entity, detail)
+                "INSERT INTO main.leasehold_events (at_ms, namespace, name, kind, holder, epoch, entity, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
@@ -204,14 +215,14 @@ impl Store for SqliteStore<'_> {
                 key.name(),
                 e.kind,
                 e.holder,
-                e.epoch as i64,
+                e.epoch,
                 e.entity,
                 e.detail
             ])?;
         let newest = self.conn.last_insert_rowid();
         let keep = i64::try_from(retention).unwrap_or(i64::MAX);
         self.conn
-            .prepare_cached("DELETE FROM leasehold_events WHERE id <= ?1")?
+            .prepare_cached("DELETE FROM main.leasehold_events WHERE id <= ?1")?
             .execute([newest.saturating_sub(keep)])
             .map(drop)
     }
@@ -219,7 +230,7 @@ impl Store for SqliteStore<'_> {
     fn persist_high_water(&self, ms: i64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
+                "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
             )?
             .execute([ms])
             .map(drop)

@@ -95,6 +95,11 @@ impl LeaseToken {
     ///   retry the whole transaction, check included. An immediate
     ///   transaction never needs that retry.
     ///
+    /// The guarantee covers writes to the database that holds the lease.
+    /// Writes to an `ATTACH`ed database in the same transaction are fenced
+    /// only if the transaction is immediate (a stale snapshot of the main
+    /// database does not stop them).
+    ///
     /// # Errors
     ///
     /// [`Error::GuardFailed`] if the holder does not hold the lease (roll back);

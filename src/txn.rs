@@ -302,9 +302,31 @@ impl Txn {
         for (i, op) in self.ops.iter().enumerate() {
             if let Some(Assertion::Exists(stmt)) = &op.assertion {
                 stmt.values(i)?;
+                let prepared = conn
+                    .prepare_cached(&stmt.sql)
+                    .map_err(|e| op.failed(i, stmt, e))?;
+                if !prepared.readonly() || prepared.column_count() == 0 {
+                    return Err(op.misuse(
+                        i,
+                        stmt,
+                        "an assertion must be a query that only reads (SELECT …)",
+                    ));
+                }
             }
             if let Some(stmt) = &op.mutation {
                 stmt.values(i)?;
+                let prepared = conn
+                    .prepare_cached(&stmt.sql)
+                    .map_err(|e| op.failed(i, stmt, e))?;
+                if prepared.readonly() {
+                    // Includes BEGIN, COMMIT, ROLLBACK, SAVEPOINT and RELEASE,
+                    // which would end the transaction the guards run in.
+                    return Err(op.misuse(
+                        i,
+                        stmt,
+                        "a mutation must be a statement that writes; queries and transaction control are not allowed",
+                    ));
+                }
             }
         }
         for (i, op) in self.ops.iter().enumerate() {
@@ -339,11 +361,24 @@ impl Txn {
             };
             changes.push(n);
         }
+        if conn.is_autocommit() {
+            // Unreachable with the checks above; never report success for
+            // writes that ran outside the guarded transaction.
+            return Err(Error::invalid(
+                "txn",
+                "",
+                "a statement ended the transaction; its writes were not guarded",
+            ));
+        }
         Ok(changes)
     }
 }
 
 impl Op {
+    fn misuse(&self, index: usize, stmt: &Statement, reason: &str) -> Error {
+        Error::invalid("statement", &format!("op {index}: {}", stmt.sql), reason)
+    }
+
     fn failed(&self, index: usize, stmt: &Statement, source: rusqlite::Error) -> Error {
         Error::StatementFailed {
             op: index,
