@@ -61,6 +61,22 @@ impl HandleError for LogErrors {
     }
 }
 
+/// Counters of an engine's background work, from
+/// [`Engine::background_stats`](crate::Engine::background_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackgroundStats {
+    /// Passes of the background thread.
+    pub passes: u64,
+    /// Write transactions it ran (each renews, claims or releases up to 512
+    /// leases).
+    pub write_transactions: u64,
+    /// Claims (renewals included) it attempted.
+    pub claims: u64,
+    /// Releases it made for stopped trackers.
+    pub releases: u64,
+}
+
 pub(crate) struct Driver {
     state: Mutex<State>,
     /// The driver thread sleeps here.
@@ -88,6 +104,10 @@ struct State {
     /// Trackers to look at in the next pass whatever their timers say.
     attention: HashSet<u64>,
     next_id: u64,
+    in_pass: bool,
+    stats: BackgroundStats,
+    /// The number of the latest pass that found nothing to do.
+    idle_pass: u64,
     /// Engine handles kept alive by stop requests, dropped outside the lock
     /// (dropping the last one stops the driver, which takes the lock).
     graveyard: Vec<Engine>,
@@ -476,6 +496,7 @@ impl Driver {
         let (watching, stopping) = {
             let mut st = self.lock();
             st.poked = false;
+            st.in_pass = true;
             (st.waiters > 0 || !st.trackers.is_empty(), st.stopping)
         };
         if watching {
@@ -487,13 +508,46 @@ impl Driver {
         }
         let now = engine.now_ms();
         let mut plan = self.plan(now);
-        if !plan.is_empty() {
+        let worked = !plan.is_empty();
+        if worked {
             self.inspect(engine, &mut plan);
             let outcomes = self.execute(engine, &plan);
             self.apply(engine, outcomes);
         }
-        let st = self.lock();
-        stopping && st.trackers.is_empty()
+        let mut st = self.lock();
+        st.in_pass = false;
+        st.stats.passes += 1;
+        if !worked && st.attention.is_empty() && !st.poked {
+            st.idle_pass = st.stats.passes;
+        }
+        let exit = stopping && st.trackers.is_empty();
+        drop(st);
+        self.changed.notify_all();
+        exit
+    }
+
+    /// Blocks until the thread has completed a pass that began after this
+    /// call and found nothing to do.
+    pub fn settle(&self) {
+        let mut st = self.lock();
+        if st.thread.is_none() || st.exited {
+            return;
+        }
+        let target = st.stats.passes + 1 + u64::from(st.in_pass);
+        st.poked = true;
+        self.wake.notify_one();
+        while st.idle_pass < target && !st.exited {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            if st.idle_pass < target && !st.poked && !st.in_pass {
+                // A busy pass ended; ask for another.
+                st.poked = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    pub fn stats(&self) -> BackgroundStats {
+        self.lock().stats
     }
 
     fn mark_changed(&self, changes: &Changes) {
@@ -729,6 +783,11 @@ impl Driver {
                     Ok(done)
                 },
             );
+            {
+                let mut st = self.lock();
+                st.stats.write_transactions += 1;
+                st.stats.claims += chunk.len() as u64;
+            }
             match result {
                 Ok(done) => outcomes.extend(done),
                 Err(e) => {
@@ -758,6 +817,11 @@ impl Driver {
             );
             if let Err(e) = result {
                 self.errors.handle_error(&e);
+            }
+            {
+                let mut st = self.lock();
+                st.stats.write_transactions += 1;
+                st.stats.releases += chunk.len() as u64;
             }
             outcomes.extend(chunk.iter().map(|r| (r.0, started, Outcome::Released)));
         }

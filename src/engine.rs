@@ -13,7 +13,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::clock::{Clock, SystemClock, from_ms, to_ms};
-use crate::driver::{Driver, HandleError, LogErrors};
+use crate::driver::{BackgroundStats, Driver, HandleError, LogErrors};
 use crate::error::{Context, Error, Result};
 use crate::key::Key;
 use crate::lease::{Lease, Tenure};
@@ -564,6 +564,21 @@ impl Engine {
 
     pub(crate) fn driver(&self) -> &Arc<Driver> {
         &self.inner.driver
+    }
+
+    /// Blocks until the engine's background thread has caught up: it has
+    /// completed a pass that began after this call and found nothing left to
+    /// do at the current engine time. Meant for tests on a
+    /// [`ManualClock`](crate::ManualClock): move the clock, then `settle`,
+    /// then assert. Returns at once if no tracker or waiter ever started the
+    /// thread.
+    pub fn settle(&self) {
+        self.inner.driver.settle();
+    }
+
+    /// Counters of the background thread's work.
+    pub fn background_stats(&self) -> BackgroundStats {
+        self.inner.driver.stats()
     }
 
     /// Whether `conn` is a connection to this engine's database file.

@@ -98,7 +98,7 @@ mod txn;
 mod wait;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use crate::driver::{HandleError, LogErrors};
+pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
 pub use crate::error::{Context, Error, Found, Result};
 pub use crate::event::{Event, EventKind};

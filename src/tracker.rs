@@ -1,6 +1,7 @@
 //! Trackers: keep claiming a lease in the background and answer with tickets.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::driver::TrackSpec;
@@ -95,7 +96,7 @@ impl TrackerBuilder {
             key: self.key,
             holder: self.holder,
             guarantee: self.guarantee,
-            stopped: false,
+            stopped: AtomicBool::new(false),
         })
     }
 }
@@ -141,7 +142,7 @@ pub struct LeaseTracker {
     key: Key,
     holder: String,
     guarantee: Duration,
-    stopped: bool,
+    stopped: AtomicBool,
 }
 
 impl LeaseTracker {
@@ -273,10 +274,11 @@ impl LeaseTracker {
     }
 
     /// Stops the tracker: releases its lease if it holds one (unless built
-    /// with `release_on_stop(false)`) and resolves pending tickets `false`.
-    /// Blocks until done; release errors go to the engine's error handler.
-    pub fn stop(mut self) {
-        self.stopped = true;
+    /// with `release_on_stop(false)`) and resolves pending tickets `false`;
+    /// later tickets resolve `false` at once. Blocks until done; release
+    /// errors go to the engine's error handler. Stopping again does nothing.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
         self.engine.driver().stop_tracker(self.id, None).wait();
     }
 }
@@ -285,7 +287,7 @@ impl Drop for LeaseTracker {
     /// Like [`LeaseTracker::stop`], without waiting: the background thread
     /// finishes the stop (keeping the engine alive until it has).
     fn drop(&mut self) {
-        if !self.stopped {
+        if !self.stopped.load(Ordering::Acquire) {
             let keepalive = Some(self.engine.clone());
             self.engine.driver().stop_tracker(self.id, keepalive);
         }
