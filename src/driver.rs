@@ -41,6 +41,10 @@ pub(crate) const BATCH: usize = 512;
 /// The longest the thread sleeps when nothing is due and nobody watches.
 const IDLE: Duration = Duration::from_secs(60);
 
+/// With file-system events, how often the thread still looks at
+/// `data_version` while watching, in case an event was missed.
+const BACKSTOP: Duration = Duration::from_millis(250);
+
 /// Receives errors from background work, which has no caller to return them
 /// to (a failed renewal, a failed release on stop). Set with
 /// [`EngineBuilder::error_handler`](crate::EngineBuilder::error_handler).
@@ -83,7 +87,10 @@ pub(crate) struct Driver {
     wake: Condvar,
     /// Threads blocked in a wait (and `shutdown`) sleep here.
     changed: Condvar,
+    /// Threads in `settle` sleep here.
+    passed: Condvar,
     watch_interval: Duration,
+    file_events: bool,
     errors: Box<dyn HandleError>,
 }
 
@@ -95,6 +102,12 @@ struct State {
     exited: bool,
     /// Something in this process committed or moved the clock: look now.
     poked: bool,
+    /// The database files were written (by any process): look soon.
+    nudged: bool,
+    /// Whether file-system events nudge this driver (else it polls).
+    fs_events: bool,
+    /// When the latest pass ended.
+    last_pass: Option<std::time::Instant>,
     /// Bumped whenever a key may have become vacant; waiters re-read.
     generation: u64,
     waiters: usize,
@@ -108,6 +121,8 @@ struct State {
     stats: BackgroundStats,
     /// The number of the latest pass that found nothing to do.
     idle_pass: u64,
+    /// Threads blocked in `settle`.
+    settlers: usize,
     /// Engine handles kept alive by stop requests, dropped outside the lock
     /// (dropping the last one stops the driver, which takes the lock).
     graveyard: Vec<Engine>,
@@ -206,12 +221,18 @@ impl Plan {
 }
 
 impl Driver {
-    pub fn new(watch_interval: Duration, errors: Box<dyn HandleError>) -> Driver {
+    pub fn new(
+        watch_interval: Duration,
+        file_events: bool,
+        errors: Box<dyn HandleError>,
+    ) -> Driver {
         Driver {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             changed: Condvar::new(),
+            passed: Condvar::new(),
             watch_interval,
+            file_events,
             errors,
         }
     }
@@ -227,6 +248,8 @@ impl Driver {
         }
         let driver = Arc::clone(self);
         let weak = Arc::downgrade(&engine.inner);
+        st.fs_events = self.file_events
+            && crate::fswatch::subscribe(&engine.watch_path(), Arc::downgrade(self));
         // Like std::thread::spawn, fail loudly if the OS cannot give us a
         // thread: nothing would renew the trackers' leases.
         let handle = std::thread::Builder::new()
@@ -245,6 +268,17 @@ impl Driver {
         drop(st);
         self.wake.notify_one();
         self.changed.notify_all();
+    }
+
+    /// The database files were written, perhaps by another process: have
+    /// the thread look, at most once per watch interval.
+    pub fn nudge(&self) {
+        let mut st = self.lock();
+        if !st.nudged {
+            st.nudged = true;
+            drop(st);
+            self.wake.notify_one();
+        }
     }
 
     /// Stops every tracker (releasing leases as configured), wakes every
@@ -465,6 +499,7 @@ impl Driver {
         let graveyard = mem::take(&mut st.graveyard);
         drop(st);
         self.changed.notify_all();
+        self.passed.notify_all();
         drop(graveyard);
     }
 
@@ -477,7 +512,17 @@ impl Driver {
             return;
         }
         let watching = st.waiters > 0 || !st.trackers.is_empty();
-        let mut timeout = if watching { self.watch_interval } else { IDLE };
+        let mut timeout = match (watching, st.fs_events) {
+            (false, _) => IDLE,
+            (true, true) => BACKSTOP,
+            (true, false) => self.watch_interval,
+        };
+        if st.nudged {
+            // Look at most once per watch interval, however fast others
+            // commit.
+            let since = st.last_pass.map_or(self.watch_interval, |t| t.elapsed());
+            timeout = timeout.min(self.watch_interval.saturating_sub(since));
+        }
         if let Some(Reverse((at, _))) = st.timers.peek() {
             let until = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
             timeout = timeout.min(until);
@@ -496,6 +541,7 @@ impl Driver {
         let (watching, stopping) = {
             let mut st = self.lock();
             st.poked = false;
+            st.nudged = false;
             st.in_pass = true;
             (st.waiters > 0 || !st.trackers.is_empty(), st.stopping)
         };
@@ -516,13 +562,17 @@ impl Driver {
         }
         let mut st = self.lock();
         st.in_pass = false;
+        st.last_pass = Some(std::time::Instant::now());
         st.stats.passes += 1;
         if !worked && st.attention.is_empty() && !st.poked {
             st.idle_pass = st.stats.passes;
         }
         let exit = stopping && st.trackers.is_empty();
+        let settlers = st.settlers > 0;
         drop(st);
-        self.changed.notify_all();
+        if settlers {
+            self.passed.notify_all();
+        }
         exit
     }
 
@@ -535,15 +585,17 @@ impl Driver {
         }
         let target = st.stats.passes + 1 + u64::from(st.in_pass);
         st.poked = true;
+        st.settlers += 1;
         self.wake.notify_one();
         while st.idle_pass < target && !st.exited {
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.passed.wait(st).unwrap_or_else(|e| e.into_inner());
             if st.idle_pass < target && !st.poked && !st.in_pass {
                 // A busy pass ended; ask for another.
                 st.poked = true;
                 self.wake.notify_one();
             }
         }
+        st.settlers -= 1;
     }
 
     pub fn stats(&self) -> BackgroundStats {

@@ -65,6 +65,7 @@ pub struct EngineBuilder {
     synchronous: Synchronous,
     event_retention: u64,
     watch_interval: Duration,
+    file_events: bool,
     errors: Box<dyn HandleError>,
 }
 
@@ -113,13 +114,24 @@ impl EngineBuilder {
         self
     }
 
-    /// How often the background thread checks the database for commits by
-    /// other processes (`PRAGMA data_version`, about a microsecond), while
-    /// anything in this process waits or tracks. It bounds how late another
-    /// process's release is noticed. Default: 1 ms. Changes made through this
-    /// engine are noticed at once.
+    /// How often, at most, the background thread looks for commits by other
+    /// processes (`PRAGMA data_version` and new history events) while
+    /// anything in this process waits or tracks. On Linux it looks when
+    /// inotify reports a write to the database's WAL — at once when idle, at
+    /// most once per interval under a stream of commits — and otherwise only
+    /// every 250 ms as a backstop; elsewhere it polls at this interval.
+    /// Default: 1 ms. Changes made through this engine are noticed at once.
     pub fn watch_interval(mut self, interval: Duration) -> EngineBuilder {
         self.watch_interval = interval;
+        self
+    }
+
+    /// Whether to learn of other processes' commits from file-system events
+    /// (inotify, on Linux) rather than by polling every
+    /// [`watch_interval`](EngineBuilder::watch_interval). Default: `true`;
+    /// ignored where unavailable.
+    pub fn file_events(mut self, enabled: bool) -> EngineBuilder {
+        self.file_events = enabled;
         self
     }
 
@@ -205,7 +217,11 @@ impl EngineBuilder {
                 busy_timeout,
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
-                driver: Arc::new(Driver::new(self.watch_interval, self.errors)),
+                driver: Arc::new(Driver::new(
+                    self.watch_interval,
+                    self.file_events,
+                    self.errors,
+                )),
             }),
         };
         // Moving a manual clock wakes waiters and trackers at once.
@@ -416,6 +432,7 @@ impl Engine {
             synchronous: Synchronous::Normal,
             event_retention: 10_000,
             watch_interval: Duration::from_millis(1),
+            file_events: true,
             errors: Box::new(LogErrors),
         }
     }
@@ -423,6 +440,14 @@ impl Engine {
     /// The database file's path, as given when opening.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The path to watch for writes: the canonical one if known.
+    pub(crate) fn watch_path(&self) -> PathBuf {
+        self.inner
+            .canonical
+            .clone()
+            .unwrap_or_else(|| self.inner.path.clone())
     }
 
     /// The engine's current time: the clock's reading, but never earlier than

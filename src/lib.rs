@@ -85,6 +85,7 @@ mod driver;
 mod engine;
 mod error;
 mod event;
+mod fswatch;
 mod key;
 pub mod leadership;
 mod lease;

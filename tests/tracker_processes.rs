@@ -42,7 +42,11 @@ fn worker() {
         .expect("ms")
         .parse()
         .expect("ms");
-    let engine = Engine::open(&db).expect("open");
+    let file_events = std::env::var("LEASEHOLD_FILE_EVENTS").as_deref() != Ok("0");
+    let engine = Engine::builder(&db)
+        .file_events(file_events)
+        .build()
+        .expect("open");
     let tracker = Arc::new(
         engine
             .tracker(&key(), &me)
@@ -112,12 +116,17 @@ struct Worker {
 
 impl Worker {
     fn spawn(db: &TempDb, holder: &str, guarantee_ms: u64) -> Worker {
+        Worker::spawn_with(db, holder, guarantee_ms, true)
+    }
+
+    fn spawn_with(db: &TempDb, holder: &str, guarantee_ms: u64, file_events: bool) -> Worker {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
             .args(["worker", "--exact", "--nocapture", "--test-threads=1"])
             .env("LEASEHOLD_ROLE", "tracker")
             .env("LEASEHOLD_TEST_DB", &db.path)
             .env("LEASEHOLD_HOLDER", holder)
             .env("LEASEHOLD_GUARANTEE_MS", guarantee_ms.to_string())
+            .env("LEASEHOLD_FILE_EVENTS", if file_events { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -214,10 +223,19 @@ fn a_successor_leads_after_the_killed_leaders_lease_lapses() -> R {
 
 #[test]
 fn a_successor_takes_over_as_soon_as_the_leader_steps_down() -> R {
+    steps_down(true)
+}
+
+#[test]
+fn a_polling_successor_takes_over_as_soon_as_the_leader_steps_down() -> R {
+    steps_down(false)
+}
+
+fn steps_down(file_events: bool) -> R {
     let (db, engine) = setup();
     let mut a = Worker::spawn(&db, "a", 60_000);
     a.expect("leader 1");
-    let mut b = Worker::spawn(&db, "b", 60_000);
+    let mut b = Worker::spawn_with(&db, "b", 60_000, file_events);
     b.expect("minion");
     let expiry = lease(&engine).expires_at().expect("held");
     a.send("stop"); // its pending tickets resolve false: no "minion" report
