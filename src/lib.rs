@@ -50,6 +50,9 @@
 //!   until a deadline), for maintenance while agents are down.
 //! - A [`LeaseToken`] vouches for a holder (or one tenure of it) and is
 //!   checked in a [`Txn`], in your transaction, or as an SQL [`Guard`].
+//! - A [`LeaseTracker`] keeps claiming a lease in the background and answers
+//!   with [`LeaseTicket`]s; [`Engine::block_until_released`] waits for a
+//!   vacancy.
 //! - The [`leadership`] module mirrors Juju's leadership interfaces on top.
 //!
 //! # Concurrency guarantees
@@ -71,7 +74,11 @@
 //! - **Blocking.** Operations block for at most the busy timeout waiting for
 //!   SQLite's write lock or a pooled connection, then fail with
 //!   [`Error::Busy`] or [`Error::PoolTimeout`] having changed nothing.
-//!   [`Engine::block_until_released`] blocks until the lease is vacant.
+//!   [`Engine::block_until_released`] blocks until the lease is vacant, and
+//!   is woken within about a millisecond when another process releases it.
+//! - **Background work.** Each engine runs at most one background thread
+//!   (trackers, waiters), started on first use; dropping the last handle
+//!   ends it. Its errors go to the [`HandleError`] set on the builder.
 //!
 //! # Storage
 //!
@@ -114,6 +121,11 @@ pub use crate::txn::{IntoParams, Op, Txn};
 
 pub use chrono;
 pub use rusqlite;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 #[cfg(test)]
 mod tests {

@@ -72,6 +72,16 @@ fn worker() {
                 Err(e) => say(&format!("refused {e}")),
             }
         }
+        "holder" => {
+            let engine = Engine::open(&db).expect("open");
+            engine
+                .claim(&key("held"), "worker", secs(3600))
+                .expect("claim");
+            say("claimed");
+            wait_for_parent();
+            engine.release(&key("held"), "worker").expect("release");
+            say("released");
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -226,5 +236,25 @@ fn a_process_whose_tenure_ended_cannot_write_through_its_token() -> R {
         .connection()?
         .query_row("SELECT count(*) FROM writes", [], |r| r.get(0))?;
     assert_eq!(writes, 0);
+    Ok(())
+}
+
+#[test]
+fn a_waiter_wakes_when_another_process_releases() -> R {
+    let db = TempDb::new();
+    let engine = Engine::open(&db.path)?;
+    let mut w = Worker::spawn("holder", &db, &[]);
+    assert_eq!(w.next(), "claimed");
+    let waiter = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.block_until_released(&key("held")))
+    };
+    let lease = engine.lease(&key("held"))?.expect("lease");
+    assert!(lease.is_held());
+    w.go();
+    assert_eq!(w.next(), "released");
+    waiter.join().expect("waiter")?;
+    assert!(!engine.lease(&key("held"))?.expect("lease").is_held());
+    w.finish();
     Ok(())
 }
