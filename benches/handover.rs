@@ -282,11 +282,13 @@ fn idle_watch() {
         cpu,
         wall
     );
+    // Stop the tracker first, or it would take the lease the moment it is
+    // released and the waiters would (rightly) go on waiting.
+    tracker.stop();
     other.release(&key(), "other").expect("release");
     for w in waiters {
         w.join().expect("waiter").expect("released");
     }
-    drop(tracker);
 }
 
 fn ten_thousand_trackers() {

@@ -89,6 +89,17 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// An import was refused because of one entry; nothing was written.
+    #[error("import entry {index}, field {field}: {reason}")]
+    ImportRefused {
+        /// The entry's position: leases first, then pins, from 0.
+        index: usize,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// An argument was rejected before anything was read or written.
     #[error("invalid {what} {value:?}: {reason}")]
     InvalidArgument {

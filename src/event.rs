@@ -133,7 +133,7 @@ pub(crate) fn history(conn: &Connection, key: &Key, limit: usize) -> rusqlite::R
                     )
                 })?,
                 holder: r.get(3)?,
-                epoch: r.get::<_, i64>(4)? as u64,
+                epoch: r.get(4)?,
                 entity: r.get(5)?,
                 detail: r.get(6)?,
             })
@@ -141,4 +141,45 @@ pub(crate) fn history(conn: &Connection, key: &Key, limit: usize) -> rusqlite::R
         .collect::<rusqlite::Result<_>>()?;
     events.reverse();
     Ok(events)
+}
+
+/// Events of every key (or of one namespace) with ids after `after`, oldest
+/// first, at most `limit`.
+pub(crate) fn events_after(
+    conn: &Connection,
+    namespace: Option<&str>,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(Key, Event)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "SELECT id, at_ms, kind, holder, epoch, entity, detail, namespace, name
+         FROM main.leasehold_events
+         WHERE id > ?1 AND (?2 IS NULL OR namespace = ?2) ORDER BY id LIMIT ?3",
+    )?
+    .query_map((after, namespace, limit), |r| {
+        let kind: String = r.get(2)?;
+        let key = Key::new(r.get::<_, String>(7)?, r.get::<_, String>(8)?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
+        })?;
+        Ok((
+            key,
+            Event {
+                id: r.get(0)?,
+                at: from_ms(r.get(1)?),
+                kind: kind.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        2,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?,
+                holder: r.get(3)?,
+                epoch: r.get(4)?,
+                entity: r.get(5)?,
+                detail: r.get(6)?,
+            },
+        ))
+    })?
+    .collect()
 }

@@ -102,6 +102,7 @@ mod store;
 mod ticket;
 mod token;
 mod tracker;
+mod transfer;
 mod txn;
 mod wait;
 
@@ -117,6 +118,7 @@ pub use crate::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_v
 pub use crate::ticket::LeaseTicket;
 pub use crate::token::{Guard, LeaseToken};
 pub use crate::tracker::{Leading, LeaseTracker, TrackerBuilder};
+pub use crate::transfer::{ExportedLease, ExportedPin, ImportSummary, Snapshot};
 pub use crate::txn::{IntoParams, Op, Txn};
 
 pub use chrono;

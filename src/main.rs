@@ -1,9 +1,7 @@
-//! The `leasehold` command line (see `leasehold --help`).
+//! The `leasehold` command line; see `leasehold --help`.
 
-fn main() {
-    eprintln!(
-        "leasehold {}: the command line is not built yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -87,4 +87,46 @@ impl Engine {
             driver.wait_change(seen, wait);
         }
     }
+
+    /// Events (of any key, or of `namespace`) logged after event `after`,
+    /// by any process, oldest first: at once if there are some, else as soon
+    /// as one is logged, or an empty list after `timeout`. Start with
+    /// `after = 0` for the whole retained history.
+    ///
+    /// Events mark claims of new tenures, releases, revokes, pins and
+    /// unpins; a tenure that merely runs out is logged (as `lapsed`) only
+    /// when a later write notices it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] when the engine is shut down; storage errors as for
+    /// [`Engine::lease`].
+    pub fn wait_for_events(
+        &self,
+        namespace: Option<&str>,
+        after: i64,
+        timeout: Duration,
+    ) -> Result<Vec<(Key, crate::Event)>> {
+        let deadline = Instant::now() + timeout;
+        let ctx = || Context::new("wait for events");
+        let driver = self.driver();
+        driver.add_waiter(self);
+        let _registered = Registered(self);
+        loop {
+            self.ensure_running(&ctx)?;
+            if driver.is_stopping() {
+                return Err(Error::Stopped { context: ctx() });
+            }
+            let seen = driver.generation();
+            let events = self.read(ctx, |tx| {
+                crate::event::events_after(tx.connection(), namespace, after, 1000)
+                    .map_err(|e| Error::storage(ctx(), e, self.busy_timeout()))
+            })?;
+            let now = Instant::now();
+            if !events.is_empty() || now >= deadline {
+                return Ok(events);
+            }
+            driver.wait_change(seen, (deadline - now).min(BACKSTOP));
+        }
+    }
 }

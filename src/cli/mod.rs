@@ -1,0 +1,382 @@
+//! The command line: argument types, dispatch, exit codes and error output.
+
+mod demo;
+mod leases;
+mod run;
+mod svg;
+mod transfer;
+mod watch;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use leasehold::{Engine, Error, Key};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure (a demo whose verdict failed, an I/O error)
+  2  usage error (bad arguments)
+  3  claim denied: someone else holds the lease
+  4  not held: the holder named does not hold the lease (or no such pin)
+  5  invalid input: a bad name, duration, database file or import
+  6  busy: the database stayed locked; retrying later may succeed
+  7  storage error
+  8  the database was migrated by a newer leasehold
+  run exits with its command's status (128 + N if killed by signal N).";
+
+/// Leadership leases in SQLite: see, steer and use them from the shell.
+#[derive(Debug, Parser)]
+#[command(name = "leasehold", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The database file (created if missing); default: $LEASEHOLD_DB.
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+
+    /// Print results, and errors, as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Print nothing on success.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply leasehold's schema and print its version.
+    Migrate {
+        /// Print the SQL of every migration (for another migration tool)
+        /// instead of applying it.
+        #[arg(long)]
+        print_sql: bool,
+    },
+    /// List leases: key, holder, epoch, time left or pins.
+    List {
+        /// Only this namespace (default: all).
+        namespace: Option<String>,
+        /// Include vacant keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one lease.
+    Show(KeyArgs),
+    /// Show the tenures and events of one lease, oldest first.
+    History {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Claim (or extend) a lease.
+    Claim {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Who claims.
+        holder: String,
+        /// For how long, e.g. 30s, 5m, 250ms.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Release a lease held by HOLDER.
+    Release {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Who releases.
+        holder: String,
+    },
+    /// End whoever's tenure it is (an administrative override).
+    Revoke(KeyArgs),
+    /// Keep a lease from expiring on behalf of an entity.
+    Pin {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Who pins (only this entity's unpin removes the pin).
+        #[arg(long)]
+        entity: String,
+        /// Why (shown by list and show).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Let the pin lapse by itself after this long.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Remove an entity's pin.
+    Unpin {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Whose pin.
+        #[arg(long)]
+        entity: String,
+    },
+    /// Run a command while holding a lease; stop it if the lease is lost.
+    ///
+    /// The command gets LEASEHOLD_NAMESPACE, LEASEHOLD_NAME, LEASEHOLD_HOLDER,
+    /// LEASEHOLD_EPOCH and LEASEHOLD_DB, so it can guard its own writes with
+    /// its tenure's token. A tracker keeps the lease meanwhile; if it is lost
+    /// the command gets SIGTERM, then SIGKILL after the grace period.
+    Run(run::RunArgs),
+    /// Write every lease, pin and epoch as JSON lines.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Load an export: all or nothing.
+    ///
+    /// Imported leases are held for a fresh window from now; an epoch on
+    /// this database never goes backwards.
+    Import {
+        /// The export to read (default: standard input).
+        file: Option<PathBuf>,
+        /// How long imported leases are held from now.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        window: Duration,
+    },
+    /// Print lease transitions as they happen, from any process.
+    Watch {
+        /// Only this namespace.
+        namespace: Option<String>,
+        /// Stop after this long.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Show what leasehold is for: worker processes, a leader killed and a
+    /// leader paused, guarded writes, a timeline and a verdict.
+    Demo(demo::DemoArgs),
+    #[command(hide = true, name = "__demo-worker")]
+    DemoWorker(demo::WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// The lease's namespace.
+    namespace: String,
+    /// The lease's name.
+    name: String,
+}
+
+impl KeyArgs {
+    fn key(&self) -> Result<Key, CliError> {
+        Ok(Key::new(self.namespace.clone(), self.name.clone())?)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 30s, 5m, 250ms)"))
+}
+
+/// What went wrong, with the exit code it maps to.
+#[derive(Debug)]
+pub enum CliError {
+    Lease(Error),
+    Usage(String),
+    Invalid(String),
+    NotHeld(String),
+    Failed(String),
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> CliError {
+        CliError::Lease(e)
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> CliError {
+        CliError::Failed(e.to_string())
+    }
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::NotHeld(_) => 4,
+            CliError::Invalid(_) => 5,
+            CliError::Failed(_) => 1,
+            CliError::Lease(e) => match e {
+                Error::ClaimDenied { .. } => 3,
+                Error::NotHeld { .. } | Error::GuardFailed { .. } => 4,
+                Error::InvalidArgument { .. }
+                | Error::NotADatabase { .. }
+                | Error::ImportRefused { .. } => 5,
+                Error::Busy { .. } | Error::PoolTimeout { .. } | Error::Timeout { .. } => 6,
+                Error::SchemaTooNew { .. } | Error::SchemaMismatch { .. } => 8,
+                _ => 7,
+            },
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.code() {
+            1 => "failed",
+            2 => "usage",
+            3 => "claim_denied",
+            4 => "not_held",
+            5 => "invalid_input",
+            6 => "busy",
+            8 => "schema_too_new",
+            _ => "storage",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            CliError::Lease(e) => e.to_string(),
+            CliError::Usage(m)
+            | CliError::Invalid(m)
+            | CliError::NotHeld(m)
+            | CliError::Failed(m) => m.clone(),
+        }
+    }
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Output {
+    /// Prints a human line (unless quiet or JSON).
+    pub fn say(&self, line: impl AsRef<str>) {
+        if !self.quiet && !self.json {
+            println!("{}", line.as_ref());
+        }
+    }
+
+    /// Prints a JSON value (when JSON was asked for, even if quiet).
+    pub fn json(&self, value: &serde_json::Value) {
+        if self.json {
+            println!("{value}");
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    main_with(std::env::args_os().collect())
+}
+
+fn json_requested(args: &[OsString]) -> bool {
+    args.iter().any(|a| a == "--json")
+}
+
+fn report(e: &CliError, json: bool) {
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"error": {"kind": e.kind(), "code": e.code(), "message": e.message()}})
+        );
+    } else {
+        eprintln!("leasehold: {}", one_line(&e.message()));
+    }
+}
+
+fn main_with(args: Vec<OsString>) -> ExitCode {
+    let args_for_json = args.clone();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other error: clap's message without its
+            // usage block.
+            let rendered = e.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let failure = CliError::Usage(format!("{message} (see --help)"));
+            report(&failure, json_requested(&args_for_json));
+            return ExitCode::from(2);
+        }
+    };
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            report(&e, out.json);
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+/// Keeps error output to one line whatever a message contains.
+fn one_line(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The database: `--db`, else `$LEASEHOLD_DB`.
+fn db_path(db: Option<&PathBuf>) -> Result<PathBuf, CliError> {
+    db.cloned()
+        .or_else(|| std::env::var_os("LEASEHOLD_DB").map(PathBuf::from))
+        .ok_or_else(|| CliError::Usage("no database: pass --db PATH or set LEASEHOLD_DB".into()))
+}
+
+fn open(db: Option<&PathBuf>) -> Result<Engine, CliError> {
+    Ok(Engine::open(db_path(db)?)?)
+}
+
+fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    let db = cli.db.as_ref();
+    match cli.command {
+        Command::Migrate { print_sql: true } => leases::print_sql(out),
+        Command::Migrate { print_sql: false } => leases::migrate(&open(db)?, out),
+        Command::List { namespace, all } => {
+            leases::list(&open(db)?, namespace.as_deref(), all, out)
+        }
+        Command::Show(k) => leases::show(&open(db)?, &k.key()?, out),
+        Command::History { key, limit } => leases::history(&open(db)?, &key.key()?, limit, out),
+        Command::Claim {
+            key,
+            holder,
+            duration,
+        } => leases::claim(&open(db)?, &key.key()?, &holder, duration, out),
+        Command::Release { key, holder } => leases::release(&open(db)?, &key.key()?, &holder, out),
+        Command::Revoke(k) => leases::revoke(&open(db)?, &k.key()?, out),
+        Command::Pin {
+            key,
+            entity,
+            reason,
+            duration,
+        } => leases::pin(&open(db)?, &key.key()?, &entity, &reason, duration, out),
+        Command::Unpin { key, entity } => leases::unpin(&open(db)?, &key.key()?, &entity, out),
+        Command::Run(args) => run::run(&db_path(db)?, args, out),
+        Command::Export { output } => transfer::export(&open(db)?, output.as_deref()),
+        Command::Import { file, window } => {
+            transfer::import(&open(db)?, file.as_deref(), window, out)
+        }
+        Command::Watch {
+            namespace,
+            duration,
+        } => watch::watch(&open(db)?, namespace.as_deref(), duration, out),
+        Command::Demo(args) => demo::demo(db, args, out),
+        Command::DemoWorker(args) => demo::worker(args),
+    }
+}

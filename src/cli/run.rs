@@ -1,0 +1,165 @@
+//! `run`: a command gated by a lease.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Args;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use leasehold::{Engine, Key};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::{CliError, Output, parse_duration};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lease's namespace.
+    namespace: String,
+    /// The lease's name.
+    name: String,
+    /// Who holds it while the command runs.
+    holder: String,
+    /// The lease's duration; it is renewed when half is left.
+    #[arg(long = "for", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// If someone else holds the lease, wait for it instead of failing.
+    #[arg(long)]
+    wait: bool,
+    /// How long the command has to exit after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    grace: Duration,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+enum Happened {
+    Exited(ExitStatus),
+    Lost,
+    Signal(i32),
+}
+
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(255),
+        _ => 1,
+    }
+}
+
+pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
+    let engine = Engine::open(db)?;
+    let key = Key::new(args.namespace.clone(), args.name.clone())?;
+    if args.duration < Duration::from_millis(2) {
+        return Err(CliError::Invalid("--for must be at least 2ms".into()));
+    }
+    if !args.wait {
+        // A definite answer (with the holder's name) before starting anything.
+        engine.claim(&key, &args.holder, args.duration)?;
+    }
+    let tracker = engine
+        .tracker(&key, &args.holder)
+        .guarantee(args.duration / 2)
+        .build()?;
+    if !tracker.wait_leader().wait() {
+        return Err(CliError::Failed(format!("stopped before leading {key}")));
+    }
+    let Some(token) = tracker.token() else {
+        return Err(CliError::Failed(format!(
+            "lost {key} before the command could start"
+        )));
+    };
+    let epoch = token.epoch().unwrap_or_default();
+    out.say(format!(
+        "leasehold: holding {key} as {} (epoch {epoch})",
+        args.holder
+    ));
+    let lost = tracker.wait_minion();
+
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let mut child = Command::new(program)
+        .args(rest)
+        .env("LEASEHOLD_NAMESPACE", key.namespace())
+        .env("LEASEHOLD_NAME", key.name())
+        .env("LEASEHOLD_HOLDER", &args.holder)
+        .env("LEASEHOLD_EPOCH", epoch.to_string())
+        .env("LEASEHOLD_DB", db)
+        .spawn()
+        .map_err(|e| CliError::Failed(format!("cannot run {}: {e}", program.to_string_lossy())))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+
+    let (tx, events) = mpsc::channel();
+    // Set once the child is reaped: its pid may then be reused, so nothing
+    // may signal it any more.
+    let reaped = Arc::new(AtomicBool::new(false));
+    {
+        let tx = tx.clone();
+        let reaped = Arc::clone(&reaped);
+        std::thread::spawn(move || {
+            let status = child.wait();
+            reaped.store(true, Ordering::Release);
+            let _ = tx.send(status.map(Happened::Exited));
+        });
+    }
+    {
+        let tx = tx.clone();
+        let lost = lost.clone();
+        std::thread::spawn(move || {
+            if lost.wait() {
+                let _ = tx.send(Ok(Happened::Lost));
+            }
+        });
+    }
+    // Pass on the signals that would otherwise kill us and orphan the child
+    // (the lease would then only expire instead of being released).
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let signal_handle = signals.handle();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if tx.send(Ok(Happened::Signal(sig))).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut stopping = false;
+    let status = loop {
+        match events.recv().expect("the child thread reports") {
+            Ok(Happened::Exited(status)) => break status,
+            Ok(Happened::Signal(sig)) => {
+                if let (Ok(sig), false) = (Signal::try_from(sig), reaped.load(Ordering::Acquire)) {
+                    let _ = kill(pid, sig);
+                }
+            }
+            Ok(Happened::Lost) if !stopping => {
+                stopping = true;
+                eprintln!(
+                    "leasehold: lost {key} (epoch {epoch}); stopping the command (SIGTERM, SIGKILL after {})",
+                    super::leases::human(args.grace)
+                );
+                let _ = kill(pid, Signal::SIGTERM);
+                let grace = args.grace;
+                let reaped = Arc::clone(&reaped);
+                std::thread::spawn(move || {
+                    std::thread::sleep(grace);
+                    if !reaped.load(Ordering::Acquire) {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                });
+            }
+            Ok(Happened::Lost) => {}
+            Err(e) => return Err(CliError::Failed(format!("waiting for the command: {e}"))),
+        }
+    };
+    signal_handle.close();
+    tracker.stop();
+    Ok(exit_code(status))
+}

@@ -1,0 +1,256 @@
+//! `export` and `import`, as JSON lines.
+//!
+//! ```text
+//! {"leasehold_export":1,"schema":2,"taken_at":"2026-11-25T14:00:00.000Z"}
+//! {"lease":{"namespace":"ops","name":"migrate","holder":"host-1","epoch":3,"expires_in_ms":2500}}
+//! {"lease":{"namespace":"ops","name":"backup","holder":null,"epoch":7,"expires_in_ms":null}}
+//! {"pin":{"namespace":"ops","name":"migrate","entity":"machine-0","reason":"upgrade","expires_in_ms":null}}
+//! {"end":{"leases":2,"pins":1}}
+//! ```
+//!
+//! One record per line, so that an error can name its line; the `end` line
+//! catches a file cut short at a line boundary.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use leasehold::{Engine, Error, ExportedLease, ExportedPin, Key, Snapshot};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{CliError, Output};
+
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    leasehold_export: u32,
+    schema: u32,
+    taken_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseLine {
+    namespace: String,
+    name: String,
+    holder: Option<String>,
+    epoch: u64,
+    expires_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinLine {
+    namespace: String,
+    name: String,
+    entity: String,
+    reason: String,
+    expires_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndLine {
+    leases: usize,
+    pins: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Line {
+    Lease(LeaseLine),
+    Pin(PinLine),
+    End(EndLine),
+}
+
+pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
+    let snapshot = engine.export()?;
+    let mut text = String::new();
+    let mut push = |value: &dyn erased::Line| {
+        text.push_str(&value.json());
+        text.push('\n');
+    };
+    push(&Header {
+        leasehold_export: FORMAT_VERSION,
+        schema: leasehold::SCHEMA_VERSION,
+        taken_at: super::leases::time(snapshot.taken_at),
+    });
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    for l in &snapshot.leases {
+        push(&Line::Lease(LeaseLine {
+            namespace: l.key.namespace().to_owned(),
+            name: l.key.name().to_owned(),
+            holder: l.holder.clone(),
+            epoch: l.epoch,
+            expires_in_ms: ms(l.remaining),
+        }));
+    }
+    for p in &snapshot.pins {
+        push(&Line::Pin(PinLine {
+            namespace: p.key.namespace().to_owned(),
+            name: p.key.name().to_owned(),
+            entity: p.entity.clone(),
+            reason: p.reason.clone(),
+            expires_in_ms: ms(p.remaining),
+        }));
+    }
+    push(&Line::End(EndLine {
+        leases: snapshot.leases.len(),
+        pins: snapshot.pins.len(),
+    }));
+    match output {
+        Some(path) => std::fs::write(path, text)?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(0)
+}
+
+/// Serialises any of the line types.
+mod erased {
+    pub trait Line {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Line for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("plain data serialises")
+        }
+    }
+}
+
+fn bad(line: usize, what: impl std::fmt::Display) -> CliError {
+    CliError::Invalid(format!(
+        "import refused, nothing written: line {line}: {what}"
+    ))
+}
+
+fn bad_field(line: usize, field: &str, what: impl std::fmt::Display) -> CliError {
+    CliError::Invalid(format!(
+        "import refused, nothing written: line {line}, field {field}: {what}"
+    ))
+}
+
+fn key_at(line: usize, namespace: &str, name: &str) -> Result<Key, CliError> {
+    Key::new(namespace, name).map_err(|e| match e {
+        Error::InvalidArgument { what, .. } => bad_field(line, what, e),
+        other => bad(line, other),
+    })
+}
+
+/// Parses an export, checking every line before anything is written.
+fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
+    let mut lines = BufReader::new(input).lines().enumerate();
+    let (_, first) = lines
+        .next()
+        .ok_or_else(|| bad(1, "empty input: expected a leasehold export"))?;
+    let first = first?;
+    let header: Header = serde_json::from_str(&first).map_err(|e| bad(1, e))?;
+    if header.leasehold_export != FORMAT_VERSION {
+        return Err(bad_field(
+            1,
+            "leasehold_export",
+            format!("format {} is not {FORMAT_VERSION}", header.leasehold_export),
+        ));
+    }
+    let mut snapshot = Snapshot {
+        taken_at: leasehold::chrono::Utc::now(),
+        leases: Vec::new(),
+        pins: Vec::new(),
+    };
+    // The line number of each entry, leases then pins.
+    let mut lease_lines = Vec::new();
+    let mut pin_lines = Vec::new();
+    let mut end = None;
+    for (i, text) in lines {
+        let n = i + 1;
+        let text = text?;
+        if let Some(end_line) = end {
+            return Err(bad(
+                n,
+                format!("content after the end line (line {end_line})"),
+            ));
+        }
+        let line: Line = serde_json::from_str(&text).map_err(|e| bad(n, e))?;
+        match line {
+            Line::Lease(l) => {
+                if l.holder.is_none() && l.expires_in_ms.is_some() {
+                    return Err(bad_field(
+                        n,
+                        "expires_in_ms",
+                        "a vacant lease has no expiry",
+                    ));
+                }
+                snapshot.leases.push(ExportedLease {
+                    key: key_at(n, &l.namespace, &l.name)?,
+                    holder: l.holder,
+                    epoch: l.epoch,
+                    remaining: l.expires_in_ms.map(Duration::from_millis),
+                });
+                lease_lines.push(n);
+            }
+            Line::Pin(p) => {
+                snapshot.pins.push(ExportedPin {
+                    key: key_at(n, &p.namespace, &p.name)?,
+                    entity: p.entity,
+                    reason: p.reason,
+                    remaining: p.expires_in_ms.map(Duration::from_millis),
+                });
+                pin_lines.push(n);
+            }
+            Line::End(e) => {
+                if e.leases != snapshot.leases.len() || e.pins != snapshot.pins.len() {
+                    return Err(bad(
+                        n,
+                        format!(
+                            "the end line counts {} leases and {} pins, the file has {} and {}",
+                            e.leases,
+                            e.pins,
+                            snapshot.leases.len(),
+                            snapshot.pins.len()
+                        ),
+                    ));
+                }
+                end = Some(n);
+            }
+        }
+    }
+    if end.is_none() {
+        return Err(bad(
+            lease_lines.len() + pin_lines.len() + 2,
+            "truncated: the end line is missing",
+        ));
+    }
+    lease_lines.extend(pin_lines);
+    Ok((snapshot, lease_lines))
+}
+
+pub fn import(
+    engine: &Engine,
+    file: Option<&Path>,
+    window: Duration,
+    out: Output,
+) -> Result<u8, CliError> {
+    let (snapshot, lines) = match file {
+        Some(path) => parse(std::fs::File::open(path)?)?,
+        None => parse(std::io::stdin().lock())?,
+    };
+    let summary = engine.import(&snapshot, window).map_err(|e| match e {
+        Error::ImportRefused {
+            index,
+            field,
+            reason,
+        } => bad_field(lines.get(index).copied().unwrap_or(0), field, reason),
+        other => CliError::Lease(other),
+    })?;
+    out.json(&json!({"tenures": summary.tenures, "vacant": summary.vacant, "pins": summary.pins}));
+    out.say(format!(
+        "imported {} held leases, {} vacant keys and {} pins; leases held for {} from now",
+        summary.tenures,
+        summary.vacant,
+        summary.pins,
+        super::leases::human(window)
+    ));
+    Ok(0)
+}

@@ -1,0 +1,123 @@
+//! `watch`: lease transitions as they happen, from any process.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use leasehold::{Engine, EventKind, Key};
+
+use super::leases::{event_json, event_line, time};
+use super::{CliError, Output};
+
+/// A held lease as last seen: holder, epoch, expiry.
+type Seen = (
+    String,
+    u64,
+    leasehold::chrono::DateTime<leasehold::chrono::Utc>,
+);
+
+pub fn watch(
+    engine: &Engine,
+    namespace: Option<&str>,
+    duration: Option<Duration>,
+    out: Output,
+) -> Result<u8, CliError> {
+    let stop_at = duration.map(|d| Instant::now() + d);
+    // Start from now: the newest event so far, and every held lease.
+    let mut last = 0;
+    loop {
+        let past = engine.wait_for_events(namespace, last, Duration::ZERO)?;
+        match past.last() {
+            Some((_, e)) => last = e.id(),
+            None => break,
+        }
+    }
+    let mut held: HashMap<Key, Seen> = HashMap::new();
+    let namespaces = match namespace {
+        Some(ns) => vec![ns.to_owned()],
+        None => engine.namespaces()?,
+    };
+    for ns in namespaces {
+        for lease in engine.leases(&ns)? {
+            if let (Some(h), Some(e)) = (lease.holder(), lease.expires_at()) {
+                held.insert(lease.key().clone(), (h.to_owned(), lease.epoch(), e));
+            }
+        }
+    }
+    out.say(format!(
+        "watching {} ({} held); Ctrl-C to stop",
+        namespace.unwrap_or("all namespaces"),
+        held.len()
+    ));
+    loop {
+        let now = Instant::now();
+        if stop_at.is_some_and(|t| now >= t) {
+            return Ok(0);
+        }
+        // Wake for new events, or at the earliest expiry to notice lapses.
+        let engine_now = engine.now();
+        let mut timeout = Duration::from_secs(1);
+        for (_, _, expiry) in held.values() {
+            timeout = timeout.min((*expiry - engine_now).to_std().unwrap_or_default());
+        }
+        if let Some(t) = stop_at {
+            timeout = timeout.min(t - now);
+        }
+        let events = engine.wait_for_events(namespace, last, timeout)?;
+        for (key, event) in &events {
+            last = event.id();
+            match event.kind() {
+                EventKind::Claimed => {
+                    if let Some(lease) = engine.lease(key)?
+                        && let (Some(h), Some(e)) = (lease.holder(), lease.expires_at())
+                    {
+                        held.insert(key.clone(), (h.to_owned(), lease.epoch(), e));
+                    }
+                }
+                EventKind::Released | EventKind::Revoked => {
+                    held.remove(key);
+                }
+                EventKind::Lapsed => {
+                    // Already reported as expired when it ran out.
+                    continue;
+                }
+                _ => {}
+            }
+            out.json(&event_json(key, event));
+            out.say(event_line(key, event));
+        }
+        // Leases whose expiry has passed: renewed, or expired?
+        let engine_now = engine.now();
+        let due: Vec<Key> = held
+            .iter()
+            .filter(|(_, (_, _, e))| *e <= engine_now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let (holder, epoch, expiry) = held.remove(&key).expect("listed");
+            match engine.lease(&key)? {
+                Some(lease) if lease.is_held() && lease.epoch() == epoch => {
+                    // Renewed, or pinned: look again when it may run out.
+                    let until = lease
+                        .held_until()
+                        .unwrap_or(engine_now + Duration::from_secs(60))
+                        .max(engine_now + Duration::from_millis(10));
+                    held.insert(key, (holder, epoch, until));
+                }
+                _ => {
+                    out.json(&serde_json::json!({
+                        "at": time(expiry),
+                        "namespace": key.namespace(),
+                        "name": key.name(),
+                        "kind": "expired",
+                        "holder": holder,
+                        "epoch": epoch,
+                    }));
+                    out.say(format!(
+                        "{}  {key}  expired   {holder}  epoch {epoch}",
+                        time(expiry)
+                    ));
+                }
+            }
+        }
+    }
+}
