@@ -83,6 +83,8 @@ pub struct BackgroundStats {
 
 pub(crate) struct Driver {
     state: Mutex<State>,
+    /// Whether the thread was ever started (read without the lock).
+    started: std::sync::atomic::AtomicBool,
     /// The driver thread sleeps here.
     wake: Condvar,
     /// Threads blocked in a wait (and `shutdown`) sleep here.
@@ -207,7 +209,8 @@ struct Plan {
     verify: Vec<(u64, Key, String, u64)>,
     /// Minions: is the key vacant?
     inspect: Vec<(u64, Key)>,
-    claims: Vec<(u64, Key, String, i64)>,
+    /// (tracker, key, holder, duration, the tenure to extend if leading).
+    claims: Vec<(u64, Key, String, i64, Option<u64>)>,
     releases: Vec<(u64, Key, String)>,
 }
 
@@ -228,6 +231,7 @@ impl Driver {
     ) -> Driver {
         Driver {
             state: Mutex::new(State::default()),
+            started: std::sync::atomic::AtomicBool::new(false),
             wake: Condvar::new(),
             changed: Condvar::new(),
             passed: Condvar::new(),
@@ -257,11 +261,17 @@ impl Driver {
             .spawn(move || driver.run(weak))
             .expect("failed to spawn the leasehold-driver thread");
         st.thread = Some(handle.thread().id());
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Something in this process committed, or the clock moved: wake
-    /// waiters and have the thread look at once.
+    /// waiters and have the thread look at once. Free when nothing in this
+    /// process waits or tracks (the thread was never started).
     pub fn poke(&self) {
+        if !self.started.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut st = self.lock();
         st.poked = true;
         st.generation += 1;
@@ -693,6 +703,7 @@ impl Driver {
                         track.key.clone(),
                         track.holder.clone(),
                         2 * track.guarantee_ms,
+                        None,
                     ));
                 }
             }
@@ -703,7 +714,10 @@ impl Driver {
             // of its guarantee, so that renewals falling due together share
             // transactions.
             for (&id, track) in &st.trackers {
-                if let Role::Leader { renew_at, .. } = track.role {
+                if let Role::Leader {
+                    renew_at, epoch, ..
+                } = track.role
+                {
                     let window = track.guarantee_ms / 8;
                     let asked = !track.claim_tickets.is_empty();
                     if track.stop.is_none()
@@ -715,6 +729,7 @@ impl Driver {
                             track.key.clone(),
                             track.holder.clone(),
                             2 * track.guarantee_ms,
+                            Some(epoch),
                         ));
                     }
                 }
@@ -795,6 +810,7 @@ impl Driver {
                     track.key.clone(),
                     track.holder.clone(),
                     2 * track.guarantee_ms,
+                    None,
                 )),
                 Hold::Until(at) => {
                     track.role = Role::Minion {
@@ -822,8 +838,20 @@ impl Driver {
                 || Context::new("renew"),
                 |tx| {
                     let mut done = Vec::with_capacity(chunk.len());
-                    for (id, key, holder, duration_ms) in chunk.iter().copied() {
+                    for (id, key, holder, duration_ms, epoch) in chunk.iter().copied() {
                         let d = Duration::from_millis(*duration_ms as u64);
+                        // A leader renews its own tenure in one statement;
+                        // if that tenure is gone, it claims afresh.
+                        if let Some(epoch) = *epoch {
+                            match tx.extend_epoch(key, holder, epoch, d) {
+                                Ok(_) => {
+                                    done.push((*id, started, Outcome::Won(epoch)));
+                                    continue;
+                                }
+                                Err(Error::NotHeld { .. }) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
                         match tx.claim(key, holder, d) {
                             Ok(t) => done.push((*id, started, Outcome::Won(t.epoch()))),
                             Err(Error::ClaimDenied { .. }) => {

@@ -87,6 +87,7 @@
 //! embedded ([`migrations`]) and applied on open, or by your own migration
 //! tool through [`migrate`].
 
+mod busy;
 mod clock;
 mod driver;
 mod engine;
@@ -106,6 +107,7 @@ mod transfer;
 mod txn;
 mod wait;
 
+pub use crate::busy::LockWait;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};

@@ -27,6 +27,9 @@ use crate::store::{EventRecord, SqliteStore, Store};
 pub struct InTxn<'c> {
     engine: &'c Engine,
     conn: &'c Connection,
+    /// The engine's store with statements kept checked out, for its own
+    /// transactions; `None` in yours (nothing may outlive your borrow).
+    store: Option<&'c DynStore<'c>>,
     /// Whether the engine owns the transaction (and will tell it what was
     /// persisted once it commits).
     owned: bool,
@@ -35,10 +38,15 @@ pub struct InTxn<'c> {
 
 impl<'c> InTxn<'c> {
     /// Operations in a transaction the engine began and will commit.
-    pub(crate) fn owned(engine: &'c Engine, conn: &'c Connection) -> InTxn<'c> {
+    pub(crate) fn owned(
+        engine: &'c Engine,
+        conn: &'c Connection,
+        store: &'c DynStore<'c>,
+    ) -> InTxn<'c> {
         InTxn {
             engine,
             conn,
+            store: Some(store),
             owned: true,
             persisted: Cell::new(None),
         }
@@ -49,14 +57,16 @@ impl<'c> InTxn<'c> {
         InTxn {
             engine,
             conn,
+            store: None,
             owned: false,
             persisted: Cell::new(None),
         }
     }
 
-    /// The high-water mark this transaction wrote, once it commits.
+    /// The high-water mark this transaction wrote, once it commits (only
+    /// the engine's own transactions report it: yours may roll back).
     pub(crate) fn persisted_high_water(&self) -> Option<i64> {
-        self.persisted.get()
+        self.persisted.get().filter(|_| self.owned)
     }
 
     /// The connection this runs on.
@@ -64,39 +74,40 @@ impl<'c> InTxn<'c> {
         self.conn
     }
 
-    fn store(&self) -> SqliteStore<'c> {
-        SqliteStore::new(self.conn)
+    fn store(&self) -> StoreRef<'c> {
+        match self.store {
+            Some(s) => StoreRef::Held(s),
+            None => StoreRef::Fresh(SqliteStore::new(self.conn)),
+        }
     }
 
-    fn fail(&self, ctx: Context) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        move |e| Error::storage(ctx.clone(), e, self.engine.busy_timeout())
+    /// Maps an SQLite error to ours; the context is built only on failure,
+    /// off the hot path.
+    fn fail<'a>(
+        &'a self,
+        ctx: impl Fn() -> Context + 'a,
+    ) -> impl Fn(rusqlite::Error) -> Error + 'a {
+        move |e| Error::storage(ctx(), e, self.engine.busy_timeout())
     }
 
     /// Ends a write that succeeded: persists the high-water mark too when
-    /// due. (Refused operations write nothing at all.)
-    fn finish_write(&self, store: &SqliteStore<'_>, now: i64) -> rusqlite::Result<()> {
-        if self.engine.high_water_due(now) {
+    /// due, once per transaction. (Refused operations write nothing at all.)
+    fn finish_write(&self, store: &DynStore<'_>, now: i64) -> rusqlite::Result<()> {
+        if self.persisted.get().is_none() && self.engine.high_water_due(now) {
             store.persist_high_water(now)?;
-            if self.owned {
-                self.persisted.set(Some(now));
-            }
+            self.persisted.set(Some(now));
         }
         Ok(())
     }
 
-    fn event(
-        &self,
-        store: &SqliteStore<'_>,
-        key: &Key,
-        event: EventRecord,
-    ) -> rusqlite::Result<()> {
+    fn event(&self, store: &DynStore<'_>, key: &Key, event: EventRecord) -> rusqlite::Result<()> {
         store.record_event(key, &event, self.engine.inner.event_retention)
     }
 
     /// Logs the end of a tenure that ran out, if `rec` holds one at `now`.
     fn note_lapse(
         &self,
-        store: &SqliteStore<'_>,
+        store: &DynStore<'_>,
         key: &Key,
         rec: &Record,
         now: i64,
@@ -127,8 +138,9 @@ impl<'c> InTxn<'c> {
     pub fn claim(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
         validate_name("holder", holder)?;
         let ms = duration_ms("duration", duration)?;
-        let fail = self.fail(Context::new("claim").key(key).holder(holder));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("claim").key(key).holder(holder));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let (now, fraction) = self.engine.now_reading();
         // The guarantee runs from the instant of the call, which may lie up to
         // a millisecond after `now`: round the expiry up.
@@ -144,10 +156,10 @@ impl<'c> InTxn<'c> {
             })?;
         if claimed == Claimed::New {
             if let Some(old) = &current {
-                self.note_lapse(&store, key, old, now).map_err(&fail)?;
+                self.note_lapse(store, key, old, now).map_err(&fail)?;
             }
             self.event(
-                &store,
+                store,
                 key,
                 EventRecord {
                     at_ms: rec.started_ms,
@@ -160,8 +172,11 @@ impl<'c> InTxn<'c> {
             )
             .map_err(&fail)?;
         }
-        store.save(key, &rec).map_err(&fail)?;
-        self.finish_write(&store, now).map_err(&fail)?;
+        match claimed {
+            Claimed::Extended => store.save_extension(key, &rec).map_err(&fail)?,
+            Claimed::New => store.save(key, &rec).map_err(&fail)?,
+        }
+        self.finish_write(store, now).map_err(&fail)?;
         Ok(Tenure {
             engine: self.engine.clone(),
             key: key.clone(),
@@ -173,6 +188,62 @@ impl<'c> InTxn<'c> {
         })
     }
 
+    /// As [`Engine::extend`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::extend`].
+    pub fn extend(&self, tenure: &Tenure, duration: Duration) -> Result<Tenure> {
+        let until = self.extend_epoch(&tenure.key, &tenure.holder, tenure.epoch, duration)?;
+        Ok(Tenure {
+            expires_at: tenure.expires_at.max(from_ms(until)),
+            extended: true,
+            ..tenure.clone()
+        })
+    }
+
+    /// Extends tenure `epoch` of `holder`; returns a lower bound of the new
+    /// expiry (ms).
+    pub(crate) fn extend_epoch(
+        &self,
+        key: &Key,
+        holder: &str,
+        epoch: u64,
+        duration: Duration,
+    ) -> Result<i64> {
+        let ms = duration_ms("duration", duration)?;
+        let fail = self.fail(|| Context::new("extend").key(key).holder(holder));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
+        let (now, fraction) = self.engine.now_reading();
+        let ms = ms + i64::from(fraction);
+        let extended = store
+            .extend_tenure(key, holder, epoch, now, ms)
+            .map_err(&fail)?;
+        if !extended {
+            // Not this tenure any more — or the rare case the one-statement
+            // path leaves to the state machine (a sum near i64::MAX).
+            let current = store.load(key).map_err(&fail)?;
+            match current {
+                Some(rec) if rec.is_held_by(holder, Some(epoch), now) => {
+                    let (rec, _) = Record::claim(Some(&rec), holder, now, ms)
+                        .expect("the holder holds it, so this is an extension");
+                    store.save_extension(key, &rec).map_err(&fail)?;
+                }
+                other => {
+                    return Err(Error::NotHeld {
+                        key: key.clone(),
+                        holder: holder.to_owned(),
+                        current_holder: other
+                            .and_then(|r| r.holder_at(r.time(now)).map(str::to_owned)),
+                    });
+                }
+            }
+        }
+        self.finish_write(store, now).map_err(&fail)?;
+        Ok(now.saturating_add(ms))
+    }
+
     /// As [`Engine::release`], inside this transaction.
     ///
     /// # Errors
@@ -180,8 +251,9 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::release`].
     pub fn release(&self, key: &Key, holder: &str) -> Result<()> {
         validate_name("holder", holder)?;
-        let fail = self.fail(Context::new("release").key(key).holder(holder));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("release").key(key).holder(holder));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let now = self.engine.now_ms();
         let not_held = |current_holder| Error::NotHeld {
             key: key.clone(),
@@ -194,7 +266,7 @@ impl<'c> InTxn<'c> {
             .ok_or_else(|| not_held(None))?;
         let rec = current.release(holder, now).map_err(not_held)?;
         self.event(
-            &store,
+            store,
             key,
             EventRecord {
                 at_ms: rec.updated_ms,
@@ -207,7 +279,7 @@ impl<'c> InTxn<'c> {
         )
         .map_err(&fail)?;
         store.save(key, &rec).map_err(&fail)?;
-        self.finish_write(&store, now).map_err(&fail)
+        self.finish_write(store, now).map_err(&fail)
     }
 
     /// As [`Engine::revoke`], inside this transaction.
@@ -216,8 +288,9 @@ impl<'c> InTxn<'c> {
     ///
     /// As [`Engine::revoke`].
     pub fn revoke(&self, key: &Key) -> Result<Option<Lease>> {
-        let fail = self.fail(Context::new("revoke").key(key));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("revoke").key(key));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let now = self.engine.now_ms();
         let Some(current) = store.load(key).map_err(&fail)? else {
             return Ok(None);
@@ -227,7 +300,7 @@ impl<'c> InTxn<'c> {
             Some((holder, epoch)) => {
                 let pins = live_pins(&store.pins(key).map_err(&fail)?, rec.updated_ms);
                 self.event(
-                    &store,
+                    store,
                     key,
                     EventRecord {
                         at_ms: rec.updated_ms,
@@ -242,13 +315,13 @@ impl<'c> InTxn<'c> {
                 Some(Lease::from_record(key.clone(), &current, pins, now))
             }
             None => {
-                self.note_lapse(&store, key, &current, now).map_err(&fail)?;
+                self.note_lapse(store, key, &current, now).map_err(&fail)?;
                 None
             }
         };
         if rec != current {
             store.save(key, &rec).map_err(&fail)?;
-            self.finish_write(&store, now).map_err(&fail)?;
+            self.finish_write(store, now).map_err(&fail)?;
         }
         Ok(before)
     }
@@ -270,8 +343,9 @@ impl<'c> InTxn<'c> {
         let expires_ms = expires_after
             .map(|d| duration_ms("pin duration", d))
             .transpose()?;
-        let fail = self.fail(Context::new("pin").key(key).holder(entity));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("pin").key(key).holder(entity));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let now = self.engine.now_ms();
         let current = store.load(key).map_err(&fail)?;
         let rec = current.clone().unwrap_or_else(|| Record::vacant(now));
@@ -283,11 +357,11 @@ impl<'c> InTxn<'c> {
             expires_ms: expires_ms.map(|ms| t.saturating_add(ms)),
         };
         store.put_pin(key, &pin).map_err(&fail)?;
-        let pins = self.prune_pins(&store, key, t).map_err(&fail)?;
-        self.note_lapse(&store, key, &rec, now).map_err(&fail)?;
+        let pins = self.prune_pins(store, key, t).map_err(&fail)?;
+        self.note_lapse(store, key, &rec, now).map_err(&fail)?;
         let rec = rec.repin(PinRecord::pinned_until(&pins, t), now);
         self.event(
-            &store,
+            store,
             key,
             EventRecord {
                 at_ms: t,
@@ -300,7 +374,7 @@ impl<'c> InTxn<'c> {
         )
         .map_err(&fail)?;
         store.save(key, &rec).map_err(&fail)?;
-        self.finish_write(&store, now).map_err(&fail)
+        self.finish_write(store, now).map_err(&fail)
     }
 
     /// As [`Engine::unpin`], inside this transaction.
@@ -310,8 +384,9 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::unpin`].
     pub fn unpin(&self, key: &Key, entity: &str) -> Result<bool> {
         validate_name("entity", entity)?;
-        let fail = self.fail(Context::new("unpin").key(key).holder(entity));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("unpin").key(key).holder(entity));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let now = self.engine.now_ms();
         let Some(current) = store.load(key).map_err(&fail)? else {
             return Ok(false);
@@ -320,11 +395,11 @@ impl<'c> InTxn<'c> {
             return Ok(false);
         }
         let t = current.time(now);
-        let pins = self.prune_pins(&store, key, t).map_err(&fail)?;
-        self.note_lapse(&store, key, &current, now).map_err(&fail)?;
+        let pins = self.prune_pins(store, key, t).map_err(&fail)?;
+        self.note_lapse(store, key, &current, now).map_err(&fail)?;
         let rec = current.repin(PinRecord::pinned_until(&pins, t), now);
         self.event(
-            &store,
+            store,
             key,
             EventRecord {
                 at_ms: t,
@@ -337,14 +412,14 @@ impl<'c> InTxn<'c> {
         )
         .map_err(&fail)?;
         store.save(key, &rec).map_err(&fail)?;
-        self.finish_write(&store, now).map_err(&fail)?;
+        self.finish_write(store, now).map_err(&fail)?;
         Ok(true)
     }
 
     /// Deletes pins that have expired by `t`; returns the live ones.
     fn prune_pins(
         &self,
-        store: &SqliteStore<'_>,
+        store: &DynStore<'_>,
         key: &Key,
         t: i64,
     ) -> rusqlite::Result<Vec<PinRecord>> {
@@ -362,8 +437,9 @@ impl<'c> InTxn<'c> {
     ///
     /// As [`Engine::lease`].
     pub fn lease(&self, key: &Key) -> Result<Option<Lease>> {
-        let fail = self.fail(Context::new("read").key(key));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("read").key(key));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let now = self.engine.now_ms();
         let Some(rec) = store.load(key).map_err(&fail)? else {
             return Ok(None);
@@ -390,8 +466,9 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::all_leases`].
     pub fn all_leases(&self, namespace: &str) -> Result<Vec<Lease>> {
         validate_name("namespace", namespace)?;
-        let fail = self.fail(Context::new("list").namespace(namespace));
-        let store = self.store();
+        let fail = self.fail(|| Context::new("list").namespace(namespace));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
         let now = self.engine.now_ms();
         let rows = store.list(namespace).map_err(&fail)?;
         let mut pins = store
@@ -422,7 +499,26 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::history`].
     pub fn history(&self, key: &Key, limit: usize) -> Result<Vec<Event>> {
         crate::event::history(self.conn, key, limit)
-            .map_err(self.fail(Context::new("history").key(key)))
+            .map_err(self.fail(|| Context::new("history").key(key)))
+    }
+}
+
+/// The store behind the seam, as the lease logic sees it.
+pub(crate) type DynStore<'a> = dyn Store<Error = rusqlite::Error> + 'a;
+
+/// The store an operation uses: the engine's, or one made for the call.
+enum StoreRef<'c> {
+    Held(&'c DynStore<'c>),
+    Fresh(SqliteStore<'c>),
+}
+
+impl<'c> std::ops::Deref for StoreRef<'c> {
+    type Target = DynStore<'c>;
+    fn deref(&self) -> &DynStore<'c> {
+        match self {
+            StoreRef::Held(s) => *s,
+            StoreRef::Fresh(s) => s,
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! backend (PostgreSQL, say) would implement the same trait and its own
 //! guard SQL.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use std::cell::RefCell;
+
+use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 
 use crate::key::Key;
 use crate::lease::{PinRecord, Record};
@@ -54,27 +56,77 @@ pub(crate) trait Store {
         retention: u64,
     ) -> Result<(), Self::Error>;
     fn persist_high_water(&self, ms: i64) -> Result<(), Self::Error>;
+
+    /// Saves an extension: only the expiry and the row's time change.
+    fn save_extension(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
+
+    /// Extends tenure `epoch` of `holder` if it is current at `now`, in one
+    /// statement: exactly [`Record::claim`]'s extension branch for that
+    /// case. Returns whether it did; `false` writes nothing.
+    fn extend_tenure(
+        &self,
+        key: &Key,
+        holder: &str,
+        epoch: u64,
+        now: i64,
+        duration_ms: i64,
+    ) -> Result<bool, Self::Error>;
 }
 
-/// [`Store`] on a SQLite connection, with cached prepared statements.
+/// [`Store`] on a SQLite connection. Statements come from the connection's
+/// cache and stay checked out for the store's life, so that a batch of
+/// operations (many claims in one transaction) prepares each once.
 pub(crate) struct SqliteStore<'c> {
     conn: &'c Connection,
+    /// `None` for a store that returns statements to the cache after each
+    /// use (its owner must not keep the connection borrowed).
+    held: Option<RefCell<Vec<(&'static str, CachedStatement<'c>)>>>,
 }
 
 impl<'c> SqliteStore<'c> {
+    /// A store that keeps nothing checked out between calls.
     pub fn new(conn: &'c Connection) -> SqliteStore<'c> {
-        SqliteStore { conn }
+        SqliteStore { conn, held: None }
+    }
+
+    /// A store that keeps its statements checked out until dropped: for the
+    /// engine's own transactions, where many operations may run.
+    pub fn holding(conn: &'c Connection) -> SqliteStore<'c> {
+        SqliteStore {
+            conn,
+            held: Some(RefCell::new(Vec::new())),
+        }
+    }
+
+    /// Runs `f` with the prepared statement for `sql`, found by the address
+    /// of the static string (no hashing of the SQL text).
+    fn with<T>(
+        &self,
+        sql: &'static str,
+        f: impl FnOnce(&mut CachedStatement<'c>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let Some(held) = &self.held else {
+            return f(&mut self.conn.prepare_cached(sql)?);
+        };
+        let mut held = held.borrow_mut();
+        let i = match held.iter().position(|(s, _)| std::ptr::eq(*s, sql)) {
+            Some(i) => i,
+            None => {
+                held.push((sql, self.conn.prepare_cached(sql)?));
+                held.len() - 1
+            }
+        };
+        f(&mut held[i].1)
     }
 
     /// The latest engine time the database proves has passed: the persisted
     /// high-water mark, or any lease row's last write if later.
     pub fn high_water(&self) -> rusqlite::Result<i64> {
-        self.conn
-            .prepare_cached(
-                "SELECT max(coalesce((SELECT high_water_ms FROM main.leasehold_clock WHERE id = 1), 0),
-                            coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0))",
-            )?
-            .query_row([], |r| r.get(0))
+        self.with(
+            "SELECT max(coalesce((SELECT high_water_ms FROM main.leasehold_clock WHERE id = 1), 0),
+                        coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0))",
+            |st| st.query_row([], |r| r.get(0)),
+        )
     }
 }
 
@@ -98,18 +150,27 @@ fn pin_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<PinRecor
     })
 }
 
-const RECORD_COLUMNS: &str = "holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms";
+macro_rules! record_columns {
+    () => {
+        "holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms"
+    };
+}
 
 impl Store for SqliteStore<'_> {
     type Error = rusqlite::Error;
 
     fn load(&self, key: &Key) -> rusqlite::Result<Option<Record>> {
-        self.conn
-            .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM main.leasehold_leases WHERE namespace = ?1 AND name = ?2"
-            ))?
-            .query_row([key.namespace(), key.name()], |r| record_from_row(r, 0))
-            .optional()
+        self.with(
+            concat!(
+                "SELECT ",
+                record_columns!(),
+                " FROM main.leasehold_leases WHERE namespace = ?1 AND name = ?2"
+            ),
+            |st| {
+                st.query_row([key.namespace(), key.name()], |r| record_from_row(r, 0))
+                    .optional()
+            },
+        )
     }
 
     fn save(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
@@ -125,22 +186,19 @@ impl Store for SqliteStore<'_> {
             rec.pinned_until_ms,
             rec.updated_ms,
         ];
-        let updated = self
-            .conn
-            .prepare_cached(
-                "UPDATE main.leasehold_leases SET holder = ?3, epoch = ?4, started_ms = ?5,
-                    expiry_ms = ?6, pinned_until_ms = ?7, updated_ms = ?8
-                 WHERE namespace = ?1 AND name = ?2",
-            )?
-            .execute(values)?;
+        let updated = self.with(
+            "UPDATE main.leasehold_leases SET holder = ?3, epoch = ?4, started_ms = ?5,
+                expiry_ms = ?6, pinned_until_ms = ?7, updated_ms = ?8
+             WHERE namespace = ?1 AND name = ?2",
+            |st| st.execute(values),
+        )?;
         if updated == 0 {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO main.leasehold_leases
-                        (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(values)?;
+            self.with(
+                "INSERT INTO main.leasehold_leases
+                    (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                |st| st.execute(values),
+            )?;
         }
         Ok(())
     }
@@ -186,8 +244,10 @@ impl Store for SqliteStore<'_> {
 
     fn list(&self, namespace: &str) -> rusqlite::Result<Vec<(String, Record)>> {
         self.conn
-            .prepare_cached(&format!(
-                "SELECT name, {RECORD_COLUMNS} FROM main.leasehold_leases WHERE namespace = ?1 ORDER BY name"
+            .prepare_cached(concat!(
+                "SELECT name, ",
+                record_columns!(),
+                " FROM main.leasehold_leases WHERE namespace = ?1 ORDER BY name"
             ))?
             .query_map([namespace], |r| Ok((r.get(0)?, record_from_row(r, 1)?)))?
             .collect()
@@ -219,7 +279,12 @@ impl Store for SqliteStore<'_> {
                 e.entity,
                 e.detail
             ])?;
+        // Trim the history every 64 events rather than at each one, so that
+        // most events write one page, not two.
         let newest = self.conn.last_insert_rowid();
+        if newest % 64 != 0 {
+            return Ok(());
+        }
         let keep = i64::try_from(retention).unwrap_or(i64::MAX);
         self.conn
             .prepare_cached("DELETE FROM main.leasehold_events WHERE id <= ?1")?
@@ -227,12 +292,62 @@ impl Store for SqliteStore<'_> {
             .map(drop)
     }
 
+    fn save_extension(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
+        self.with(
+            "UPDATE main.leasehold_leases SET expiry_ms = ?3, updated_ms = ?4
+             WHERE namespace = ?1 AND name = ?2",
+            |st| {
+                st.execute(params![
+                    key.namespace(),
+                    key.name(),
+                    rec.expiry_ms,
+                    rec.updated_ms
+                ])
+            },
+        )
+        .map(drop)
+    }
+
+    fn extend_tenure(
+        &self,
+        key: &Key,
+        holder: &str,
+        epoch: u64,
+        now: i64,
+        duration_ms: i64,
+    ) -> rusqlite::Result<bool> {
+        // With t = max(now, updated_ms): held iff the holder and epoch match
+        // and max(expiry, pinned_until) > t; then expiry = max(expiry, t + d)
+        // and updated = t. The last condition keeps t + d inside i64 (SQLite
+        // would turn an overflow into a float); the caller then falls back
+        // to the state machine, which saturates.
+        self.with(
+            "UPDATE main.leasehold_leases
+             SET expiry_ms = max(expiry_ms, max(?3, updated_ms) + ?4),
+                 updated_ms = max(?3, updated_ms)
+             WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6
+               AND max(expiry_ms, pinned_until_ms) > max(?3, updated_ms)
+               AND max(?3, updated_ms) <= ?7",
+            |st| {
+                st.execute(params![
+                    key.namespace(),
+                    key.name(),
+                    now,
+                    duration_ms,
+                    holder,
+                    epoch,
+                    i64::MAX - duration_ms
+                ])
+            },
+        )
+        .map(|n| n == 1)
+    }
+
     fn persist_high_water(&self, ms: i64) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
-            )?
-            .execute([ms])
-            .map(drop)
+        self.with(
+            "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
+            |st| st.execute([ms]),
+        )
+        .map(drop)
     }
 }

@@ -1,0 +1,327 @@
+//! The performance report: every figure of the project's targets, measured
+//! next to its baseline in the same run, as one table.
+//!
+//! `cargo bench --bench report` (about a minute), or with
+//! `LEASEHOLD_BENCH_SHORT=1` for the quick version CI runs so that the
+//! report cannot rot. Whether targets hold is printed, never enforced: the
+//! machine is shared and noisy.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::procs::{
+    Helper, handover_after_kill, handover_after_release, idle_watch, percentile, run_case,
+    serve_role, short, ten_thousand_trackers,
+};
+use leasehold::{Engine, Synchronous};
+
+struct Row {
+    figure: String,
+    leasehold: String,
+    baseline: String,
+    ratio: String,
+    target: String,
+    holds: Option<bool>,
+}
+
+fn us(s: f64) -> String {
+    format!("{:.2} µs", s * 1e6)
+}
+
+/// Time ratio (leasehold / baseline), for "at most" targets.
+fn slower(name: &str, (lh, base, r): (f64, f64, f64), max: f64, baseline: &str) -> Row {
+    Row {
+        figure: name.into(),
+        leasehold: us(lh),
+        baseline: format!("{} ({baseline})", us(base)),
+        ratio: format!("{r:.2}×"),
+        target: format!("≤ {max:.2}×"),
+        holds: Some(r <= max),
+    }
+}
+
+/// Throughput ratio (baseline time / leasehold time), for "at least" targets.
+fn throughput(name: &str, (lh, base, r): (f64, f64, f64), min: f64, baseline: &str) -> Row {
+    let r = 1.0 / r;
+    Row {
+        figure: name.into(),
+        leasehold: format!("{:.0}/s", 1.0 / lh),
+        baseline: format!("{:.0}/s ({baseline})", 1.0 / base),
+        ratio: format!("{r:.2}×"),
+        target: format!("≥ {min:.2}×"),
+        holds: Some(r >= min),
+    }
+}
+
+fn main() {
+    if serve_role() || std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let quick = short();
+    let (rounds, budget) = if quick {
+        (7, Duration::from_millis(400))
+    } else {
+        (15, Duration::from_secs(3))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let mut rows = Vec::new();
+    let m = |mut pair: common::Pair| common::measure(&mut pair, rounds, budget);
+    eprintln!("measuring guarded writes…");
+    let f = m(common::guarded_write_txn(p, Synchronous::Normal, "NORMAL"));
+    rows.push(slower("guarded write: Txn builder", f, 1.15, "bare txn"));
+    let f = m(common::guarded_write_check_in(
+        p,
+        Synchronous::Normal,
+        "NORMAL",
+    ));
+    rows.push(slower("guarded write: check_in", f, 1.15, "bare txn"));
+    let f = m(common::guarded_write_fragment(p));
+    rows.push(slower("guarded write: SQL fragment", f, 1.15, "bare txn"));
+    let f = m(common::guarded_write_check_in(p, Synchronous::Full, "FULL"));
+    rows.push(slower(
+        "guarded write, synchronous=FULL",
+        f,
+        1.03,
+        "bare txn, FULL",
+    ));
+    eprintln!("measuring claims…");
+    let f = m(common::claim(p, false));
+    rows.push(throughput(
+        "claim new tenure + release",
+        f,
+        0.90,
+        "2 raw upserts",
+    ));
+    let f = m(common::claim(p, true));
+    rows.push(throughput(
+        "re-claim (extends), one per txn",
+        f,
+        0.90,
+        "raw upsert",
+    ));
+    let f = m(common::extend_tenure(p));
+    rows.push(throughput(
+        "extend a held tenure, one per txn",
+        f,
+        0.90,
+        "raw upsert",
+    ));
+    let (lh, base, r) = m(common::batched_renewals(p));
+    rows.push(throughput(
+        "100 renewals per txn (per key)",
+        (lh / 100.0, base / 100.0, r),
+        0.70,
+        "raw batched upsert",
+    ));
+    eprintln!("measuring reads…");
+    let f = m(common::token_check(p));
+    rows.push(throughput(
+        "standalone token check",
+        f,
+        0.60,
+        "raw prepared SELECT",
+    ));
+    let big = if quick { 20_000 } else { 100_000 };
+    let f = m(common::reads(p, big, false));
+    rows.push(slower(
+        &format!("get, {big} leases vs 100"),
+        f,
+        1.2,
+        "100 leases",
+    ));
+    let f = m(common::reads(p, big, true));
+    rows.push(slower(
+        &format!("list 100, {big} leases vs 100"),
+        f,
+        1.2,
+        "100 leases",
+    ));
+
+    eprintln!("measuring hand-overs…");
+    let db = p.join("handover.db");
+    let engine = Engine::open(&db).expect("engine");
+    let mut successor = Helper::spawn("successor", &db);
+    let n = if quick { 40 } else { 300 };
+    let mut release: Vec<f64> = (0..n)
+        .map(|_| handover_after_release(&engine, &mut successor).as_secs_f64() * 1e3)
+        .collect();
+    release.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&release, 0.5), percentile(&release, 0.99));
+    rows.push(Row {
+        figure: format!("hand-over after release, p50/p99 (n={n})"),
+        leasehold: format!("{p50:.3} / {p99:.3} ms"),
+        baseline: "etcd 1.5 / 2.6 ms".into(),
+        ratio: String::new(),
+        target: "≤ 1 / 3 ms".into(),
+        holds: Some(p50 <= 1.0 && p99 <= 3.0),
+    });
+    let n = if quick { 6 } else { 40 };
+    let mut kill: Vec<f64> = (0..n)
+        .map(|_| handover_after_kill(&db, &mut successor).as_secs_f64() * 1e3)
+        .collect();
+    kill.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&kill, 0.5), percentile(&kill, 0.99));
+    rows.push(Row {
+        figure: format!("hand-over after SIGKILL, from expiry (n={n})"),
+        leasehold: format!("{p50:.3} / {p99:.3} ms"),
+        baseline: "etcd 280 / 500 ms".into(),
+        ratio: String::new(),
+        target: "≤ 10 / 30 ms".into(),
+        holds: Some(p50 <= 10.0 && p99 <= 30.0),
+    });
+    drop(successor);
+    eprintln!("measuring idle watching…");
+    let idle = idle_watch();
+    rows.push(Row {
+        figure: "watcher CPU, idle, with waiters".into(),
+        leasehold: format!("{idle:.3}% of a core"),
+        baseline: String::new(),
+        ratio: String::new(),
+        target: "≤ 1%".into(),
+        holds: Some(idle <= 1.0),
+    });
+    let (trackers, cpu, txns, renewals) = ten_thousand_trackers();
+    rows.push(Row {
+        figure: format!("renewal round of {trackers} trackers"),
+        leasehold: format!("{:.1} ms CPU, {txns} txns", cpu.as_secs_f64() * 1e3),
+        baseline: format!("{renewals} renewals"),
+        ratio: String::new(),
+        target: "batched".into(),
+        holds: None,
+    });
+
+    eprintln!("measuring contention (8 processes)…");
+    let default = run_case(p, "default", None);
+    let fair = run_case(p, "fair", None);
+    let paced = run_case(p, "fair", Some(2000));
+    rows.push(Row {
+        figure: "8 writers flat out: wait p99.9 / max".into(),
+        leasehold: format!(
+            "{:.2} / {:.2} ms",
+            f64::from(fair.p999) / 1e3,
+            f64::from(fair.max) / 1e3
+        ),
+        baseline: format!(
+            "{:.2} / {:.2} ms (SQLite's handler)",
+            f64::from(default.p999) / 1e3,
+            f64::from(default.max) / 1e3
+        ),
+        ratio: String::new(),
+        target: "≤ 10 / 50 ms".into(),
+        holds: Some(fair.p999 <= 10_000 && fair.max <= 50_000),
+    });
+    rows.push(Row {
+        figure: "8 writers flat out: least share".into(),
+        leasehold: format!("{:.2}", fair.min_share),
+        baseline: format!("{:.2} (SQLite's handler)", default.min_share),
+        ratio: String::new(),
+        target: "≥ 0.80".into(),
+        holds: Some(fair.min_share >= 0.8),
+    });
+    rows.push(Row {
+        figure: "8 writers flat out: throughput".into(),
+        leasehold: format!("{:.0} tx/s", fair.throughput),
+        baseline: format!("{:.0} tx/s (SQLite's handler)", default.throughput),
+        ratio: format!("{:.2}×", fair.throughput / default.throughput),
+        target: "≥ 0.70×".into(),
+        holds: Some(fair.throughput / default.throughput >= 0.7),
+    });
+    rows.push(Row {
+        figure: "8 writers paced 2,000/s: served".into(),
+        leasehold: format!(
+            "{:.3} (latest {:.1} ms)",
+            paced.served, paced.lateness_max_ms
+        ),
+        baseline: String::new(),
+        ratio: String::new(),
+        target: "all".into(),
+        holds: Some(paced.served >= 0.999),
+    });
+    rows.push(Row {
+        figure: "renewals missed under load / WAL max".into(),
+        leasehold: format!(
+            "{} / {} KiB",
+            fair.renewal_lost + paced.renewal_lost,
+            fair.wal_max_kib.max(paced.wal_max_kib)
+        ),
+        baseline: format!(
+            "{} / {} KiB (SQLite's handler)",
+            default.renewal_lost, default.wal_max_kib
+        ),
+        ratio: String::new(),
+        target: "0 / bounded".into(),
+        holds: Some(fair.renewal_lost + paced.renewal_lost == 0),
+    });
+    rows.push(Row {
+        figure: "guarded write vs etcd / PostgreSQL, FULL".into(),
+        leasehold: String::new(),
+        baseline: "not measured here (no servers)".into(),
+        ratio: String::new(),
+        target: "≥ 3×".into(),
+        holds: None,
+    });
+
+    let headers = [
+        "figure",
+        "leasehold",
+        "baseline",
+        "ratio",
+        "target",
+        "holds",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.figure.clone(),
+                r.leasehold.clone(),
+                r.baseline.clone(),
+                r.ratio.clone(),
+                r.target.clone(),
+                match r.holds {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r[c].chars().count())
+                .chain([headers[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cols: [&str; 6]| {
+        let padded: Vec<String> = cols
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("| {} |", padded.join(" | "));
+    };
+    println!(
+        "\nleasehold performance report ({} mode; medians of interleaved rounds; WAL, synchronous=NORMAL unless named)\n",
+        if quick { "short" } else { "full" }
+    );
+    line(headers);
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in &cells {
+        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+    }
+}
