@@ -137,6 +137,11 @@ pub(crate) struct Track {
     guarantee_ms: i64,
     margin_ms: i64,
     release_on_stop: bool,
+    /// Whether to claim again after losing leadership (else it stays a
+    /// minion for good).
+    reclaim: bool,
+    /// Whether it has ever led.
+    has_led: bool,
     role: Role,
     claim_tickets: Vec<LeaseTicket>,
     leader_tickets: Vec<LeaseTicket>,
@@ -179,6 +184,7 @@ pub(crate) struct TrackSpec {
     pub guarantee_ms: i64,
     pub margin_ms: i64,
     pub release_on_stop: bool,
+    pub reclaim: bool,
 }
 
 /// A snapshot of a tracker, for its handle.
@@ -361,6 +367,8 @@ impl Driver {
                 guarantee_ms: spec.guarantee_ms,
                 margin_ms: spec.margin_ms,
                 release_on_stop: spec.release_on_stop,
+                reclaim: spec.reclaim,
+                has_led: false,
                 role: Role::Claiming,
                 claim_tickets: Vec::new(),
                 leader_tickets: Vec::new(),
@@ -804,6 +812,11 @@ impl Driver {
             if track.stop.is_some() || !matches!(track.role, Role::Minion { .. }) {
                 continue;
             }
+            if track.has_led && !track.reclaim {
+                // Retired: it led once and must not lead again.
+                track.role = Role::Minion { recheck_at: None };
+                continue;
+            }
             match held.unwrap_or(Hold::Vacant) {
                 Hold::Vacant => plan.claims.push((
                     id,
@@ -920,7 +933,17 @@ impl Driver {
                     st.finish_stop(id);
                     continue;
                 }
+                Outcome::Won(_)
+                    if track.has_led
+                        && !track.reclaim
+                        && !matches!(track.role, Role::Leader { .. }) =>
+                {
+                    // Lost in the meantime: a retired tracker does not take a
+                    // new tenure (a renewal of its own tenure keeps Role::Leader).
+                    track.role = Role::Minion { recheck_at: None };
+                }
                 Outcome::Won(epoch) => {
+                    track.has_led = true;
                     let until = started + 2 * track.guarantee_ms;
                     let was = track.role;
                     track.role = Role::Leader {

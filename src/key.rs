@@ -25,7 +25,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 ///
 /// Both parts are validated on construction: they must be non-empty, at most
 /// [`MAX_NAME_LEN`] bytes, free of control characters and of leading or
-/// trailing whitespace.
+/// trailing whitespace; the namespace must not contain `/` (keys print as
+/// `namespace/name`).
 ///
 /// ```
 /// let key = leasehold::Key::new("ops", "schema-migration")?;
@@ -50,6 +51,15 @@ impl Key {
         let namespace = namespace.into();
         let name = name.into();
         validate_name("namespace", &namespace)?;
+        if namespace.contains('/') {
+            // Keys print as namespace/name; a slash here would make two keys
+            // look alike.
+            return Err(Error::invalid(
+                "namespace",
+                &namespace,
+                "must not contain '/'",
+            ));
+        }
         validate_name("name", &name)?;
         Ok(Key { namespace, name })
     }
@@ -154,6 +164,7 @@ mod tests {
             ("a", "bell\u{7}"),
             ("a", "new\nline"),
             ("a", "del\u{7f}"),
+            ("a/b", "c"),
         ] {
             let err = Key::new(ns, name).unwrap_err();
             assert!(

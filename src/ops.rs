@@ -538,8 +538,15 @@ fn live_pins(pins: &[PinRecord], t: i64) -> Vec<crate::lease::Pin> {
 }
 
 fn pin_detail(reason: &str, expires_ms: Option<i64>) -> String {
-    match expires_ms {
-        Some(ms) => format!("{reason} (until {})", from_ms(ms).to_rfc3339()),
-        None => reason.to_owned(),
+    let until = expires_ms.map(|ms| {
+        format!(
+            "until {}",
+            from_ms(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+    });
+    match (reason.is_empty(), until) {
+        (_, None) => reason.to_owned(),
+        (true, Some(until)) => until,
+        (false, Some(until)) => format!("{reason} ({until})"),
     }
 }

@@ -21,6 +21,7 @@ pub struct TrackerBuilder {
     guarantee: Duration,
     safety_margin: Option<Duration>,
     release_on_stop: bool,
+    reclaim: bool,
 }
 
 impl TrackerBuilder {
@@ -48,6 +49,15 @@ impl TrackerBuilder {
     /// to expire (`false`).
     pub fn release_on_stop(mut self, release: bool) -> TrackerBuilder {
         self.release_on_stop = release;
+        self
+    }
+
+    /// Whether, after losing leadership, the tracker waits for the lease to
+    /// be free and claims it again (`true`, the default, as Juju's does), or
+    /// stays a minion for good (`false`: for a job that must not resume
+    /// under a new tenure once it was stopped, like `leasehold run`).
+    pub fn reclaim(mut self, reclaim: bool) -> TrackerBuilder {
+        self.reclaim = reclaim;
         self
     }
 
@@ -84,6 +94,7 @@ impl TrackerBuilder {
             guarantee_ms,
             margin_ms,
             release_on_stop: self.release_on_stop,
+            reclaim: self.reclaim,
         };
         let id = self
             .engine
@@ -345,6 +356,7 @@ impl Engine {
             guarantee: Duration::from_secs(30),
             safety_margin: None,
             release_on_stop: true,
+            reclaim: true,
         }
     }
 

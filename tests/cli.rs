@@ -245,6 +245,8 @@ fn bad_input_gets_a_clear_error_and_its_exit_code() -> R {
     assert!(err.contains("UTF-8"), "{err}");
     // Nothing was written by any of these.
     assert!(ok(&lh(p, &["list", "--all"])).contains("no leases"));
+    let err = fails(&lh(p, &["claim", "a/b", "c", "h", "--for", "1s"]), 5);
+    assert!(err.contains("must not contain '/'"), "{err}");
 
     let notes = db.dir.path().join("notes.txt");
     std::fs::write(&notes, "not a database at all\n".repeat(100))?;
@@ -400,7 +402,7 @@ fn export_then_import_round_trips() -> R {
         &["import", file.to_str().expect("utf8"), "--window", "2m"],
     ));
     assert!(
-        msg.contains("1 held leases, 1 vacant keys and 1 pins"),
+        msg.contains("1 held lease, 1 vacant key and 1 pin"),
         "{msg}"
     );
     let a = json(&lh(&dst.path, &["--json", "show", "ops", "a"]));
@@ -539,6 +541,9 @@ fn import_refuses_bad_input_whole() -> R {
 fn watch_prints_transitions_from_other_processes() -> R {
     let db = TempDb::new();
     ok(&lh(&db.path, &["migrate"]));
+    // Reading commands do not create databases.
+    let err = fails(&lh(&db.dir.path().join("typo.db"), &["watch"]), 5);
+    assert!(err.contains("no database at"), "{err}");
     let watcher = bin()
         .arg("--db")
         .arg(&db.path)

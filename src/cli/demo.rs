@@ -164,6 +164,7 @@ pub enum What {
     Paused(Duration),
     Resumed,
     Joined,
+    Replaces(String),
 }
 
 fn spawn_worker(
@@ -207,6 +208,13 @@ fn spawn_worker(
 
 fn pid(w: &Worker) -> Pid {
     Pid::from_raw(i32::try_from(w.child.id()).expect("pid fits"))
+}
+
+/// Whether `who` is a replacement worker (its start is already told).
+fn who_replaces(moments: &[Moment], who: &str) -> bool {
+    moments
+        .iter()
+        .any(|m| m.who == who && matches!(m.what, What::Replaces(_)))
 }
 
 /// The verdict, computed from the database alone.
@@ -303,6 +311,7 @@ fn print_moment(m: &Moment) {
         ),
         What::Resumed => "SIGCONT".into(),
         What::Joined => "starts".into(),
+        What::Replaces(w) => format!("joins, replacing {w}"),
     };
     println!("{}  {:<9} {what}", secs(m.at), m.who);
 }
@@ -311,11 +320,11 @@ fn print_moment(m: &Moment) {
 /// used, since the demo rewrites its table), or on a fresh temporary file.
 pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<u8, CliError> {
     let tmp;
-    let db = match global_db {
-        Some(p) => p.clone(),
+    let (db, temporary) = match global_db {
+        Some(p) => (p.clone(), false),
         None => {
             tmp = tempfile::tempdir()?;
-            tmp.path().join("demo.db")
+            (tmp.path().join("demo.db"), true)
         }
     };
     let (guarantee, interval, phase) = if args.short {
@@ -344,9 +353,14 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     let key: Key = leasehold::leadership::key(APP)?;
     if !out.quiet {
         println!(
-            "leasehold demo: {} worker processes lead {key} in {}",
+            "leasehold demo: {} worker processes lead {key} in {}{}",
             args.workers,
-            db.display()
+            db.display(),
+            if temporary {
+                " (temporary; pass --db PATH to keep it)"
+            } else {
+                ""
+            }
         );
         println!(
             "each claims {}ms leases renewed every {}ms, and writes a row every {}ms only through a guarded transaction\n",
@@ -373,6 +387,7 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         {
             let what = match r {
                 Report::Working { .. } if stop_at == Some(who.as_str()) => return true,
+                Report::Started if who_replaces(moments, &who) => continue,
                 Report::Working { .. } => continue,
                 Report::Leader { epoch } => What::Leads(epoch),
                 Report::Minion => What::StepsDown,
@@ -421,6 +436,11 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     });
     let name = format!("worker-{next_id}");
     workers.push(spawn_worker(&db, &name, guarantee, interval, &tx)?);
+    moments.push(Moment {
+        at: start.elapsed(),
+        who: name,
+        what: What::Replaces(dead.name.clone()),
+    });
 
     // Act 2: a new leader; pause it past its lease, in the middle of its work
     // between checking leadership and writing.

@@ -48,7 +48,9 @@ pub fn human(d: Duration) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    let rounded = Duration::from_millis((ms / 100 * 100) as u64);
+    // Tenths of a second under a minute, whole seconds above.
+    let step = if ms < 60_000 { 100 } else { 1000 };
+    let rounded = Duration::from_millis((ms / step * step) as u64);
     humantime::format_duration(rounded).to_string()
 }
 
@@ -122,11 +124,14 @@ pub fn list(
     };
     let mut leases = Vec::new();
     for ns in &namespaces {
-        if all {
-            leases.extend(engine.all_leases(ns)?);
-        } else {
-            leases.extend(engine.leases(ns)?);
-        }
+        // Held leases, and pinned vacant keys (a pin is an operator's
+        // business); --all adds every other vacant key.
+        leases.extend(
+            engine
+                .all_leases(ns)?
+                .into_iter()
+                .filter(|l| all || l.is_held() || l.is_pinned()),
+        );
     }
     out.json(&Value::Array(leases.iter().map(lease_json).collect()));
     if out.json || out.quiet {
@@ -230,6 +235,11 @@ pub fn event_line(key: &Key, e: &Event) -> String {
 
 pub fn history(engine: &Engine, key: &Key, limit: usize, out: Output) -> Result<u8, CliError> {
     let events = engine.history(key, limit)?;
+    if events.is_empty() && engine.lease(key)?.is_none() {
+        return Err(CliError::NotHeld(format!(
+            "{key} was never claimed or pinned"
+        )));
+    }
     out.json(&Value::Array(
         events.iter().map(|e| event_json(key, e)).collect(),
     ));

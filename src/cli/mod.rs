@@ -30,9 +30,10 @@ Exit codes:
 
 /// Leadership leases in SQLite: see, steer and use them from the shell.
 #[derive(Debug, Parser)]
-#[command(name = "leasehold", version, after_help = EXIT_CODES)]
+#[command(name = "leasehold", version, after_help = EXIT_CODES, arg_required_else_help = true)]
 pub struct Cli {
-    /// The database file (created if missing); default: $LEASEHOLD_DB.
+    /// The database file; default: $LEASEHOLD_DB. Commands that change
+    /// leases create it if missing; commands that only read refuse.
     #[arg(long, global = true, value_name = "PATH")]
     db: Option<PathBuf>,
 
@@ -40,7 +41,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
-    /// Print nothing on success.
+    /// Print nothing on success (not even JSON).
     #[arg(long, short, global = true)]
     quiet: bool,
 
@@ -131,10 +132,10 @@ enum Command {
     },
     /// Load an export: all or nothing.
     ///
-    /// Imported leases are held for a fresh window from now; an epoch on
-    /// this database never goes backwards.
+    /// Imported leases are held for a fresh window from now (--window); an
+    /// epoch on this database never goes backwards.
     Import {
-        /// The export to read (default: standard input).
+        /// The export to read; "-" or nothing for standard input.
         file: Option<PathBuf>,
         /// How long imported leases are held from now.
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -150,6 +151,9 @@ enum Command {
     },
     /// Show what leasehold is for: worker processes, a leader killed and a
     /// leader paused, guarded writes, a timeline and a verdict.
+    ///
+    /// Runs on --db if given, else on a fresh temporary file ($LEASEHOLD_DB
+    /// is not used: the demo rewrites its table).
     Demo(demo::DemoArgs),
     #[command(hide = true, name = "__demo-worker")]
     DemoWorker(demo::WorkerArgs),
@@ -254,9 +258,9 @@ impl Output {
         }
     }
 
-    /// Prints a JSON value (when JSON was asked for, even if quiet).
+    /// Prints a JSON value (when JSON was asked for, unless quiet).
     pub fn json(&self, value: &serde_json::Value) {
-        if self.json {
+        if self.json && !self.quiet {
             println!("{value}");
         }
     }
@@ -339,6 +343,19 @@ fn open(db: Option<&PathBuf>) -> Result<Engine, CliError> {
     Ok(Engine::open(db_path(db)?)?)
 }
 
+/// For commands that only read: a missing file is a mistake, not a new
+/// database.
+fn open_existing(db: Option<&PathBuf>) -> Result<Engine, CliError> {
+    let path = db_path(db)?;
+    if !path.exists() {
+        return Err(CliError::Invalid(format!(
+            "no database at {} (commands that only read do not create one)",
+            path.display()
+        )));
+    }
+    Ok(Engine::open(path)?)
+}
+
 fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let out = Output {
         json: cli.json,
@@ -368,14 +385,14 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         } => leases::pin(&open(db)?, &key.key()?, &entity, &reason, duration, out),
         Command::Unpin { key, entity } => leases::unpin(&open(db)?, &key.key()?, &entity, out),
         Command::Run(args) => run::run(&db_path(db)?, args, out),
-        Command::Export { output } => transfer::export(&open(db)?, output.as_deref()),
+        Command::Export { output } => transfer::export(&open_existing(db)?, output.as_deref()),
         Command::Import { file, window } => {
             transfer::import(&open(db)?, file.as_deref(), window, out)
         }
         Command::Watch {
             namespace,
             duration,
-        } => watch::watch(&open(db)?, namespace.as_deref(), duration, out),
+        } => watch::watch(&open_existing(db)?, namespace.as_deref(), duration, out),
         Command::Demo(args) => demo::demo(db, args, out),
         Command::DemoWorker(args) => demo::worker(args),
     }

@@ -65,9 +65,12 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
         // A definite answer (with the holder's name) before starting anything.
         engine.claim(&key, &args.holder, args.duration)?;
     }
+    // Once the lease is lost the command is stopped, and must not resume
+    // under a new tenure: the tracker does not claim again.
     let tracker = engine
         .tracker(&key, &args.holder)
         .guarantee(args.duration / 2)
+        .reclaim(false)
         .build()?;
     if !tracker.wait_leader().wait() {
         return Err(CliError::Failed(format!("stopped before leading {key}")));
@@ -85,15 +88,27 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     let lost = tracker.wait_minion();
 
     let (program, rest) = args.command.split_first().expect("clap requires a command");
-    let mut child = Command::new(program)
+    let spawned = Command::new(program)
         .args(rest)
         .env("LEASEHOLD_NAMESPACE", key.namespace())
         .env("LEASEHOLD_NAME", key.name())
         .env("LEASEHOLD_HOLDER", &args.holder)
         .env("LEASEHOLD_EPOCH", epoch.to_string())
         .env("LEASEHOLD_DB", db)
-        .spawn()
-        .map_err(|e| CliError::Failed(format!("cannot run {}: {e}", program.to_string_lossy())))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            // Give the lease back at once, and exit as a shell would.
+            tracker.stop();
+            eprintln!("leasehold: cannot run {}: {e}", program.to_string_lossy());
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
 
     let (tx, events) = mpsc::channel();

@@ -31,6 +31,8 @@ pub fn timeline(moments: &[Moment], total: Duration) -> String {
             lanes.push(&m.who);
         }
     }
+    // worker-2 before worker-10.
+    lanes.sort_by_key(|w| (w.len(), *w));
     let span = total.as_secs_f64().max(0.001);
     // When each epoch began, to show where a paused leader's belief outlived
     // its tenure.
@@ -133,7 +135,7 @@ pub fn timeline(moments: &[Moment], total: Duration) -> String {
                         cy - 8.0
                     );
                 }
-                What::Joined => {}
+                What::Joined | What::Replaces(_) => {}
             }
         }
         if let Some((from, e)) = open {

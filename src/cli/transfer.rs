@@ -102,7 +102,8 @@ pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
         pins: snapshot.pins.len(),
     }));
     match output {
-        Some(path) => std::fs::write(path, text)?,
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?,
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     Ok(0)
@@ -232,8 +233,11 @@ pub fn import(
     window: Duration,
     out: Output,
 ) -> Result<u8, CliError> {
-    let (snapshot, lines) = match file {
-        Some(path) => parse(std::fs::File::open(path)?)?,
+    let (snapshot, lines) = match file.filter(|p| *p != Path::new("-")) {
+        Some(path) => parse(
+            std::fs::File::open(path)
+                .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", path.display())))?,
+        )?,
         None => parse(std::io::stdin().lock())?,
     };
     let summary = engine.import(&snapshot, window).map_err(|e| match e {
@@ -245,11 +249,14 @@ pub fn import(
         other => CliError::Lease(other),
     })?;
     out.json(&json!({"tenures": summary.tenures, "vacant": summary.vacant, "pins": summary.pins}));
+    let n = |count: usize, one: &str, many: &str| {
+        format!("{count} {}", if count == 1 { one } else { many })
+    };
     out.say(format!(
-        "imported {} held leases, {} vacant keys and {} pins; leases held for {} from now",
-        summary.tenures,
-        summary.vacant,
-        summary.pins,
+        "imported {}, {} and {}; leases held for {} from now",
+        n(summary.tenures, "held lease", "held leases"),
+        n(summary.vacant, "vacant key", "vacant keys"),
+        n(summary.pins, "pin", "pins"),
         super::leases::human(window)
     ));
     Ok(0)

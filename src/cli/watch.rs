@@ -77,7 +77,7 @@ pub fn watch(
                     held.remove(key);
                 }
                 EventKind::Lapsed => {
-                    // Already reported as expired when it ran out.
+                    // Already reported when it ran out.
                     continue;
                 }
                 _ => {}
