@@ -100,6 +100,8 @@ mod lease;
 mod ops;
 mod schema;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod ticket;
 mod token;
 mod tracker;
