@@ -4,18 +4,31 @@
 //! growing back-off (1, 2, 5, 10, … up to 100 ms). Under contention a waiter
 //! is asleep most of the time the lock is free, and loses it to whoever is
 //! running: measured with 8 processes writing flat out, single transactions
-//! waited 0.6–2.5 s and the least-served process got 0.4 of the busiest
+//! waited 0.6–2.5 s and the least-served process got a tenth of the busiest
 //! one's commits. A leader renewing its lease cannot wait that long.
 //!
-//! [`LockWait::Fair`] replaces it with a handler of ours: short pauses that
-//! stay short (a few hundred microseconds, jittered so that waiters do not
-//! move in step) until the engine's busy timeout, and a courtesy rule on the
-//! engine's own write path (see `engine.rs`): a process that has just
-//! committed while others wait steps back briefly before its next write, so
-//! the lock passes round instead of staying with whoever holds the CPU.
+//! [`LockWait::Fair`] replaces it with two rules of ours:
+//!
+//! - **Waiters poll briefly and say so.** The busy handler pauses a few
+//!   hundred microseconds at most (jittered, so waiters do not move in step)
+//!   until the busy timeout, and while it waits it touches a small signal
+//!   file next to the database (`<db>-lhwait`, its modification time) at
+//!   most once a millisecond.
+//! - **Writers take turns.** A process on the engine's write path may commit
+//!   back to back for a turn of [`TURN`]; when the turn is over it looks at
+//!   the signal file (one `fstat`, at most once per turn) and, if someone
+//!   waited in the last couple of milliseconds, steps back for a moment so
+//!   that a waiter takes the lock. Without the rule the process that happens
+//!   to hold the CPU keeps re-taking the lock it just released.
+//!
+//! Waiting is therefore bounded by about (processes − 1) turns, and a single
+//! writer pays nothing but a clock read per commit.
 
-use std::cell::Cell;
-use std::time::{Duration, Instant};
+use std::cell::{Cell, RefCell};
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// How the engine's connections wait for SQLite's write lock; see
 /// [`EngineBuilder::lock_wait`](crate::EngineBuilder::lock_wait).
@@ -23,41 +36,110 @@ use std::time::{Duration, Instant};
 #[non_exhaustive]
 pub enum LockWait {
     /// leasehold's bounded, fair waiting (the default): short jittered
-    /// pauses up to the busy timeout.
+    /// pauses up to the busy timeout, and writers taking turns.
     #[default]
     Fair,
     /// SQLite's own `busy_timeout` handler (growing sleeps up to 100 ms).
     SqliteDefault,
 }
 
+/// How long a writer may keep the lock to itself while others wait. Chosen
+/// with the `contention` bench (8 processes, 2 cores): 0.5 ms served the
+/// processes most evenly (least share 0.81–0.85) but cost throughput (0.6×
+/// SQLite's handler); 1 ms gave 0.72× at 0.76; 0.7 ms sits between.
+pub(crate) const TURN: Duration = Duration::from_micros(700);
+
+/// A waiter refreshes the signal at most this often.
+const TOUCH_EVERY: Duration = Duration::from_millis(1);
+
+/// A signal this recent means someone is (still) waiting.
+const RECENT: Duration = Duration::from_millis(3);
+
+/// The per-database file whose modification time says "someone is waiting
+/// for the write lock".
+#[derive(Debug)]
+pub(crate) struct Signal {
+    file: File,
+}
+
+impl Signal {
+    /// Opens (creating) `<db>-lhwait`; `None` if that is impossible (a
+    /// read-only directory): waiting then works without turns.
+    pub fn open(db: &Path) -> Option<Arc<Signal>> {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-lhwait");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(name)
+            .ok()?;
+        Some(Arc::new(Signal { file }))
+    }
+
+    fn touch(&self) {
+        let _ = self.file.set_modified(SystemTime::now());
+    }
+
+    fn recent(&self) -> bool {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < RECENT))
+    }
+}
+
 thread_local! {
     /// When the current wait began, and how long it may last.
     static WAIT: Cell<(Option<Instant>, Duration)> = const { Cell::new((None, Duration::from_secs(5))) };
-    /// Whether this thread waited for the lock since its last commit.
-    static CONTENDED: Cell<bool> = const { Cell::new(false) };
+    /// The signal of the database this thread is working on.
+    static SIGNAL: RefCell<Option<Arc<Signal>>> = const { RefCell::new(None) };
+    /// When this thread last touched the signal.
+    static TOUCHED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When this thread's current turn began.
+    static TURN_BEGAN: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// After a commit on the engine's write path: if this thread had to wait
-/// for the lock (so others are likely waiting too), pause for a moment
-/// before its next write, so that a waiter gets the lock instead of the
-/// process that happens to be running.
-pub(crate) fn after_commit() {
-    if CONTENDED.with(|c| c.replace(false)) {
-        std::thread::sleep(pause(3));
-    }
-    // (pause(3) is 100–200 µs: about one waiter's polling period.)
-}
-
-/// Sets the budget for lock waits on this thread (the engine's busy
-/// timeout); called before each engine operation.
-pub(crate) fn set_budget(budget: Duration) {
+/// Sets this thread's context for lock waits (the engine's busy timeout and
+/// signal); called before each engine operation.
+pub(crate) fn set_context(budget: Duration, signal: Option<&Arc<Signal>>) {
     WAIT.with(|w| w.set((None, budget)));
+    SIGNAL.with(|s| {
+        let mut s = s.borrow_mut();
+        let same = match (&*s, signal) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            *s = signal.cloned();
+        }
+    });
+}
+
+/// After a commit on the engine's write path: at the end of a turn, step
+/// back if others are waiting.
+pub(crate) fn after_commit() {
+    let now = Instant::now();
+    let began = TURN_BEGAN.with(|t| {
+        let began = t.get().unwrap_or(now);
+        t.set(Some(began));
+        began
+    });
+    if now.duration_since(began) < TURN {
+        return;
+    }
+    TURN_BEGAN.with(|t| t.set(None));
+    let waiting = SIGNAL.with(|s| s.borrow().as_ref().is_some_and(|s| s.recent()));
+    if waiting {
+        std::thread::sleep(pause(2));
+    }
 }
 
 /// The pause before retry number `count` (0-based).
 fn pause(count: i32) -> Duration {
     // Cheap pseudo-randomness from the clock: enough to break lockstep.
-    let nanos = std::time::SystemTime::now()
+    let nanos = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     // Measured with the `contention` bench (8 processes on 2 cores): longer
@@ -88,7 +170,20 @@ pub(crate) fn fair_handler(count: i32) -> bool {
             w.set((None, budget));
             return false;
         }
-        CONTENDED.with(|c| c.set(true));
+        let due = TOUCHED.with(|t| {
+            t.get()
+                .is_none_or(|at| now.duration_since(at) >= TOUCH_EVERY)
+        });
+        if due {
+            TOUCHED.with(|t| t.set(Some(now)));
+            SIGNAL.with(|s| {
+                if let Some(s) = &*s.borrow() {
+                    s.touch();
+                }
+            });
+        }
+        // Having waited, this thread starts a fresh turn once it gets in.
+        TURN_BEGAN.with(|t| t.set(None));
         std::thread::sleep(pause(count));
         true
     })

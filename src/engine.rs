@@ -240,6 +240,10 @@ impl EngineBuilder {
             .thread_pool(shared_reaper())
             .build_unchecked(manager);
         let canonical = std::fs::canonicalize(&self.path).ok();
+        let lock_signal = match self.lock_wait {
+            LockWait::Fair => crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path)),
+            LockWait::SqliteDefault => None,
+        };
         let engine = Engine {
             inner: Arc::new(Inner {
                 path: self.path,
@@ -253,6 +257,7 @@ impl EngineBuilder {
                 stopped: AtomicBool::new(false),
                 commits: AtomicU64::new(0),
                 wal_limit: self.wal_limit,
+                lock_signal,
                 driver: Arc::new(Driver::new(
                     self.watch_interval,
                     self.file_events,
@@ -420,6 +425,8 @@ pub(crate) struct Inner {
     /// Commits made through the engine, to pace WAL size checks.
     commits: AtomicU64,
     wal_limit: u64,
+    /// "Someone waits for the write lock" (see `busy.rs`).
+    lock_signal: Option<Arc<crate::busy::Signal>>,
     pub(crate) driver: Arc<Driver>,
 }
 
@@ -547,7 +554,7 @@ impl Engine {
 
     pub(crate) fn conn(&self, ctx: impl Fn() -> Context) -> Result<PooledConnection> {
         self.ensure_running(&ctx)?;
-        crate::busy::set_budget(self.inner.busy_timeout);
+        crate::busy::set_context(self.inner.busy_timeout, self.inner.lock_signal.as_ref());
         match self.inner.pool.get() {
             Ok(conn) => Ok(PooledConnection(conn)),
             Err(e) => Err(Error::PoolTimeout {

@@ -547,12 +547,15 @@ fn watch_prints_transitions_from_other_processes() -> R {
     let watcher = bin()
         .arg("--db")
         .arg(&db.path)
-        .args(["--json", "watch", "ops", "--duration", "20s"])
+        .args(["watch", "ops", "--duration", "20s"])
         .stdout(Stdio::piped())
         .spawn()?;
-    // The watcher prints nothing until something happens; make things happen
-    // until it reports them (a hang guard, not a timing assertion).
     let mut out = std::io::BufReader::new(watcher.stdout.expect("stdout"));
+    use std::io::BufRead;
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    assert!(line.starts_with("watching ops"), "{line}");
+    // The watcher is ready; make things happen from other processes.
     let p = db.path.clone();
     let actor = std::thread::spawn(move || {
         ok(&lh(&p, &["claim", "ops", "w", "h1", "--for", "500ms"]));
@@ -561,26 +564,32 @@ fn watch_prints_transitions_from_other_processes() -> R {
         ok(&lh(&p, &["claim", "ops", "w", "h2", "--for", "300ms"]));
     });
     let mut kinds = Vec::new();
-    let mut line = String::new();
     while kinds.len() < 4 {
         line.clear();
-        use std::io::BufRead;
         assert!(
             out.read_line(&mut line)? > 0,
             "watch ended early: {kinds:?}"
         );
-        let v: Value = serde_json::from_str(&line)?;
-        assert_eq!(v["namespace"], "ops", "{line}");
-        kinds.push(format!(
-            "{} {}",
-            v["kind"].as_str().unwrap_or("?"),
-            v["holder"].as_str().unwrap_or("-")
-        ));
+        // "<time>  ops/w  <kind>  <holder>  epoch <n>"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.get(1), Some(&"ops/w"), "{line}");
+        kinds.push(format!("{} {}", words[2], words[3]));
     }
     actor.join().expect("actor");
     assert_eq!(
         kinds,
-        ["claimed h1", "released h1", "claimed h2", "expired h2"]
+        ["claimed h1", "released h1", "claimed h2", "lapsed h2"]
+    );
+    // JSON mode prints one object per transition.
+    let json = ok(&bin()
+        .arg("--db")
+        .arg(&db.path)
+        .args(["--json", "watch", "ops", "--duration", "1s"])
+        .output()?);
+    assert!(
+        json.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{json}"
     );
     Ok(())
 }

@@ -273,16 +273,19 @@ pub fn claim(
 ) -> Result<u8, CliError> {
     let t = engine.claim(key, holder, d)?;
     out.json(&tenure_json(&t));
-    out.say(format!(
-        "{} {key} for {holder}: epoch {}, until {}",
-        if t.is_extension() {
-            "extended"
-        } else {
-            "claimed"
-        },
-        t.epoch(),
-        time(t.expires_at())
-    ));
+    if t.is_extension() {
+        out.say(format!(
+            "{holder} already held {key} (epoch {}); held until {} (an expiry never moves earlier)",
+            t.epoch(),
+            time(t.expires_at())
+        ));
+    } else {
+        out.say(format!(
+            "claimed {key} for {holder}: epoch {}, until {}",
+            t.epoch(),
+            time(t.expires_at())
+        ));
+    }
     Ok(0)
 }
 

@@ -85,7 +85,7 @@ pub fn watch(
             out.json(&event_json(key, event));
             out.say(event_line(key, event));
         }
-        // Leases whose expiry has passed: renewed, or expired?
+        // Leases whose expiry has passed: renewed, or lapsed?
         let engine_now = engine.now();
         let due: Vec<Key> = held
             .iter()
@@ -104,16 +104,21 @@ pub fn watch(
                     held.insert(key, (holder, epoch, until));
                 }
                 _ => {
+                    // The lapse is logged only when a write notices it; say
+                    // it now, in the same shape as a logged event.
                     out.json(&serde_json::json!({
+                        "id": null,
                         "at": time(expiry),
                         "namespace": key.namespace(),
                         "name": key.name(),
-                        "kind": "expired",
+                        "kind": "lapsed",
                         "holder": holder,
                         "epoch": epoch,
+                        "entity": null,
+                        "detail": null,
                     }));
                     out.say(format!(
-                        "{}  {key}  expired   {holder}  epoch {epoch}",
+                        "{}  {key}  lapsed    {holder}  epoch {epoch}",
                         time(expiry)
                     ));
                 }
