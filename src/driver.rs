@@ -200,10 +200,51 @@ enum Question {
     Minion,
 }
 
+/// One planned claim: (tracker, key, holder, duration, the tenure to extend
+/// if leading).
+type ClaimItem = (u64, Key, String, i64, Option<u64>);
+
+/// Claims (or, for leaders, renews) `items` in one write transaction bounded
+/// by `budget`.
+fn claim_batch(
+    engine: &Engine,
+    items: &[&ClaimItem],
+    started: i64,
+    budget: Duration,
+) -> Result<Vec<(u64, i64, Outcome)>, Error> {
+    engine.write_within(
+        budget,
+        || Context::new("renew"),
+        |tx| {
+            let mut done = Vec::with_capacity(items.len());
+            for (id, key, holder, duration_ms, epoch) in items.iter().copied() {
+                let d = Duration::from_millis(*duration_ms as u64);
+                let outcome = match *epoch {
+                    // A leader renews its own tenure in one statement.
+                    Some(epoch) => match tx.extend_epoch(key, holder, epoch, d) {
+                        Ok(_) => Outcome::Won(epoch),
+                        Err(Error::NotHeld { .. }) => Outcome::Lost,
+                        Err(e) => return Err(e),
+                    },
+                    None => match tx.claim(key, holder, d) {
+                        Ok(t) => Outcome::Won(t.epoch()),
+                        Err(Error::ClaimDenied { .. }) => Outcome::Denied,
+                        Err(e) => return Err(e),
+                    },
+                };
+                done.push((*id, started, outcome));
+            }
+            Ok(done)
+        },
+    )
+}
+
 /// The outcome of one planned write.
 enum Outcome {
     Won(u64),
     Denied,
+    /// A renewal found its tenure gone.
+    Lost,
     Released,
     Failed(String),
 }
@@ -216,7 +257,7 @@ struct Plan {
     /// Minions: is the key vacant?
     inspect: Vec<(u64, Key)>,
     /// (tracker, key, holder, duration, the tenure to extend if leading).
-    claims: Vec<(u64, Key, String, i64, Option<u64>)>,
+    claims: Vec<ClaimItem>,
     releases: Vec<(u64, Key, String)>,
 }
 
@@ -395,9 +436,9 @@ impl Driver {
         let leading = track.is_leading(now);
         match question {
             Question::Leader if leading => LeaseTicket::resolved(true),
-            Question::Minion if matches!(track.role, Role::Minion { .. }) => {
-                LeaseTicket::resolved(true)
-            }
+            // Time alone says it can no longer lead, whatever the thread
+            // has had time to do.
+            Question::Minion if !leading => LeaseTicket::resolved(true),
             Question::Claim if matches!(track.role, Role::Minion { .. }) => {
                 LeaseTicket::resolved(false)
             }
@@ -411,6 +452,8 @@ impl Driver {
                     Question::Leader => &mut track.leader_tickets,
                     Question::Minion => &mut track.minion_tickets,
                 };
+                // Forget tickets nobody holds any more.
+                list.retain(LeaseTicket::is_held_elsewhere);
                 list.push(ticket.clone());
                 if matches!(question, Question::Claim) {
                     st.attention.insert(id);
@@ -442,6 +485,7 @@ impl Driver {
         match track.role {
             Role::Leader { epoch, .. } if track.is_leading(now) => {
                 let lost = LeaseTicket::pending();
+                track.minion_tickets.retain(LeaseTicket::is_held_elsewhere);
                 track.minion_tickets.push(lost.clone());
                 Some((epoch, lost))
             }
@@ -746,12 +790,50 @@ impl Driver {
         plan
     }
 
+    /// How long the next piece of I/O may wait for the database: never past
+    /// the earliest moment a leader must step down (so that it steps down
+    /// on time even when the database is slow), nor past the busy timeout.
+    fn io_budget(&self, engine: &Engine, now: i64) -> Duration {
+        let st = self.lock();
+        let earliest = st
+            .trackers
+            .values()
+            .filter_map(|t| match t.role {
+                Role::Leader { minion_at, .. } if t.stop.is_none() => Some(minion_at),
+                _ => None,
+            })
+            .min();
+        let budget = engine.busy_timeout();
+        match earliest {
+            Some(at) => budget.min(Duration::from_millis((at - now).max(1) as u64)),
+            None => budget,
+        }
+    }
+
+    /// Steps down every leader whose guarantee can no longer be kept.
+    fn step_down_overdue(&self, now: i64) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        for (&id, track) in st.trackers.iter_mut() {
+            if let Role::Leader { minion_at, .. } = track.role {
+                if now >= minion_at {
+                    track.become_minion(None);
+                    track.dirty = true;
+                    st.attention.insert(id);
+                }
+            }
+        }
+    }
+
     /// Reads the keys of trackers that need a look; vacancies become claims.
     fn inspect(&self, engine: &Engine, plan: &mut Plan) {
         if plan.verify.is_empty() && plan.inspect.is_empty() {
             return;
         }
-        let result = engine.read(
+        let now = engine.now_ms();
+        let budget = self.io_budget(engine, now);
+        let result = engine.read_within(
+            budget,
             || Context::new("watch"),
             |tx| {
                 let now = engine.now_ms();
@@ -802,6 +884,7 @@ impl Driver {
             if let Some(track) = st.trackers.get_mut(&id) {
                 track.become_minion(None);
                 // Look at the key's new state in the next pass.
+                track.dirty = true;
                 st.attention.insert(id);
             }
         }
@@ -847,35 +930,8 @@ impl Driver {
         let claims: Vec<_> = plan.claims.iter().filter(|c| seen.insert(c.0)).collect();
         for chunk in claims.chunks(BATCH) {
             let started = engine.now_ms();
-            let result = engine.write(
-                || Context::new("renew"),
-                |tx| {
-                    let mut done = Vec::with_capacity(chunk.len());
-                    for (id, key, holder, duration_ms, epoch) in chunk.iter().copied() {
-                        let d = Duration::from_millis(*duration_ms as u64);
-                        // A leader renews its own tenure in one statement;
-                        // if that tenure is gone, it claims afresh.
-                        if let Some(epoch) = *epoch {
-                            match tx.extend_epoch(key, holder, epoch, d) {
-                                Ok(_) => {
-                                    done.push((*id, started, Outcome::Won(epoch)));
-                                    continue;
-                                }
-                                Err(Error::NotHeld { .. }) => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        match tx.claim(key, holder, d) {
-                            Ok(t) => done.push((*id, started, Outcome::Won(t.epoch()))),
-                            Err(Error::ClaimDenied { .. }) => {
-                                done.push((*id, started, Outcome::Denied))
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Ok(done)
-                },
-            );
+            let budget = self.io_budget(engine, started);
+            let result = claim_batch(engine, chunk, started, budget);
             {
                 let mut st = self.lock();
                 st.stats.write_transactions += 1;
@@ -883,6 +939,21 @@ impl Driver {
             }
             match result {
                 Ok(done) => outcomes.extend(done),
+                Err(e) if chunk.len() > 1 && !e.is_transient() => {
+                    // One key's failure must not fail the rest: take them
+                    // one by one.
+                    for item in chunk {
+                        let started = engine.now_ms();
+                        let budget = self.io_budget(engine, started);
+                        match claim_batch(engine, std::slice::from_ref(item), started, budget) {
+                            Ok(done) => outcomes.extend(done),
+                            Err(e) => {
+                                self.errors.handle_error(&e);
+                                outcomes.push((item.0, started, Outcome::Failed(e.to_string())));
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     self.errors.handle_error(&e);
                     let why = e.to_string();
@@ -893,6 +964,9 @@ impl Driver {
                     );
                 }
             }
+            // Leaders whose guarantee ran out while this chunk waited step
+            // down now, not after the whole round.
+            self.step_down_overdue(engine.now_ms());
         }
         for chunk in plan.releases.chunks(BATCH) {
             let started = engine.now_ms();
@@ -982,7 +1056,17 @@ impl Driver {
                         recheck_at: Some(now),
                     };
                 }
+                Outcome::Lost => {
+                    // Its own tenure was gone when it came to renew: a
+                    // leader never claims afresh from a renewal.
+                    track.become_minion(None);
+                    track.dirty = true;
+                }
                 Outcome::Failed(why) => {
+                    if !matches!(track.role, Role::Leader { .. }) {
+                        // Look again (and perhaps claim) after the backoff.
+                        track.dirty = true;
+                    }
                     track.last_error = Some(why);
                     track.backoff_ms =
                         (track.backoff_ms * 2).clamp(10, (track.guarantee_ms / 4).max(10));
@@ -1034,7 +1118,12 @@ impl State {
                 minion_at,
                 ..
             } => Some(renew_at.max(track.retry_at).min(minion_at)),
-            Role::Minion { recheck_at } => recheck_at.map(|at| at.max(track.retry_at)),
+            Role::Minion { recheck_at } => match (recheck_at, track.dirty) {
+                (Some(at), _) => Some(at.max(track.retry_at)),
+                // It must look at the key again, after any backoff.
+                (None, true) => Some(track.retry_at.max(i64::MIN + 1)),
+                (None, false) => None,
+            },
         };
         if let Some(at) = next {
             self.timers.push(Reverse((at, id)));

@@ -553,9 +553,24 @@ impl Engine {
     }
 
     pub(crate) fn conn(&self, ctx: impl Fn() -> Context) -> Result<PooledConnection> {
+        self.conn_within(self.inner.busy_timeout, ctx)
+    }
+
+    /// A pooled connection, waiting at most `budget` for it and later for
+    /// the write lock.
+    pub(crate) fn conn_within(
+        &self,
+        budget: Duration,
+        ctx: impl Fn() -> Context,
+    ) -> Result<PooledConnection> {
         self.ensure_running(&ctx)?;
-        crate::busy::set_context(self.inner.busy_timeout, self.inner.lock_signal.as_ref());
-        match self.inner.pool.get() {
+        let budget = budget.min(self.inner.busy_timeout);
+        crate::busy::set_context(budget, self.inner.lock_signal.as_ref());
+        match self
+            .inner
+            .pool
+            .get_timeout(budget.max(Duration::from_millis(1)))
+        {
             Ok(conn) => Ok(PooledConnection(conn)),
             Err(e) => Err(Error::PoolTimeout {
                 context: ctx(),
@@ -597,7 +612,19 @@ impl Engine {
         ctx: impl Fn() -> Context,
         f: impl FnOnce(&InTxn<'_>) -> Result<T>,
     ) -> Result<T> {
-        let conn = self.conn(&ctx)?;
+        self.write_within(self.inner.busy_timeout, ctx, f)
+    }
+
+    /// As [`Engine::write`], waiting at most `budget` for a connection and
+    /// for the write lock (with the fair handler; SQLite's own handler keeps
+    /// the connection's busy timeout).
+    pub(crate) fn write_within<T>(
+        &self,
+        budget: Duration,
+        ctx: impl Fn() -> Context,
+        f: impl FnOnce(&InTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.conn_within(budget, &ctx)?;
         let tx = Immediate::begin(&conn, self, &ctx)?;
         let store = SqliteStore::holding(&conn);
         let scope = InTxn::owned(self, &conn, &store);
@@ -616,7 +643,17 @@ impl Engine {
         ctx: impl Fn() -> Context,
         f: impl FnOnce(&InTxn<'_>) -> Result<T>,
     ) -> Result<T> {
-        let conn = self.conn(&ctx)?;
+        self.read_within(self.inner.busy_timeout, ctx, f)
+    }
+
+    /// As [`Engine::read`], waiting at most `budget` for a connection.
+    pub(crate) fn read_within<T>(
+        &self,
+        budget: Duration,
+        ctx: impl Fn() -> Context,
+        f: impl FnOnce(&InTxn<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.conn_within(budget, &ctx)?;
         let storage = |e| Error::storage(ctx(), e, self.busy_timeout());
         conn.prepare_cached("BEGIN")
             .and_then(|mut s| s.execute([]))

@@ -276,20 +276,39 @@ impl CheckReport {
 ///
 /// A file cannot be read.
 pub fn read_histories(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    let (entries, problems) = read_histories_checked(dir)?;
+    match problems.first() {
+        Some(p) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            p.clone(),
+        )),
+        None => Ok(entries),
+    }
+}
+
+/// The entries, and a description of every unreadable line that is not a
+/// file's last (a kill can tear only the last one).
+fn read_histories_checked(dir: &Path) -> std::io::Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
+    let mut problems = Vec::new();
     for item in std::fs::read_dir(dir)? {
         let path = item?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if !(name.starts_with("history-") && name.ends_with(".jsonl")) {
             continue;
         }
-        for line in BufReader::new(File::open(&path)?).lines() {
-            if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
-                entries.push(entry);
+        let lines: Vec<String> = BufReader::new(File::open(&path)?)
+            .lines()
+            .collect::<std::io::Result<_>>()?;
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str::<Entry>(line) {
+                Ok(entry) => entries.push(entry),
+                Err(_) if i + 1 == lines.len() => {} // torn by a kill
+                Err(e) => problems.push(format!("{name} line {}: unreadable ({e})", i + 1)),
             }
         }
     }
-    Ok(entries)
+    Ok((entries, problems))
 }
 
 /// Checks a run recorded in `dir` (histories) against the database at `db`:
@@ -308,7 +327,7 @@ pub fn read_histories(dir: &Path) -> std::io::Result<Vec<Entry>> {
 /// The database or histories cannot be read.
 pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::Result<CheckReport> {
     let io = |e: rusqlite::Error| std::io::Error::other(e.to_string());
-    let entries = read_histories(dir)?;
+    let (entries, unreadable) = read_histories_checked(dir)?;
     let conn = Connection::open(db).map_err(io)?;
     let mut report = CheckReport::default();
 
@@ -349,43 +368,79 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
         })
         .map_err(io)?;
     report.rows = rows.len() as u64;
-    let events: Vec<(i64, String, Option<String>, u64)> = conn
+    let events: Vec<(i64, String, Option<String>, u64, i64)> = conn
         .prepare(
-            "SELECT id, kind, holder, epoch FROM leasehold_events
+            "SELECT id, kind, holder, epoch, at_ms FROM leasehold_events
              WHERE namespace = ?1 AND name = ?2 ORDER BY id",
         )
         .and_then(|mut s| {
             s.query_map([key.namespace(), key.name()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect()
         })
         .map_err(io)?;
-    let mut v = Vec::new();
+    let mut v = unreadable;
 
-    // 1. No lost writes.
+    // 1. No lost writes, and no refused write committed.
     let written: HashSet<(u32, u64)> = rows.iter().map(|r| (r.proc, r.seq)).collect();
+    let refused: HashSet<(u32, u64)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Fail {
+                proc,
+                n,
+                definite: true,
+                ..
+            } => Some((*proc, *n)),
+            _ => None,
+        })
+        .collect();
+    let mut invoked_writes: HashSet<(u32, u64)> = HashSet::new();
     for ((proc, n), e) in &invokes {
         if let Entry::Invoke {
             op, seq: Some(seq), ..
         } = e
         {
-            if op == "write" && oks.contains_key(&(*proc, *n)) {
+            if op != "write" {
+                continue;
+            }
+            invoked_writes.insert((*proc, *seq));
+            if oks.contains_key(&(*proc, *n)) {
                 report.acknowledged_writes += 1;
                 if !written.contains(&(*proc, *seq)) {
-                    v.push(format!("lost write: process {proc}'s write {seq} was acknowledged but is not in the table"));
+                    v.push(format!(
+                        "lost write: process {proc}'s write {seq} was acknowledged but is not in the table"
+                    ));
                 }
             }
+            if refused.contains(&(*proc, *n)) && written.contains(&(*proc, *seq)) {
+                v.push(format!(
+                    "process {proc}'s write {seq} was refused, yet it is in the table"
+                ));
+            }
+        }
+    }
+    for r in &rows {
+        if !invoked_writes.contains(&(r.proc, r.seq)) {
+            v.push(format!(
+                "row {} (process {}, write {}) matches no write in the histories",
+                r.id, r.proc, r.seq
+            ));
         }
     }
 
     // 2 and 3. Tenures in commit order; one holder per epoch.
     let mut holder_of: HashMap<u64, String> = HashMap::new();
-    let mut ended_voluntarily: HashSet<u64> = HashSet::new();
+    // When each tenure began and (if released or revoked) ended, in the
+    // engine's time (the wall clock, without clock steps).
+    let mut began: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut ended: HashMap<u64, i64> = HashMap::new();
     let mut last_epoch = 0;
-    for (id, kind, holder, epoch) in &events {
+    for (id, kind, holder, epoch, at_ms) in &events {
         match kind.as_str() {
             "claimed" => {
+                began.insert(*epoch, *at_ms);
                 report.tenures += 1;
                 if *epoch <= last_epoch {
                     v.push(format!(
@@ -399,7 +454,7 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                 }
             }
             "released" | "revoked" => {
-                ended_voluntarily.insert(*epoch);
+                ended.insert(*epoch, *at_ms);
             }
             _ => {}
         }
@@ -461,12 +516,12 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
         highest = highest.max(*epoch);
     }
 
-    // 5. Guarantee windows, on the shared wall clock.
+    // 5. Guarantee windows, on the shared wall clock: no tenure begins
+    // before every earlier tenure's promise (start of its latest
+    // acknowledged claim or renewal + duration, or its release or revoke,
+    // if earlier) has run out.
     if !opts.clock_steps {
-        // For each epoch: the latest guarantee promised, and when the next
-        // tenure had certainly begun (its claim's acknowledgement).
         let mut promised: HashMap<u64, (i64, String)> = HashMap::new();
-        let mut began: HashMap<u64, i64> = HashMap::new();
         for ((proc, n), ok) in &oks {
             let Some(Entry::Invoke {
                 op,
@@ -480,9 +535,7 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                 continue;
             };
             let Entry::Ok {
-                epoch: ok_epoch,
-                wall_ms: done,
-                ..
+                epoch: ok_epoch, ..
             } = ok
             else {
                 continue;
@@ -497,24 +550,22 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                     *slot = (until, holder.clone());
                 }
             }
-            if op == "claim" {
-                let b = began.entry(epoch).or_insert(*done);
-                *b = (*b).min(*done);
-            }
         }
-        let mut epochs: Vec<u64> = holder_of.keys().copied().collect();
-        epochs.sort_unstable();
-        for pair in epochs.windows(2) {
-            let (e, next) = (pair[0], pair[1]);
-            if ended_voluntarily.contains(&e) {
-                continue;
-            }
-            if let (Some((until, holder)), Some(start)) = (promised.get(&e), began.get(&next)) {
-                if start < until {
+        // The strongest promise of any earlier epoch, as epochs go up.
+        let mut strongest: Option<(i64, u64, String)> = None;
+        for (&epoch, &start) in &began {
+            if let Some((until, e, holder)) = &strongest {
+                if start < *until {
                     v.push(format!(
-                        "epoch {next} began by {start} ms, inside {holder}'s guarantee for epoch {e} \
+                        "epoch {epoch} began at {start} ms, inside {holder}'s guarantee for epoch {e} \
                          (until {until} ms)"
                     ));
+                }
+            }
+            if let Some((until, holder)) = promised.get(&epoch) {
+                let until = ended.get(&epoch).map_or(*until, |end| (*until).min(*end));
+                if strongest.as_ref().is_none_or(|(u, ..)| until > *u) {
+                    strongest = Some((until, epoch, holder.clone()));
                 }
             }
         }
@@ -864,9 +915,17 @@ impl Workload {
         let pool_hogs = self.nemeses.contains(&Nemesis::PoolExhaustion);
         let mut workers = Vec::new();
         for _ in 0..self.workers {
-            workers.push(spawn(next_proc, pool_hogs && next_proc == 1)?);
+            workers.push(spawn(next_proc, pool_hogs)?);
             next_proc += 1;
         }
+        // Pool exhaustion runs all along inside every worker; the loop below
+        // chooses among the other faults.
+        let strikes: Vec<Nemesis> = self
+            .nemeses
+            .iter()
+            .copied()
+            .filter(|n| *n != Nemesis::PoolExhaustion)
+            .collect();
         let leader_index = |workers: &[Running]| -> Option<usize> {
             let conn = Connection::open(&db).ok()?;
             let holder: Option<String> = conn
@@ -894,10 +953,10 @@ impl Workload {
         while started.elapsed() < self.duration {
             std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
             drain(&workers);
-            if self.nemeses.is_empty() {
+            if strikes.is_empty() {
                 continue;
             }
-            let nemesis = self.nemeses[rng.below(self.nemeses.len() as u64) as usize];
+            let nemesis = strikes[rng.below(strikes.len() as u64) as usize];
             let name = format!("{nemesis:?}");
             match nemesis {
                 Nemesis::Kill => {
@@ -909,7 +968,7 @@ impl Workload {
                     let mut victim = workers.remove(i);
                     let _ = victim.child.kill();
                     let _ = victim.child.wait();
-                    workers.push(spawn(next_proc, false)?);
+                    workers.push(spawn(next_proc, pool_hogs)?);
                     next_proc += 1;
                 }
                 Nemesis::Pause => {
@@ -958,10 +1017,7 @@ impl Workload {
                         }
                     }
                 }
-                Nemesis::PoolExhaustion => {
-                    // The first worker hogs its own pool all along; count
-                    // the stretches it spends that way.
-                }
+                Nemesis::PoolExhaustion => unreachable!("filtered out above"),
             }
             *report.faults.entry(name).or_default() += 1;
             if self.verbose && last_print.elapsed() > Duration::from_secs(10) {
@@ -980,6 +1036,12 @@ impl Workload {
             let _ = w.child.wait();
         }
         report.processes = next_proc - 1;
+        if pool_hogs {
+            // Every worker process ran with its pool hogged now and then.
+            report
+                .faults
+                .insert("PoolExhaustion".into(), u64::from(report.processes));
+        }
         report.check = check(
             &db,
             dir,

@@ -48,6 +48,11 @@ impl LeaseTicket {
         ticket
     }
 
+    /// Whether anyone but the tracker still holds this ticket.
+    pub(crate) fn is_held_elsewhere(&self) -> bool {
+        Arc::strong_count(&self.inner) > 1
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }

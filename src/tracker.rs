@@ -76,11 +76,14 @@ impl TrackerBuilder {
         let guarantee_ms = duration_ms("guarantee", self.guarantee)?;
         duration_ms("guarantee", self.guarantee.saturating_mul(2))?;
         let margin_ms = match self.safety_margin {
-            Some(m) if m >= self.guarantee => {
+            Some(m) if m < Duration::from_millis(1) || m >= self.guarantee => {
                 return Err(Error::invalid(
                     "safety margin",
                     &format!("{m:?}"),
-                    format!("must be shorter than the guarantee ({:?})", self.guarantee),
+                    format!(
+                        "must be at least 1ms and shorter than the guarantee ({:?})",
+                        self.guarantee
+                    ),
                 ));
             }
             Some(m) => m.as_millis() as i64,

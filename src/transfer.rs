@@ -171,9 +171,10 @@ impl Engine {
                     let t = rec.time(now);
                     match &lease.holder {
                         Some(holder) => {
+                            // A re-import of the tenure held here; not of
+                            // one that lapsed (its tokens must stay dead).
                             let same_tenure = lease.epoch == target_epoch
-                                && current.as_ref().and_then(|r| r.holder.as_deref())
-                                    == Some(holder.as_str());
+                                && rec.holder_at(t) == Some(holder.as_str());
                             if lease.epoch == target_epoch && target_epoch > 0 && !same_tenure {
                                 return Err(refuse(
                                     "epoch",

@@ -369,6 +369,55 @@ fn run_stops_the_child_when_the_lease_is_revoked_elsewhere() -> R {
         stderr(&out)
     );
     assert!(stderr(&out).contains("lost ops/m"), "{}", stderr(&out));
+    // It did not take the revoked lease back while stopping its command.
+    let history = ok(&lh(&db.path, &["history", "ops", "m"]));
+    assert_eq!(history.matches("claimed").count(), 1, "{history}");
+    assert!(ok(&lh(&db.path, &["list"])).contains("no held leases"));
+    Ok(())
+}
+
+#[test]
+fn run_gives_the_lease_back_when_its_command_cannot_start() -> R {
+    let db = TempDb::new();
+    let o = lh(
+        &db.path,
+        &["run", "ops", "m", "host-1", "--", "/no/such/command"],
+    );
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot run /no/such/command"),
+        "{}",
+        stderr(&o)
+    );
+    ok(&lh(
+        &db.path,
+        &["claim", "ops", "m", "host-2", "--for", "1s"],
+    ));
+    Ok(())
+}
+
+#[test]
+fn run_refuses_to_share_a_tenure_or_leave_no_time_to_stop() -> R {
+    let db = TempDb::new();
+    ok(&lh(
+        &db.path,
+        &["claim", "ops", "m", "host-1", "--for", "1h"],
+    ));
+    let err = fails(
+        &lh(&db.path, &["run", "ops", "m", "host-1", "--", "true"]),
+        3,
+    );
+    assert!(err.contains("never shared"), "{err}");
+    let err = fails(
+        &lh(
+            &db.path,
+            &[
+                "run", "ops", "x", "h", "--for", "10s", "--grace", "5s", "--", "true",
+            ],
+        ),
+        5,
+    );
+    assert!(err.contains("--grace"), "{err}");
     Ok(())
 }
 

@@ -502,3 +502,32 @@ fn listing_shows_held_leases_or_all_keys() -> R {
     );
     Ok(())
 }
+
+// Import
+
+#[test]
+fn importing_a_lapsed_tenure_does_not_revive_it() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let stale = engine.claim(&key("a"), "h1", secs(10))?.token();
+    let snapshot = engine.export()?;
+    clock.advance(secs(20)); // h1's tenure lapses here
+    let err = engine.import(&snapshot, secs(60)).unwrap_err();
+    assert!(
+        matches!(err, Error::ImportRefused { field: "epoch", .. }),
+        "{err}"
+    );
+    assert!(
+        stale.check().is_err(),
+        "the lapsed tenure's token stays dead"
+    );
+    // While it is still held, re-importing the same tenure refreshes it.
+    let t = engine.claim(&key("a"), "h1", secs(10))?;
+    let snapshot = engine.export()?;
+    engine.import(&snapshot, secs(60))?;
+    t.token().check()?;
+    assert_eq!(
+        engine.lease(&key("a"))?.expect("lease").expires_at(),
+        Some(engine.now() + secs(60))
+    );
+    Ok(())
+}

@@ -506,3 +506,108 @@ fn many_trackers_in_one_process_are_ordinary() -> R {
     assert!(s.engine.background_stats().write_transactions <= 12);
     Ok(())
 }
+
+// Regressions found in review.
+
+#[test]
+fn a_sole_leader_revoked_by_an_administrator_leads_again() -> R {
+    let s = setup();
+    let t = tracker(&s.engine, "a", "u0");
+    assert!(t.wait_leader().wait());
+    s.clock.advance(secs(10)); // a long, stable tenure
+    s.engine.settle();
+    let lost = t.wait_minion();
+    s.engine.revoke(&key("a"))?;
+    assert!(lost.wait());
+    assert!(
+        t.wait_leader().wait(),
+        "it sees the vacancy and claims again"
+    );
+    assert_eq!(t.epoch(), Some(2));
+    Ok(())
+}
+
+#[test]
+fn a_leader_that_lost_to_another_takes_over_when_that_one_lapses() -> R {
+    let s = setup();
+    let t = tracker(&s.engine, "a", "u0");
+    assert!(t.wait_leader().wait());
+    s.clock.advance(secs(10));
+    s.engine.settle();
+    hand_over(&s.engine, "a", "other")?; // held for 600 s, never renewed
+    assert!(t.wait_minion().wait());
+    s.engine.settle();
+    let leader = t.wait_leader();
+    s.clock.advance(secs(599));
+    s.engine.settle();
+    assert_eq!(leader.try_wait(), None);
+    s.clock.advance(secs(1)); // the other's lease lapses: no event is logged
+    assert!(leader.wait());
+    Ok(())
+}
+
+#[test]
+fn a_tracker_whose_renewals_failed_past_its_margin_claims_again_once_healed() -> R {
+    let s = setup();
+    let t = s
+        .engine
+        .tracker(&key("flaky"), "u0")
+        .guarantee(secs(30))
+        .safety_margin(secs(5))
+        .build()?;
+    assert!(t.wait_leader().wait());
+    break_writes(&s.engine);
+    for _ in 0..12 {
+        s.clock.advance(secs(5)); // renewals fail, backoff grows, it steps down
+        s.engine.settle();
+    }
+    assert!(!t.is_leader());
+    heal(&s.engine);
+    let leader = t.wait_leader();
+    for _ in 0..20 {
+        if leader.try_wait().is_some() {
+            break;
+        }
+        s.clock.advance(secs(5));
+        s.engine.settle();
+    }
+    assert_eq!(leader.try_wait(), Some(true));
+    Ok(())
+}
+
+#[test]
+fn a_tracker_that_must_not_reclaim_stays_a_minion_after_a_revoke() -> R {
+    let s = setup();
+    let t = s.engine.tracker(&key("a"), "u0").reclaim(false).build()?;
+    assert!(t.wait_leader().wait());
+    s.engine.revoke(&key("a"))?;
+    assert!(t.wait_minion().wait());
+    s.clock.advance(secs(100));
+    s.engine.settle();
+    assert!(!t.is_leader());
+    assert_eq!(
+        holder(&s.engine, "a"),
+        None,
+        "it did not take the lease back"
+    );
+    Ok(())
+}
+
+#[test]
+fn minion_tickets_answer_from_time_even_before_the_thread_has_run() -> R {
+    let s = setup();
+    let t = s
+        .engine
+        .tracker(&key("flaky"), "u0")
+        .guarantee(secs(30))
+        .safety_margin(secs(5))
+        .build()?;
+    assert!(t.wait_leader().wait());
+    break_writes(&s.engine);
+    // Past the margin without letting the thread run: the answer comes from
+    // the clock alone.
+    s.clock.advance(secs(55));
+    assert_eq!(t.wait_minion().try_wait(), Some(true));
+    assert!(!t.is_leader());
+    Ok(())
+}

@@ -121,10 +121,20 @@ pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
         seq += 1;
         let mut txn = Txn::new();
         token.add_to(&mut txn);
+        // The row also records the lease as this very transaction sees it,
+        // so the verdict can tell whether it committed inside the tenure.
         txn.execute(
-            "INSERT INTO demo_writes (worker, epoch, seq, at_ms)
-             VALUES (?, ?, ?, CAST(unixepoch('subsec') * 1000 AS INTEGER))",
-            (args.name.as_str(), epoch, seq),
+            "INSERT INTO demo_writes (worker, epoch, seq, at_ms, lease_holder, lease_epoch)
+             VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER),
+                     (SELECT holder FROM leasehold_leases WHERE namespace = ?4 AND name = ?5),
+                     (SELECT epoch FROM leasehold_leases WHERE namespace = ?4 AND name = ?5))",
+            (
+                args.name.as_str(),
+                epoch,
+                seq,
+                key.namespace().to_owned(),
+                key.name().to_owned(),
+            ),
         );
         match engine.commit(&txn) {
             Ok(_) => report(&Report::Wrote { epoch, seq }),
@@ -269,8 +279,34 @@ fn verdict(engine: &Engine) -> Result<Verdict, CliError> {
             }
         }
     }
-    // In commit order, epochs never go back: no row landed after a later
-    // tenure began.
+    // Inside its writing transaction, the lease was the writer's, in that
+    // epoch: no row committed after its tenure ended.
+    let mut stmt = conn
+        .prepare(
+            "SELECT rowid, worker, epoch, lease_holder, lease_epoch FROM demo_writes
+             WHERE lease_holder IS NOT worker OR lease_epoch IS NOT epoch",
+        )
+        .map_err(sql)?;
+    let outside = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<u64>>(4)?,
+            ))
+        })
+        .map_err(sql)?;
+    for row in outside {
+        let (rowid, worker, epoch, holder, lease_epoch) = row.map_err(sql)?;
+        problems.push(format!(
+            "row {rowid} by {worker} for epoch {epoch} committed while the lease was {} at epoch {}",
+            holder.as_deref().unwrap_or("vacant"),
+            lease_epoch.map_or("-".into(), |e| e.to_string())
+        ));
+    }
+    // In commit order, epochs never go back.
     let mut stmt = conn
         .prepare("SELECT rowid, epoch FROM demo_writes ORDER BY rowid")
         .map_err(sql)?;
@@ -345,9 +381,10 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     engine
         .connection()?
         .execute_batch(
-            "CREATE TABLE IF NOT EXISTS demo_writes (
-                 worker TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL);
-             DELETE FROM demo_writes;",
+            "DROP TABLE IF EXISTS demo_writes;
+             CREATE TABLE demo_writes (
+                 worker TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+                 lease_holder TEXT, lease_epoch INTEGER);",
         )
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let key: Key = leasehold::leadership::key(APP)?;
@@ -516,6 +553,7 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         println!("checks, from the database:");
         println!("  - every epoch's rows come from one writer");
         println!("  - every row's writer held that epoch's tenure (per the lease history)");
+        println!("  - inside each writing transaction, the lease was the writer's, in that epoch");
         println!("  - in commit order, no row of an older epoch follows a newer one");
         if verdict.problems.is_empty() {
             println!("verdict: PASS — no write landed outside its writer's tenure");

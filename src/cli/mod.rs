@@ -26,7 +26,8 @@ Exit codes:
   6  busy: the database stayed locked; retrying later may succeed
   7  storage error
   8  the database was migrated by a newer leasehold
-  run exits with its command's status (128 + N if killed by signal N).";
+  run exits with its command's status (128 + N if killed by signal N), or 4
+  if the lease was lost and the command still exited 0.";
 
 /// Leadership leases in SQLite: see, steer and use them from the shell.
 #[derive(Debug, Parser)]
@@ -182,6 +183,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub enum CliError {
     Lease(Error),
     Usage(String),
+    Denied(String),
     Invalid(String),
     NotHeld(String),
     Failed(String),
@@ -203,6 +205,7 @@ impl CliError {
     fn code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Denied(_) => 3,
             CliError::NotHeld(_) => 4,
             CliError::Invalid(_) => 5,
             CliError::Failed(_) => 1,
@@ -236,6 +239,7 @@ impl CliError {
         match self {
             CliError::Lease(e) => e.to_string(),
             CliError::Usage(m)
+            | CliError::Denied(m)
             | CliError::Invalid(m)
             | CliError::NotHeld(m)
             | CliError::Failed(m) => m.clone(),

@@ -33,7 +33,9 @@ pub struct RunArgs {
     /// If someone else holds the lease, wait for it instead of failing.
     #[arg(long)]
     wait: bool,
-    /// How long the command has to exit after SIGTERM before SIGKILL.
+    /// How long the command has to exit after SIGTERM before SIGKILL; it
+    /// must be shorter than half of --for (the command is stopped that long,
+    /// plus a tenth, before the lease could lapse).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     grace: Duration,
     /// The command and its arguments.
@@ -61,6 +63,32 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     if args.duration < Duration::from_millis(2) {
         return Err(CliError::Invalid("--for must be at least 2ms".into()));
     }
+    // The command is stopped a safety margin before the lease could lapse,
+    // and must be dead (SIGKILL after the grace period) before it does.
+    let guarantee = args.duration / 2;
+    let slack = (args.grace / 10).max(Duration::from_millis(100));
+    let margin = args.grace + slack;
+    if margin >= guarantee {
+        return Err(CliError::Invalid(format!(
+            "--grace {} leaves no time: it must be shorter than half of --for ({}) minus {}",
+            super::leases::human(args.grace),
+            super::leases::human(args.duration),
+            super::leases::human(slack)
+        )));
+    }
+    // Two runs as the same holder would share one tenure (a claim by the
+    // holder is an extension): refuse, or wait for the other to finish.
+    if let Some(lease) = engine.lease(&key)? {
+        if lease.holder() == Some(args.holder.as_str()) {
+            if !args.wait {
+                return Err(CliError::Denied(format!(
+                    "{key} is already held by {} (another run as {}?); a tenure is never shared",
+                    args.holder, args.holder
+                )));
+            }
+            engine.block_until_released(&key)?;
+        }
+    }
     if !args.wait {
         // A definite answer (with the holder's name) before starting anything.
         engine.claim(&key, &args.holder, args.duration)?;
@@ -69,7 +97,8 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     // under a new tenure: the tracker does not claim again.
     let tracker = engine
         .tracker(&key, &args.holder)
-        .guarantee(args.duration / 2)
+        .guarantee(guarantee)
+        .safety_margin(margin)
         .reclaim(false)
         .build()?;
     if !tracker.wait_leader().wait() {
@@ -87,6 +116,11 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     ));
     let lost = tracker.wait_minion();
 
+    // Catch the signals that would otherwise kill us and orphan the child
+    // (the lease would then only expire instead of being released) before
+    // the child exists. SIGINT from a terminal reaches the child directly
+    // (same process group), so it is caught but not passed on.
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let spawned = Command::new(program)
         .args(rest)
@@ -133,9 +167,6 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
             }
         });
     }
-    // Pass on the signals that would otherwise kill us and orphan the child
-    // (the lease would then only expire instead of being released).
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let signal_handle = signals.handle();
     std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -149,6 +180,7 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     let status = loop {
         match events.recv().expect("the child thread reports") {
             Ok(Happened::Exited(status)) => break status,
+            Ok(Happened::Signal(sig)) if sig == SIGINT => {}
             Ok(Happened::Signal(sig)) => {
                 if let (Ok(sig), false) = (Signal::try_from(sig), reaped.load(Ordering::Acquire)) {
                     let _ = kill(pid, sig);
@@ -176,5 +208,12 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     };
     signal_handle.close();
     tracker.stop();
-    Ok(exit_code(status))
+    match exit_code(status) {
+        // A command that exits cleanly after losing its lease did not finish
+        // its job under the lease: say so.
+        0 if stopping => Err(CliError::NotHeld(format!(
+            "lost {key} (epoch {epoch}) while the command ran; it stopped cleanly"
+        ))),
+        code => Ok(code),
+    }
 }
