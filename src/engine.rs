@@ -152,12 +152,13 @@ impl EngineBuilder {
     }
 
     /// The WAL size, in bytes, above which the engine checkpoints with
-    /// `RESTART` after a commit (briefly holding back new writers until
-    /// readers move past the old WAL), and to which it truncates the file.
-    /// SQLite's own checkpoints cannot reset a WAL that readers keep using,
-    /// and under constant writes from several processes it grows without
-    /// bound (hundreds of MB in a few seconds in the `contention` bench).
-    /// Default: 16 MiB.
+    /// `RESTART` (briefly holding back new writers until readers move past
+    /// the old WAL), and to which it truncates the file. The engine runs the
+    /// checkpoints of its connections itself (SQLite's automatic ones are
+    /// off on them): with several processes committing flat out, SQLite's
+    /// checkpoint after every commit fights over the checkpoint lock, cannot
+    /// reset the WAL, and the WAL grows by hundreds of MB in seconds (the
+    /// `contention` bench). Default: 16 MiB.
     pub fn wal_size_limit(mut self, bytes: u64) -> EngineBuilder {
         self.wal_limit = bytes;
         self
@@ -229,6 +230,11 @@ impl EngineBuilder {
                 c.pragma_update(None, "synchronous", synchronous.pragma())?;
                 c.pragma_update(None, "foreign_keys", true)?;
                 c.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
+                // Checkpoints are the WalKeeper's: with several processes
+                // committing, SQLite's automatic PASSIVE checkpoints after
+                // every commit fight over the checkpoint lock and cannot
+                // reset the WAL, which then grows without bound.
+                c.pragma_update(None, "wal_autocheckpoint", 0)?;
                 c.set_prepared_statement_cache_capacity(64);
                 Ok(())
             });
@@ -240,6 +246,10 @@ impl EngineBuilder {
             .thread_pool(shared_reaper())
             .build_unchecked(manager);
         let canonical = std::fs::canonicalize(&self.path).ok();
+        let wal = Arc::new(WalKeeper::new(
+            canonical.as_deref().unwrap_or(&self.path),
+            self.wal_limit,
+        ));
         let lock_signal = match self.lock_wait {
             LockWait::Fair => crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path)),
             LockWait::SqliteDefault => None,
@@ -255,8 +265,7 @@ impl EngineBuilder {
                 busy_timeout,
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
-                commits: AtomicU64::new(0),
-                wal_limit: self.wal_limit,
+                wal,
                 lock_signal,
                 driver: Arc::new(Driver::new(
                     self.watch_interval,
@@ -423,8 +432,7 @@ pub(crate) struct Inner {
     pub(crate) event_retention: u64,
     stopped: AtomicBool,
     /// Commits made through the engine, to pace WAL size checks.
-    commits: AtomicU64,
-    wal_limit: u64,
+    wal: Arc<WalKeeper>,
     /// "Someone waits for the write lock" (see `busy.rs`).
     lock_signal: Option<Arc<crate::busy::Signal>>,
     pub(crate) driver: Arc<Driver>,
@@ -571,7 +579,7 @@ impl Engine {
             .pool
             .get_timeout(budget.max(Duration::from_millis(1)))
         {
-            Ok(conn) => Ok(PooledConnection(conn)),
+            Ok(conn) => Ok(PooledConnection(conn, Arc::clone(&self.inner.wal))),
             Err(e) => Err(Error::PoolTimeout {
                 context: ctx(),
                 waited: self.inner.busy_timeout,
@@ -670,20 +678,10 @@ impl Engine {
         Ok(value)
     }
 
-    /// Housekeeping after every commit on an engine connection: keep the WAL
-    /// bounded, and after a contended write step back briefly so the write
-    /// lock passes round (see `busy.rs`).
+    /// Housekeeping after every commit on the engine's write path: keep the
+    /// WAL bounded, and take turns for the write lock (see `busy.rs`).
     pub(crate) fn after_commit(&self, conn: &Connection) {
-        let n = self.inner.commits.fetch_add(1, Ordering::Relaxed);
-        if n % WAL_CHECK_EVERY == 0 {
-            let mut wal = self.watch_path().into_os_string();
-            wal.push("-wal");
-            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-            if size > self.inner.wal_limit {
-                // Busy or not, the next check will try again.
-                let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
-            }
-        }
+        self.inner.wal.maintain(conn);
         crate::busy::after_commit();
     }
 
@@ -1018,6 +1016,48 @@ impl fmt::Debug for Engine {
     }
 }
 
+/// Keeps the WAL bounded on behalf of all of an engine's connections: every
+/// [`WAL_CHECK_EVERY`] commits (and returns of connections to the pool) it
+/// looks at the WAL's size; past a thousand pages it runs a `PASSIVE`
+/// checkpoint (what SQLite's automatic one would do), past the limit a
+/// `RESTART` one, which waits (with the busy handler) for the write lock and
+/// for readers to move on, so that the WAL starts over.
+pub(crate) struct WalKeeper {
+    wal: PathBuf,
+    limit: u64,
+    count: AtomicU64,
+}
+
+impl WalKeeper {
+    fn new(db: &Path, limit: u64) -> WalKeeper {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        WalKeeper {
+            wal: PathBuf::from(wal),
+            limit,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn maintain(&self, conn: &Connection) {
+        if self.count.fetch_add(1, Ordering::Relaxed) % WAL_CHECK_EVERY != 0
+            || !conn.is_autocommit()
+        {
+            return;
+        }
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        let mode = if size > self.limit {
+            "PRAGMA wal_checkpoint(RESTART)"
+        } else if size > 1000 * 4096 {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        } else {
+            return;
+        };
+        // Busy or not, a later check will try again.
+        let _ = conn.query_row(mode, [], |_| Ok(()));
+    }
+}
+
 /// An open `BEGIN IMMEDIATE` on an engine connection; rolls back on drop
 /// unless committed, so a panic or an error never returns a connection to the
 /// pool with a transaction open.
@@ -1071,7 +1111,10 @@ impl Drop for Immediate<'_> {
 
 /// A connection from an [`Engine`]'s pool; returns to the pool when dropped.
 /// Derefs to [`rusqlite::Connection`].
-pub struct PooledConnection(r2d2::PooledConnection<SqliteConnectionManager>);
+pub struct PooledConnection(
+    r2d2::PooledConnection<SqliteConnectionManager>,
+    Arc<WalKeeper>,
+);
 
 impl Deref for PooledConnection {
     type Target = Connection;
@@ -1093,6 +1136,9 @@ impl Drop for PooledConnection {
         if !self.0.is_autocommit() {
             let _ = self.0.execute_batch("ROLLBACK");
         }
+        // Your own transactions on this connection count towards
+        // checkpoints too (SQLite's automatic ones are off, see WalKeeper).
+        self.1.maintain(&self.0);
     }
 }
 
