@@ -215,7 +215,7 @@ impl EngineBuilder {
                 "must be at most one hour",
             ));
         }
-        let high_water = self.prepare_file()?;
+        let (high_water, page_size) = self.prepare_file()?;
         let busy_timeout = self.busy_timeout;
         let synchronous = self.synchronous;
         let lock_wait = self.lock_wait;
@@ -235,6 +235,7 @@ impl EngineBuilder {
                 // every commit fight over the checkpoint lock and cannot
                 // reset the WAL, which then grows without bound.
                 c.pragma_update(None, "wal_autocheckpoint", 0)?;
+                c.wal_hook(Some(note_wal_frames));
                 c.set_prepared_statement_cache_capacity(64);
                 Ok(())
             });
@@ -246,10 +247,7 @@ impl EngineBuilder {
             .thread_pool(shared_reaper())
             .build_unchecked(manager);
         let canonical = std::fs::canonicalize(&self.path).ok();
-        let wal = Arc::new(WalKeeper::new(
-            canonical.as_deref().unwrap_or(&self.path),
-            self.wal_limit,
-        ));
+        let wal = Arc::new(WalKeeper::new(self.wal_limit, page_size));
         let lock_signal = match self.lock_wait {
             LockWait::Fair => crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path)),
             LockWait::SqliteDefault => None,
@@ -290,8 +288,8 @@ impl EngineBuilder {
     }
 
     /// WAL and migrations, on a connection of its own; returns the persisted
-    /// clock high-water mark.
-    fn prepare_file(&self) -> Result<i64> {
+    /// clock high-water mark and the page size.
+    fn prepare_file(&self) -> Result<(i64, u64)> {
         let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
             Some(ErrorCode::NotADatabase) => Error::NotADatabase {
                 path: self.path.clone(),
@@ -358,7 +356,10 @@ impl EngineBuilder {
                 high_water - clock
             );
         }
-        Ok(high_water)
+        let page_size: u64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(open_err)?;
+        Ok((high_water, page_size))
     }
 }
 
@@ -1016,44 +1017,54 @@ impl fmt::Debug for Engine {
     }
 }
 
-/// Keeps the WAL bounded on behalf of all of an engine's connections: every
-/// [`WAL_CHECK_EVERY`] commits (and returns of connections to the pool) it
-/// looks at the WAL's size; past a thousand pages it runs a `PASSIVE`
-/// checkpoint (what SQLite's automatic one would do), past the limit a
+thread_local! {
+    /// The WAL's size in frames after this thread's latest commit on an
+    /// engine connection (from SQLite's WAL hook); 0 once acted on.
+    static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The WAL hook installed on engine connections: it only notes the size.
+fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(frames));
+    Ok(())
+}
+
+/// Keeps the WAL bounded on behalf of all of an engine's connections,
+/// instead of SQLite's automatic checkpoints (off on them). SQLite's run a
+/// `PASSIVE` checkpoint after every commit once the WAL passes 1,000 frames;
+/// with several processes committing flat out those fight over the
+/// checkpoint lock, none can reset the WAL, and it grows by hundreds of MB
+/// in seconds. Here: past 1,000 frames a `PASSIVE` checkpoint at most every
+/// [`WAL_CHECK_EVERY`] commits of this engine; past the size limit a
 /// `RESTART` one, which waits (with the busy handler) for the write lock and
 /// for readers to move on, so that the WAL starts over.
 pub(crate) struct WalKeeper {
-    wal: PathBuf,
-    limit: u64,
+    limit_frames: i64,
     count: AtomicU64,
 }
 
 impl WalKeeper {
-    fn new(db: &Path, limit: u64) -> WalKeeper {
-        let mut wal = db.as_os_str().to_owned();
-        wal.push("-wal");
+    fn new(limit_bytes: u64, page_size: u64) -> WalKeeper {
         WalKeeper {
-            wal: PathBuf::from(wal),
-            limit,
+            limit_frames: i64::try_from(limit_bytes / page_size.max(512)).unwrap_or(i64::MAX),
             count: AtomicU64::new(0),
         }
     }
 
     fn maintain(&self, conn: &Connection) {
-        if self.count.fetch_add(1, Ordering::Relaxed) % WAL_CHECK_EVERY != 0
-            || !conn.is_autocommit()
-        {
+        let frames = i64::from(WAL_FRAMES.with(|f| f.replace(0)));
+        if frames < 1000 || !conn.is_autocommit() {
             return;
         }
-        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
-        let mode = if size > self.limit {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        let mode = if frames > self.limit_frames && n % (WAL_CHECK_EVERY / 4) == 0 {
             "PRAGMA wal_checkpoint(RESTART)"
-        } else if size > 1000 * 4096 {
+        } else if n % WAL_CHECK_EVERY == 0 {
             "PRAGMA wal_checkpoint(PASSIVE)"
         } else {
             return;
         };
-        // Busy or not, a later check will try again.
+        // Busy or not, a later commit will try again.
         let _ = conn.query_row(mode, [], |_| Ok(()));
     }
 }
