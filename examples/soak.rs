@@ -3,7 +3,7 @@
 //! pause, clock-step and starve them; the history checker judges the result.
 //!
 //! ```sh
-//! cargo run --release --features testing --example soak -- --minutes 10
+//! cargo run --release --example soak -- --minutes 10
 //! ```
 //!
 //! Options: `--minutes N` (default 1), `--workers N` (4), `--lease-ms N`
@@ -16,6 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use leasehold::testing::{Nemesis, RunReport, Workload, serve_worker};
+
+const USAGE: &str =
+    "usage: soak [--minutes N (1)] [--workers N (4)] [--lease-ms N (300)] [--seed N] [--no-guard]";
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -48,6 +51,24 @@ fn print(phase: &str, r: &RunReport) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if serve_worker() {
         return Ok(());
+    }
+    let known = ["--minutes", "--workers", "--lease-ms", "--seed"];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            "--no-guard" => {}
+            _ if known.contains(&a.as_str()) => {
+                args.next();
+            }
+            _ => {
+                eprintln!("soak: unknown argument {a:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
     }
     let minutes: f64 = arg("--minutes").map_or(Ok(1.0), |m| m.parse())?;
     let workers: u32 = arg("--workers").map_or(Ok(4), |m| m.parse())?;
