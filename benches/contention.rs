@@ -10,7 +10,7 @@
 //! `UPDATE` of its own row, `synchronous=NORMAL`. Writer 0 also runs a
 //! tracker with a 50 ms guarantee whose renewals must keep their deadlines.
 //!
-//! `LEASEHOLD_BENCH_SHORT=1` runs each case for 1 s instead of 4 s.
+//! `LEASEHOLD_BENCH_SHORT=1` runs each case for 1 s instead of 10 s.
 
 #![allow(missing_docs)]
 

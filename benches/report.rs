@@ -16,6 +16,7 @@ use common::procs::{
     Helper, handover_after_kill, handover_after_release, idle_watch, percentile, run_case,
     serve_role, short, ten_thousand_trackers,
 };
+use common::{Figure, Spread};
 use leasehold::{Engine, Synchronous};
 
 struct Row {
@@ -27,34 +28,60 @@ struct Row {
     holds: Option<bool>,
 }
 
+/// `median (min–max)` of a spread, each value formatted by `f`.
+fn spread(s: Spread, f: impl Fn(f64) -> String) -> String {
+    format!("{} ({}–{})", f(s.median), f(s.min), f(s.max))
+}
+
 fn us(s: f64) -> String {
-    format!("{:.2} µs", s * 1e6)
+    format!("{:.2}", s * 1e6)
+}
+
+fn per_s(s: f64) -> String {
+    format!("{s:.0}")
+}
+
+fn x(r: f64) -> String {
+    format!("{r:.2}")
 }
 
 /// Time ratio (leasehold / baseline), for "at most" targets.
-fn slower(name: &str, (lh, base, r): (f64, f64, f64), max: f64, baseline: &str) -> Row {
+fn slower(name: &str, f: &Figure, max: f64, baseline: &str) -> Row {
+    let r = Spread::of(&f.ratio);
     Row {
         figure: name.into(),
-        leasehold: us(lh),
-        baseline: format!("{} ({baseline})", us(base)),
-        ratio: format!("{r:.2}×"),
+        leasehold: format!("{} µs", spread(Spread::of(&f.leasehold), us)),
+        baseline: format!("{} µs, {baseline}", spread(Spread::of(&f.baseline), us)),
+        ratio: format!("{}×", spread(r, x)),
         target: format!("≤ {max:.2}×"),
-        holds: Some(r <= max),
+        holds: Some(r.median <= max),
     }
 }
 
-/// Throughput ratio (baseline time / leasehold time), for "at least" targets.
-fn throughput(name: &str, (lh, base, r): (f64, f64, f64), min: f64, baseline: &str) -> Row {
-    let r = 1.0 / r;
+/// Throughput ratio (baseline time / leasehold time), for "at least"
+/// targets; `per` calls of the workload count as one call.
+fn throughput(name: &str, f: &Figure, per: f64, min: f64, baseline: &str) -> Row {
+    let rate = |v: &[f64]| Spread::of(v).map(|s| per / s);
+    let r = Spread::of(&f.ratio).map(|r| 1.0 / r);
     Row {
         figure: name.into(),
-        leasehold: format!("{:.0}/s", 1.0 / lh),
-        baseline: format!("{:.0}/s ({baseline})", 1.0 / base),
-        ratio: format!("{r:.2}×"),
+        leasehold: format!("{} /s", spread(rate(&f.leasehold), per_s)),
+        baseline: format!("{} /s, {baseline}", spread(rate(&f.baseline), per_s)),
+        ratio: format!("{}×", spread(r, x)),
         target: format!("≥ {min:.2}×"),
-        holds: Some(r >= min),
+        holds: Some(r.median >= min),
     }
 }
+
+/// The report's sections, in order.
+const SECTIONS: [&str; 6] = [
+    "writes",
+    "claims",
+    "reads",
+    "handover",
+    "watch",
+    "contention",
+];
 
 fn main() {
     if serve_role() || std::env::args().any(|a| a == "--list") {
@@ -70,130 +97,174 @@ fn main() {
     let p = dir.path();
     let mut rows = Vec::new();
     let m = |mut pair: common::Pair| common::measure(&mut pair, rounds, budget);
-    eprintln!("measuring guarded writes…");
-    let f = m(common::guarded_write_txn(p, Synchronous::Normal, "NORMAL"));
-    rows.push(slower("guarded write: Txn builder", f, 1.15, "bare txn"));
-    let f = m(common::guarded_write_check_in(
-        p,
-        Synchronous::Normal,
-        "NORMAL",
-    ));
-    rows.push(slower("guarded write: check_in", f, 1.15, "bare txn"));
-    let f = m(common::guarded_write_fragment(p));
-    rows.push(slower("guarded write: SQL fragment", f, 1.15, "bare txn"));
-    let f = m(common::guarded_write_check_in(p, Synchronous::Full, "FULL"));
-    rows.push(slower(
-        "guarded write, synchronous=FULL",
-        f,
-        1.03,
-        "bare txn, FULL",
-    ));
-    eprintln!("measuring claims…");
-    let f = m(common::claim(p, false));
-    rows.push(throughput(
-        "claim new tenure + release",
-        f,
-        0.90,
-        "2 raw upserts",
-    ));
-    let f = m(common::claim(p, true));
-    rows.push(throughput(
-        "re-claim (extends), one per txn",
-        f,
-        0.90,
-        "raw upsert",
-    ));
-    let f = m(common::extend_tenure(p));
-    rows.push(throughput(
-        "extend a held tenure, one per txn",
-        f,
-        0.90,
-        "raw upsert",
-    ));
-    let (lh, base, r) = m(common::batched_renewals(p));
-    rows.push(throughput(
-        "100 renewals per txn (per key)",
-        (lh / 100.0, base / 100.0, r),
-        0.70,
-        "raw batched upsert",
-    ));
-    eprintln!("measuring reads…");
-    let f = m(common::token_check(p));
-    rows.push(throughput(
-        "standalone token check",
-        f,
-        0.60,
-        "raw prepared SELECT",
-    ));
-    let big = if quick { 20_000 } else { 100_000 };
-    let f = m(common::reads(p, big, false));
-    rows.push(slower(
-        &format!("get, {big} leases vs 100"),
-        f,
-        1.2,
-        "100 leases",
-    ));
-    let f = m(common::reads(p, big, true));
-    rows.push(slower(
-        &format!("list 100, {big} leases vs 100"),
-        f,
-        1.2,
-        "100 leases",
-    ));
-
-    eprintln!("measuring hand-overs…");
-    let db = p.join("handover.db");
-    let engine = Engine::open(&db).expect("engine");
-    let mut successor = Helper::spawn("successor", &db);
-    let n = if quick { 40 } else { 300 };
-    let mut release: Vec<f64> = (0..n)
-        .map(|_| handover_after_release(&engine, &mut successor).as_secs_f64() * 1e3)
+    // `cargo bench --bench report -- claims reads` measures those sections
+    // only (cargo adds `--bench`, hence the dashes are skipped).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
         .collect();
-    release.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&release, 0.5), percentile(&release, 0.99));
-    rows.push(Row {
-        figure: format!("hand-over after release, p50/p99 (n={n})"),
-        leasehold: format!("{p50:.3} / {p99:.3} ms"),
-        baseline: "etcd 1.5 / 2.6 ms".into(),
-        ratio: String::new(),
-        target: "≤ 1 / 3 ms".into(),
-        holds: Some(p50 <= 1.0 && p99 <= 3.0),
-    });
-    let n = if quick { 6 } else { 40 };
-    let mut kill: Vec<f64> = (0..n)
-        .map(|_| handover_after_kill(&db, &mut successor).as_secs_f64() * 1e3)
-        .collect();
-    kill.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&kill, 0.5), percentile(&kill, 0.99));
-    rows.push(Row {
-        figure: format!("hand-over after SIGKILL, from expiry (n={n})"),
-        leasehold: format!("{p50:.3} / {p99:.3} ms"),
-        baseline: "etcd 280 / 500 ms".into(),
-        ratio: String::new(),
-        target: "≤ 10 / 30 ms".into(),
-        holds: Some(p50 <= 10.0 && p99 <= 30.0),
-    });
-    drop(successor);
-    eprintln!("measuring idle watching…");
-    let idle = idle_watch();
-    rows.push(Row {
-        figure: "watcher CPU, idle, with waiters".into(),
-        leasehold: format!("{idle:.3}% of a core"),
-        baseline: String::new(),
-        ratio: String::new(),
-        target: "≤ 1%".into(),
-        holds: Some(idle <= 1.0),
-    });
-    let (trackers, cpu, txns, renewals) = ten_thousand_trackers();
-    rows.push(Row {
-        figure: format!("renewal round of {trackers} trackers"),
-        leasehold: format!("{:.1} ms CPU, {txns} txns", cpu.as_secs_f64() * 1e3),
-        baseline: format!("{renewals} renewals"),
-        ratio: String::new(),
-        target: "batched".into(),
-        holds: None,
-    });
+    for s in &only {
+        assert!(
+            SECTIONS.contains(&s.as_str()),
+            "unknown section {s:?}; sections: {SECTIONS:?}"
+        );
+    }
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    if want("writes") {
+        eprintln!("measuring guarded writes…");
+        let f = m(common::guarded_write_txn(p, Synchronous::Normal, "NORMAL"));
+        rows.push(slower("guarded write: Txn builder", &f, 1.15, "bare txn"));
+        let f = m(common::guarded_write_check_in(
+            p,
+            Synchronous::Normal,
+            "NORMAL",
+        ));
+        rows.push(slower("guarded write: check_in", &f, 1.15, "bare txn"));
+        let f = m(common::guarded_write_fragment(p));
+        rows.push(slower("guarded write: SQL fragment", &f, 1.15, "bare txn"));
+        let f = m(common::guarded_write_check_in(p, Synchronous::Full, "FULL"));
+        rows.push(slower(
+            "guarded write (check_in), synchronous=FULL",
+            &f,
+            1.03,
+            "bare txn, FULL",
+        ));
+    }
+    if want("claims") {
+        eprintln!("measuring claims…");
+        let f = m(common::claim(p, false));
+        rows.push(throughput(
+            "claim new tenure + release",
+            &f,
+            1.0,
+            0.90,
+            "2 raw upserts",
+        ));
+        let f = m(common::claim(p, true));
+        rows.push(throughput(
+            "re-claim (extends), one per txn",
+            &f,
+            1.0,
+            0.90,
+            "raw upsert",
+        ));
+        let f = m(common::extend_tenure(p));
+        rows.push(throughput(
+            "extend a held tenure, one per txn",
+            &f,
+            1.0,
+            0.90,
+            "raw upsert",
+        ));
+        let f = m(common::batched_renewals(p));
+        rows.push(throughput(
+            "100 renewals per txn (per key)",
+            &f,
+            100.0,
+            0.70,
+            "raw batched upsert",
+        ));
+    }
+    if want("reads") {
+        eprintln!("measuring reads…");
+        let f = m(common::token_check(p));
+        rows.push(throughput(
+            "standalone token check",
+            &f,
+            1.0,
+            0.60,
+            "raw prepared SELECT",
+        ));
+        let big = if quick { 20_000 } else { 100_000 };
+        let f = m(common::reads(p, big, false));
+        rows.push(slower(
+            &format!("get, {big} leases vs 100"),
+            &f,
+            1.2,
+            "100 leases",
+        ));
+        let f = m(common::reads(p, big, true));
+        rows.push(slower(
+            &format!("list 100, {big} leases vs 100"),
+            &f,
+            1.2,
+            "100 leases",
+        ));
+    }
+    if want("handover") {
+        eprintln!("measuring hand-overs…");
+        let db = p.join("handover.db");
+        let engine = Engine::open(&db).expect("engine");
+        let mut successor = Helper::spawn("successor", &db);
+        let n = if quick { 40 } else { 300 };
+        let release: Vec<f64> = (0..n)
+            .map(|_| handover_after_release(&engine, &mut successor).as_secs_f64() * 1e3)
+            .collect();
+        rows.push(latency(
+            "hand-over after release",
+            release,
+            "etcd 1.5 / 2.6 ms",
+            (1.0, 3.0),
+        ));
+        let n = if quick { 6 } else { 40 };
+        let kill: Vec<f64> = (0..n)
+            .map(|_| handover_after_kill(&db, &mut successor).as_secs_f64() * 1e3)
+            .collect();
+        rows.push(latency(
+            "hand-over after SIGKILL, from expiry",
+            kill,
+            "etcd 280 / 500 ms",
+            (10.0, 30.0),
+        ));
+    }
+    if want("watch") {
+        eprintln!("measuring idle watching…");
+        let idle = idle_watch();
+        rows.push(Row {
+            figure: "watcher CPU, idle, with waiters".into(),
+            leasehold: format!("{idle:.3}% of a core"),
+            baseline: String::new(),
+            ratio: String::new(),
+            target: "≤ 1%".into(),
+            holds: Some(idle <= 1.0),
+        });
+        let (trackers, cpu, txns, renewals) = ten_thousand_trackers();
+        rows.push(Row {
+            figure: format!("renewal round of {trackers} trackers"),
+            leasehold: format!("{:.1} ms CPU, {txns} txns", cpu.as_secs_f64() * 1e3),
+            baseline: format!("{renewals} renewals"),
+            ratio: String::new(),
+            target: "batched".into(),
+            holds: None,
+        });
+    }
+    if want("contention") {
+        contention(p, &mut rows);
+    }
+    print(quick, &rows);
+}
 
+/// p50 / p99 of latency samples in ms, with the fastest and slowest sample.
+fn latency(name: &str, mut ms: Vec<f64>, baseline: &str, (p50_max, p99_max): (f64, f64)) -> Row {
+    ms.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&ms, 0.5), percentile(&ms, 0.99));
+    Row {
+        figure: format!("{name}, p50 / p99 (n={})", ms.len()),
+        leasehold: format!(
+            "{p50:.3} / {p99:.3} ms (min {:.3}, max {:.3})",
+            ms[0],
+            ms[ms.len() - 1]
+        ),
+        baseline: baseline.into(),
+        ratio: String::new(),
+        target: format!("≤ {p50_max} / {p99_max} ms"),
+        holds: Some(p50 <= p50_max && p99 <= p99_max),
+    }
+}
+
+/// Eight processes writing guarded transactions to one file: SQLite's busy
+/// handler, leasehold's fair one flat out, and the fair one paced.
+fn contention(p: &std::path::Path, rows: &mut Vec<Row>) {
     eprintln!("measuring contention (8 processes)…");
     let default = run_case(p, "default", None);
     let fair = run_case(p, "fair", None);
@@ -241,20 +312,22 @@ fn main() {
         target: "all".into(),
         holds: Some(paced.served >= 0.999),
     });
+    let wal_max = fair.wal_max_kib.max(paced.wal_max_kib);
     rows.push(Row {
         figure: "renewals missed under load / WAL max".into(),
         leasehold: format!(
-            "{} / {} KiB",
+            "{} / {:.1} MiB",
             fair.renewal_lost + paced.renewal_lost,
-            fair.wal_max_kib.max(paced.wal_max_kib)
+            wal_max as f64 / 1024.0
         ),
         baseline: format!(
-            "{} / {} KiB (SQLite's handler)",
-            default.renewal_lost, default.wal_max_kib
+            "{} / {:.1} MiB (SQLite's handler)",
+            default.renewal_lost,
+            default.wal_max_kib as f64 / 1024.0
         ),
         ratio: String::new(),
-        target: "0 / bounded".into(),
-        holds: Some(fair.renewal_lost + paced.renewal_lost == 0),
+        target: "0 / < 64 MiB".into(),
+        holds: Some(fair.renewal_lost + paced.renewal_lost == 0 && wal_max < 64 * 1024),
     });
     rows.push(Row {
         figure: "guarded write vs etcd / PostgreSQL, FULL".into(),
@@ -264,7 +337,9 @@ fn main() {
         target: "≥ 3×".into(),
         holds: None,
     });
+}
 
+fn print(quick: bool, rows: &[Row]) {
     let headers = [
         "figure",
         "leasehold",

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -27,9 +27,6 @@ use crate::txn::Txn;
 /// How often (in engine time) a write transaction also persists the engine's
 /// clock high-water mark.
 const HIGH_WATER_PERSIST_MS: i64 = 1000;
-
-/// Every how many commits the engine looks at the WAL's size.
-const WAL_CHECK_EVERY: u64 = 64;
 
 /// SQLite's `synchronous` setting for the engine's connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,7 +155,10 @@ impl EngineBuilder {
     /// off on them): with several processes committing flat out, SQLite's
     /// checkpoint after every commit fights over the checkpoint lock, cannot
     /// reset the WAL, and the WAL grows by hundreds of MB in seconds (the
-    /// `contention` bench). Default: 16 MiB.
+    /// `contention` bench). The checkpoints run in a WAL hook, so the
+    /// application's own transactions on [`Engine::connection`] count too.
+    /// With several engines in one process, the smallest of their limits
+    /// applies to all. Default: 16 MiB.
     pub fn wal_size_limit(mut self, bytes: u64) -> EngineBuilder {
         self.wal_limit = bytes;
         self
@@ -229,13 +229,8 @@ impl EngineBuilder {
                 }
                 c.pragma_update(None, "synchronous", synchronous.pragma())?;
                 c.pragma_update(None, "foreign_keys", true)?;
-                c.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
-                // Checkpoints are the WalKeeper's: with several processes
-                // committing, SQLite's automatic PASSIVE checkpoints after
-                // every commit fight over the checkpoint lock and cannot
-                // reset the WAL, which then grows without bound.
-                c.pragma_update(None, "wal_autocheckpoint", 0)?;
-                c.wal_hook(Some(note_wal_frames));
+                // Checkpoints are ours (see `wal.rs`).
+                crate::wal::install(c, wal_limit)?;
                 c.set_prepared_statement_cache_capacity(64);
                 Ok(())
             });
@@ -247,7 +242,7 @@ impl EngineBuilder {
             .thread_pool(shared_reaper())
             .build_unchecked(manager);
         let canonical = std::fs::canonicalize(&self.path).ok();
-        let wal = Arc::new(WalKeeper::new(self.wal_limit, page_size));
+        crate::wal::limit(self.wal_limit, page_size);
         let lock_signal = match self.lock_wait {
             LockWait::Fair => crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path)),
             LockWait::SqliteDefault => None,
@@ -263,7 +258,6 @@ impl EngineBuilder {
                 busy_timeout,
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
-                wal,
                 lock_signal,
                 driver: Arc::new(Driver::new(
                     self.watch_interval,
@@ -433,7 +427,6 @@ pub(crate) struct Inner {
     pub(crate) event_retention: u64,
     stopped: AtomicBool,
     /// Commits made through the engine, to pace WAL size checks.
-    wal: Arc<WalKeeper>,
     /// "Someone waits for the write lock" (see `busy.rs`).
     lock_signal: Option<Arc<crate::busy::Signal>>,
     pub(crate) driver: Arc<Driver>,
@@ -580,7 +573,7 @@ impl Engine {
             .pool
             .get_timeout(budget.max(Duration::from_millis(1)))
         {
-            Ok(conn) => Ok(PooledConnection(conn, Arc::clone(&self.inner.wal))),
+            Ok(conn) => Ok(PooledConnection(conn)),
             Err(e) => Err(Error::PoolTimeout {
                 context: ctx(),
                 waited: self.inner.busy_timeout,
@@ -679,10 +672,10 @@ impl Engine {
         Ok(value)
     }
 
-    /// Housekeeping after every commit on the engine's write path: keep the
-    /// WAL bounded, and take turns for the write lock (see `busy.rs`).
-    pub(crate) fn after_commit(&self, conn: &Connection) {
-        self.inner.wal.maintain(conn);
+    /// Housekeeping after every commit on the engine's write path: take
+    /// turns for the write lock (see `busy.rs`). The WAL's checkpoints
+    /// happen in SQLite's WAL hook (see `wal.rs`).
+    pub(crate) fn after_commit(&self) {
         crate::busy::after_commit();
     }
 
@@ -1017,58 +1010,6 @@ impl fmt::Debug for Engine {
     }
 }
 
-thread_local! {
-    /// The WAL's size in frames after this thread's latest commit on an
-    /// engine connection (from SQLite's WAL hook); 0 once acted on.
-    static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
-}
-
-/// The WAL hook installed on engine connections: it only notes the size.
-fn note_wal_frames(_: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.with(|f| f.set(frames));
-    Ok(())
-}
-
-/// Keeps the WAL bounded on behalf of all of an engine's connections,
-/// instead of SQLite's automatic checkpoints (off on them). SQLite's run a
-/// `PASSIVE` checkpoint after every commit once the WAL passes 1,000 frames;
-/// with several processes committing flat out those fight over the
-/// checkpoint lock, none can reset the WAL, and it grows by hundreds of MB
-/// in seconds. Here: past 1,000 frames a `PASSIVE` checkpoint at most every
-/// [`WAL_CHECK_EVERY`] commits of this engine; past the size limit a
-/// `RESTART` one, which waits (with the busy handler) for the write lock and
-/// for readers to move on, so that the WAL starts over.
-pub(crate) struct WalKeeper {
-    limit_frames: i64,
-    count: AtomicU64,
-}
-
-impl WalKeeper {
-    fn new(limit_bytes: u64, page_size: u64) -> WalKeeper {
-        WalKeeper {
-            limit_frames: i64::try_from(limit_bytes / page_size.max(512)).unwrap_or(i64::MAX),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    fn maintain(&self, conn: &Connection) {
-        let frames = i64::from(WAL_FRAMES.with(|f| f.replace(0)));
-        if frames < 1000 || !conn.is_autocommit() {
-            return;
-        }
-        let n = self.count.fetch_add(1, Ordering::Relaxed);
-        let mode = if frames > self.limit_frames && n % (WAL_CHECK_EVERY / 4) == 0 {
-            "PRAGMA wal_checkpoint(RESTART)"
-        } else if n % WAL_CHECK_EVERY == 0 {
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        } else {
-            return;
-        };
-        // Busy or not, a later commit will try again.
-        let _ = conn.query_row(mode, [], |_| Ok(()));
-    }
-}
-
 /// An open `BEGIN IMMEDIATE` on an engine connection; rolls back on drop
 /// unless committed, so a panic or an error never returns a connection to the
 /// pool with a transaction open.
@@ -1105,7 +1046,7 @@ impl<'c> Immediate<'c> {
             self.done = false; // still open: roll back on drop
             return Err(Error::storage(ctx(), e, self.engine.busy_timeout()));
         }
-        self.engine.after_commit(self.conn);
+        self.engine.after_commit();
         Ok(())
     }
 }
@@ -1122,10 +1063,7 @@ impl Drop for Immediate<'_> {
 
 /// A connection from an [`Engine`]'s pool; returns to the pool when dropped.
 /// Derefs to [`rusqlite::Connection`].
-pub struct PooledConnection(
-    r2d2::PooledConnection<SqliteConnectionManager>,
-    Arc<WalKeeper>,
-);
+pub struct PooledConnection(r2d2::PooledConnection<SqliteConnectionManager>);
 
 impl Deref for PooledConnection {
     type Target = Connection;
@@ -1147,9 +1085,6 @@ impl Drop for PooledConnection {
         if !self.0.is_autocommit() {
             let _ = self.0.execute_batch("ROLLBACK");
         }
-        // Your own transactions on this connection count towards
-        // checkpoints too (SQLite's automatic ones are off, see WalKeeper).
-        self.1.maintain(&self.0);
     }
 }
 

@@ -108,6 +108,7 @@ mod tracker;
 mod transfer;
 mod txn;
 mod wait;
+mod wal;
 
 pub use crate::busy::LockWait;
 pub use crate::clock::{Clock, ManualClock, SystemClock};

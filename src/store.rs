@@ -316,18 +316,19 @@ impl Store for SqliteStore<'_> {
         now: i64,
         duration_ms: i64,
     ) -> rusqlite::Result<bool> {
-        // With t = max(now, updated_ms): held iff the holder and epoch match
-        // and max(expiry, pinned_until) > t; then expiry = max(expiry, t + d)
-        // and updated = t. The last condition keeps t + d inside i64 (SQLite
-        // would turn an overflow into a float); the caller then falls back
-        // to the state machine, which saturates.
+        // The common case only: the row was last written no later than
+        // `now` (so max(now, updated_ms) = now), the holder and epoch match,
+        // and max(expiry, pinned_until) > now; then expiry = max(expiry,
+        // now + d) and updated = now. The last condition keeps now + d
+        // inside i64 (SQLite would turn an overflow into a float). In every
+        // other case nothing is written and the caller falls back to the
+        // state machine, which also handles a row from a clock ahead of ours.
         self.with(
             "UPDATE main.leasehold_leases
-             SET expiry_ms = max(expiry_ms, max(?3, updated_ms) + ?4),
-                 updated_ms = max(?3, updated_ms)
+             SET expiry_ms = max(expiry_ms, ?3 + ?4), updated_ms = ?3
              WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6
-               AND max(expiry_ms, pinned_until_ms) > max(?3, updated_ms)
-               AND max(?3, updated_ms) <= ?7",
+               AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)
+               AND ?3 <= ?7",
             |st| {
                 st.execute(params![
                     key.namespace(),

@@ -299,26 +299,31 @@ impl Txn {
     /// Runs the ops on `conn`, already inside a transaction: every
     /// parameter is checked first, then every assertion, then every mutation.
     pub(crate) fn run_ops(&self, conn: &Connection) -> Result<Vec<usize>> {
+        // Prepared once, checked, then run: (assertion, mutation) per op.
+        let mut prepared = Vec::with_capacity(self.ops.len());
         for (i, op) in self.ops.iter().enumerate() {
+            let mut assertion = None;
             if let Some(Assertion::Exists(stmt)) = &op.assertion {
                 stmt.values(i)?;
-                let prepared = conn
+                let s = conn
                     .prepare_cached(&stmt.sql)
                     .map_err(|e| op.failed(i, stmt, e))?;
-                if !prepared.readonly() || prepared.column_count() == 0 {
+                if !s.readonly() || s.column_count() == 0 {
                     return Err(op.misuse(
                         i,
                         stmt,
                         "an assertion must be a query that only reads (SELECT …)",
                     ));
                 }
+                assertion = Some(s);
             }
+            let mut mutation = None;
             if let Some(stmt) = &op.mutation {
                 stmt.values(i)?;
-                let prepared = conn
+                let s = conn
                     .prepare_cached(&stmt.sql)
                     .map_err(|e| op.failed(i, stmt, e))?;
-                if prepared.readonly() {
+                if s.readonly() {
                     // Includes BEGIN, COMMIT, ROLLBACK, SAVEPOINT and RELEASE,
                     // which would end the transaction the guards run in.
                     return Err(op.misuse(
@@ -327,18 +332,18 @@ impl Txn {
                         "a mutation must be a statement that writes; queries and transaction control are not allowed",
                     ));
                 }
+                mutation = Some(s);
             }
+            prepared.push((assertion, mutation));
         }
-        for (i, op) in self.ops.iter().enumerate() {
-            match &op.assertion {
-                None => {}
-                Some(Assertion::Lease(token)) => {
+        for (i, (op, (assertion, _))) in self.ops.iter().zip(&mut prepared).enumerate() {
+            match (&op.assertion, assertion) {
+                (Some(Assertion::Lease(token)), _) => {
                     token.verify(conn, Some((i, op.label.as_deref())))?;
                 }
-                Some(Assertion::Exists(stmt)) => {
-                    let found = conn
-                        .prepare_cached(&stmt.sql)
-                        .and_then(|mut s| s.exists(params_from_iter(stmt.values(i)?)))
+                (Some(Assertion::Exists(stmt)), Some(s)) => {
+                    let found = s
+                        .exists(params_from_iter(stmt.values(i)?))
                         .map_err(|e| op.failed(i, stmt, e))?;
                     if !found {
                         return Err(Error::AssertionFailed {
@@ -348,16 +353,16 @@ impl Txn {
                         });
                     }
                 }
+                _ => {}
             }
         }
         let mut changes = Vec::with_capacity(self.ops.len());
-        for (i, op) in self.ops.iter().enumerate() {
-            let n = match &op.mutation {
-                None => 0,
-                Some(stmt) => conn
-                    .prepare_cached(&stmt.sql)
-                    .and_then(|mut s| s.execute(params_from_iter(stmt.values(i)?)))
+        for (i, (op, (_, mutation))) in self.ops.iter().zip(&mut prepared).enumerate() {
+            let n = match (&op.mutation, mutation) {
+                (Some(stmt), Some(s)) => s
+                    .execute(params_from_iter(stmt.values(i)?))
                     .map_err(|e| op.failed(i, stmt, e))?,
+                _ => 0,
             };
             changes.push(n);
         }

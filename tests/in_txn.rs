@@ -282,3 +282,25 @@ fn denied_claims_do_not_move_the_persisted_mark_and_reads_are_remembered() -> R 
     assert_eq!(reopened.now(), t0() + secs(150));
     Ok(())
 }
+
+#[test]
+fn the_applications_own_commits_on_an_engine_connection_keep_the_wal_bounded() -> R {
+    // SQLite's automatic checkpoints are off on engine connections; the
+    // engine's WAL hook must see these commits too, or a service that keeps
+    // one connection for its own writes grows the WAL forever.
+    let (db, engine, _clock) = manual_engine();
+    let conn = engine.connection()?;
+    conn.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO t VALUES (1, 0);",
+    )?;
+    for _ in 0..5_000 {
+        // One page per commit: 5,000 frames (20 MB) if nothing checkpoints.
+        conn.execute("UPDATE t SET v = v + 1 WHERE id = 1", [])?;
+    }
+    let wal = std::fs::metadata(db.path.with_extension("db-wal"))?.len();
+    assert!(
+        wal < 8 << 20,
+        "WAL of {wal} bytes after 5,000 one-page commits"
+    );
+    Ok(())
+}

@@ -364,6 +364,30 @@ fn a_clock_stepping_back_does_not_lengthen_a_tenure() -> R {
 }
 
 #[test]
+fn extending_a_tenure_written_by_a_clock_ahead_measures_from_the_row() -> R {
+    // Two engines on one file; B's clock is 10 s behind A's, and B opened
+    // before A wrote, so B's own time is still behind the row A writes.
+    let (db, a, clock) = manual_engine();
+    let behind = ManualClock::new(t0());
+    let b = Engine::builder(&db.path).clock(behind.clone()).build()?;
+    clock.advance(secs(10));
+    let tenure = a.claim(&key("a"), "h1", secs(30))?; // t0+10s .. t0+40s
+    // B renews that very tenure: measured from the row's time (t0+10s), not
+    // from B's clock (t0), so the renewal is not shorter than it says.
+    let renewed = b.extend(&tenure, secs(60))?;
+    assert_eq!(renewed.epoch(), 1);
+    let lease = b.lease(&key("a"))?.expect("lease");
+    assert_eq!(lease.expires_at(), Some(t0() + secs(70)));
+    // Once it has run out, it cannot be renewed.
+    behind.advance(secs(100));
+    assert!(matches!(
+        b.extend(&tenure, secs(1)),
+        Err(Error::NotHeld { .. })
+    ));
+    Ok(())
+}
+
+#[test]
 fn a_new_engine_never_starts_behind_the_persisted_time() -> R {
     let (db, engine, clock) = manual_engine();
     engine.claim(&key("a"), "h1", secs(10))?;

@@ -114,23 +114,16 @@ fn token(engine: &Engine) -> LeaseToken {
         .token()
 }
 
-// Guarded writes and their baselines share one file (the baseline on a
-// plain connection of its own), so that both sides see the same WAL and the
-// same fsyncs. The engine runs the file's checkpoints (`shared_raw` turns
-// SQLite's automatic ones off on the baseline's connection), so their cost
-// is charged to leasehold, not to the baseline.
-
-fn shared_raw(path: &Path, sync: &str) -> Connection {
-    let conn = raw(path, sync);
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
-        .expect("autocheckpoint");
-    conn
-}
+// Each side writes its own file and keeps its WAL bounded its own way: the
+// baseline with SQLite's automatic checkpoints (a PASSIVE one after each
+// commit once the WAL passes 1,000 frames), leasehold with its WAL hook
+// (see `src/wal.rs`). Both checkpoint about as often, and a checkpoint's
+// fsyncs are a large part of the average cost of a write, so sharing one
+// file would charge them to whichever side happened to cross the line.
 
 pub fn guarded_write_txn(dir: &Path, sync: Synchronous, sync_raw: &str) -> Pair {
-    let path = dir.join(format!("txn-{sync_raw}.db"));
-    let engine = engine(&path, sync);
-    let bare = shared_raw(&path, sync_raw);
+    let engine = engine(&dir.join(format!("txn-{sync_raw}.db")), sync);
+    let bare = raw(&dir.join(format!("bare-txn-{sync_raw}.db")), sync_raw);
     let mut txn = Txn::new();
     token(&engine).add_to(&mut txn);
     txn.execute(UPDATE, ());
@@ -144,11 +137,10 @@ pub fn guarded_write_txn(dir: &Path, sync: Synchronous, sync_raw: &str) -> Pair 
 }
 
 pub fn guarded_write_check_in(dir: &Path, sync: Synchronous, sync_raw: &str) -> Pair {
-    let path = dir.join(format!("check-{sync_raw}.db"));
-    let engine = engine(&path, sync);
+    let engine = engine(&dir.join(format!("check-{sync_raw}.db")), sync);
     let token = token(&engine);
     let mut conn = engine.connection().expect("conn");
-    let mut bare = shared_raw(&path, sync_raw);
+    let mut bare = raw(&dir.join(format!("bare-check-{sync_raw}.db")), sync_raw);
     Pair {
         name: "guarded write, check_in",
         leasehold: Box::new(move || {
@@ -177,11 +169,10 @@ pub fn guarded_write_check_in(dir: &Path, sync: Synchronous, sync_raw: &str) -> 
 }
 
 pub fn guarded_write_fragment(dir: &Path) -> Pair {
-    let path = dir.join("fragment.db");
-    let engine = engine(&path, Synchronous::Normal);
+    let engine = engine(&dir.join("fragment.db"), Synchronous::Normal);
     let token = token(&engine);
     let conn = engine.connection().expect("conn");
-    let bare = shared_raw(&path, "NORMAL");
+    let bare = raw(&dir.join("bare-fragment.db"), "NORMAL");
     let guarded = format!("{UPDATE} AND {}", token.guard().sql());
     Pair {
         name: "guarded write, SQL fragment",
@@ -399,7 +390,7 @@ pub fn reads(dir: &Path, total: usize, list: bool) -> Pair {
 /// Median seconds per call of each side, and the median of the rounds'
 /// time ratios (leasehold / baseline), measured in interleaved rounds so
 /// that drift on a shared machine hits both alike.
-pub fn measure(pair: &mut Pair, rounds: usize, budget: Duration) -> (f64, f64, f64) {
+pub fn measure(pair: &mut Pair, rounds: usize, budget: Duration) -> Figure {
     // Calibrate: how many calls make a round of about budget / rounds / 2.
     let target = budget.as_secs_f64() / rounds as f64 / 2.0;
     let mut n = 1usize;
@@ -415,24 +406,59 @@ pub fn measure(pair: &mut Pair, rounds: usize, budget: Duration) -> (f64, f64, f
         }
         n *= 4;
     }
-    let (mut lh, mut base, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut f = Figure::default();
     for _ in 0..rounds {
         let t = Instant::now();
         for _ in 0..n {
             (pair.leasehold)();
         }
-        lh.push(t.elapsed().as_secs_f64() / n as f64);
+        f.leasehold.push(t.elapsed().as_secs_f64() / n as f64);
         let t = Instant::now();
         for _ in 0..n {
             (pair.baseline)();
         }
-        base.push(t.elapsed().as_secs_f64() / n as f64);
-        ratios.push(lh[lh.len() - 1] / base[base.len() - 1]);
+        f.baseline.push(t.elapsed().as_secs_f64() / n as f64);
+        f.ratio
+            .push(f.leasehold[f.leasehold.len() - 1] / f.baseline[f.baseline.len() - 1]);
     }
-    (median(&mut lh), median(&mut base), median(&mut ratios))
+    f
 }
 
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Seconds per call of each interleaved round, both sides, and their
+/// per-round ratios (leasehold / baseline).
+#[derive(Debug, Default, Clone)]
+pub struct Figure {
+    pub leasehold: Vec<f64>,
+    pub baseline: Vec<f64>,
+    pub ratio: Vec<f64>,
+}
+
+/// Median, minimum and maximum of a sample.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// The same spread through `f` (monotone decreasing `f` swaps the ends).
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Spread {
+        let (a, b) = (f(self.min), f(self.max));
+        Spread {
+            median: f(self.median),
+            min: a.min(b),
+            max: a.max(b),
+        }
+    }
 }
