@@ -13,8 +13,9 @@ fn claims(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
     for mut pair in [
-        common::claim(p, false),
-        common::claim(p, true),
+        common::claim(p, common::ClaimCase::NewTenure),
+        common::claim(p, common::ClaimCase::NewTenureLogged),
+        common::claim(p, common::ClaimCase::Extend),
         common::extend_tenure(p),
         common::batched_renewals(p),
     ] {

@@ -96,6 +96,15 @@ impl<'c> InTxn<'c> {
         if self.persisted.get().is_none() && self.engine.high_water_due(now) {
             store.persist_high_water(now)?;
             self.persisted.set(Some(now));
+            if !self.owned {
+                // Your transaction may still roll back, but the engine cannot
+                // see its end; counting the mark as written at once keeps
+                // your writes from each writing it again (an extra page per
+                // commit). A rollback leaves the stored mark at most one more
+                // period behind; rows keep their own write times
+                // (`updated_ms`), which is what decisions about them use.
+                self.engine.high_water_persisted(now);
+            }
         }
         Ok(())
     }

@@ -13,19 +13,33 @@ use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 use crate::key::Key;
 use crate::lease::{PinRecord, Record};
 
+/// The guard predicate, with `$epoch` (empty, or the epoch condition) in it.
+macro_rules! guard_predicate {
+    ($epoch:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM main.leasehold_leases \
+             WHERE namespace = ? AND name = ? AND holder = ?",
+            $epoch,
+            " AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))"
+        )
+    };
+}
+
 /// The guard predicate for an unfenced token: true while `holder` holds the
 /// key. Parameters, in order: namespace, name, holder, now (ms).
 ///
 /// It must agree with [`Record::is_held_by`]; the tests check that it does.
-pub(crate) const GUARD_SQL: &str = "EXISTS (SELECT 1 FROM main.leasehold_leases \
-     WHERE namespace = ? AND name = ? AND holder = ? \
-     AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))";
+pub(crate) const GUARD_SQL: &str = guard_predicate!("");
 
 /// The guard predicate for a token fixed to one tenure. Parameters, in
 /// order: namespace, name, holder, epoch, now (ms).
-pub(crate) const FENCED_GUARD_SQL: &str = "EXISTS (SELECT 1 FROM main.leasehold_leases \
-     WHERE namespace = ? AND name = ? AND holder = ? AND epoch = ? \
-     AND max(expiry_ms, pinned_until_ms) > max(?, updated_ms))";
+pub(crate) const FENCED_GUARD_SQL: &str = guard_predicate!(" AND epoch = ?");
+
+/// [`GUARD_SQL`] as a query of its own (one row, one boolean column).
+pub(crate) const GUARD_QUERY: &str = concat!("SELECT ", guard_predicate!(""));
+
+/// [`FENCED_GUARD_SQL`] as a query of its own.
+pub(crate) const FENCED_GUARD_QUERY: &str = concat!("SELECT ", guard_predicate!(" AND epoch = ?"));
 
 /// A lease transition worth keeping in the history.
 #[derive(Clone, Debug, PartialEq, Eq)]

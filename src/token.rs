@@ -3,12 +3,14 @@
 use std::fmt;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, ToSql};
+use rusqlite::{Connection, ToSql, params};
 
 use crate::engine::Engine;
 use crate::error::{Context, Error, Found, Result};
 use crate::key::Key;
-use crate::store::{FENCED_GUARD_SQL, GUARD_SQL, SqliteStore, Store};
+use crate::store::{
+    FENCED_GUARD_QUERY, FENCED_GUARD_SQL, GUARD_QUERY, GUARD_SQL, SqliteStore, Store,
+};
 use crate::txn::{Op, Txn};
 
 /// A claim that a holder holds a lease, which can be checked — best inside
@@ -206,20 +208,36 @@ impl LeaseToken {
             ));
         }
         let now = self.engine.now_ms();
-        let rec = SqliteStore::new(conn)
-            .load(&self.key)
-            .map_err(|e| Error::storage(self.context(), e, self.engine.busy_timeout()))?;
-        match rec {
-            Some(r) if r.is_held_by(&self.holder, self.epoch, now) => Ok(()),
-            other => Err(Error::GuardFailed {
-                op: op.map(|(i, _)| i),
-                label: op.and_then(|(_, l)| l.map(str::to_owned)),
-                key: self.key.clone(),
-                holder: self.holder.clone(),
-                expected_epoch: self.epoch,
-                found: other.map_or(Found::Absent, |r| r.found(now)),
+        let storage = |e| Error::storage(self.context(), e, self.engine.busy_timeout());
+        // The guard itself first (what a guard in your SQL evaluates); the
+        // whole row only to say why it failed.
+        let (ns, name, holder) = (self.key.namespace(), self.key.name(), &self.holder);
+        let held = match self.epoch {
+            Some(epoch) => conn.prepare_cached(FENCED_GUARD_QUERY).and_then(|mut s| {
+                s.query_row(params![ns, name, holder, epoch as i64, now], |r| r.get(0))
             }),
+            None => conn
+                .prepare_cached(GUARD_QUERY)
+                .and_then(|mut s| s.query_row(params![ns, name, holder, now], |r| r.get(0))),
         }
+        .map_err(storage)?;
+        if held {
+            return Ok(());
+        }
+        let rec = SqliteStore::new(conn).load(&self.key).map_err(storage)?;
+        debug_assert!(
+            !rec.as_ref()
+                .is_some_and(|r| r.is_held_by(&self.holder, self.epoch, now)),
+            "the guard SQL and Record::is_held_by disagree"
+        );
+        Err(Error::GuardFailed {
+            op: op.map(|(i, _)| i),
+            label: op.and_then(|(_, l)| l.map(str::to_owned)),
+            key: self.key.clone(),
+            holder: self.holder.clone(),
+            expected_epoch: self.epoch,
+            found: rec.map_or(Found::Absent, |r| r.found(now)),
+        })
     }
 }
 

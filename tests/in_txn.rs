@@ -304,3 +304,29 @@ fn the_applications_own_commits_on_an_engine_connection_keep_the_wal_bounded() -
     );
     Ok(())
 }
+
+#[test]
+fn writes_in_your_transactions_persist_the_clock_mark_once_per_second() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let mut conn = engine.connection()?;
+    let stored = |conn: &Connection| -> i64 {
+        conn.query_row("SELECT high_water_ms FROM leasehold_clock", [], |r| {
+            r.get(0)
+        })
+        .expect("mark")
+    };
+    let mut marks = Vec::new();
+    for _ in 0..10 {
+        clock.advance(std::time::Duration::from_millis(300));
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        engine.in_txn(&tx)?.claim(&key("a"), "h1", secs(60))?;
+        tx.commit()?;
+        marks.push(stored(&conn));
+    }
+    // 3 s of engine time in 300 ms steps: the mark moved at most once per
+    // second of it, not at each of the ten commits.
+    marks.dedup();
+    assert!(marks.len() <= 4, "mark written at {marks:?}");
+    assert!(*marks.last().expect("mark") >= (t0() + secs(2)).timestamp_millis());
+    Ok(())
+}

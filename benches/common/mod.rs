@@ -198,22 +198,47 @@ fn now_ms() -> i64 {
     leasehold::chrono::Utc::now().timestamp_millis()
 }
 
-/// One claim per transaction; `extend` keeps claiming the same key (an
-/// extension), otherwise each claim takes a released key (a new tenure,
-/// logged in the history, then released). Time moves on both sides, so
-/// every write changes its row.
-pub fn claim(dir: &Path, extend: bool) -> Pair {
-    let tag = if extend { "extend" } else { "claim" };
+/// What a claim bench measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ClaimCase {
+    /// Claiming the same key again: an extension.
+    Extend,
+    /// A new tenure, then its release; the baseline writes one row per
+    /// transaction.
+    NewTenure,
+    /// The same, but the baseline also writes what leasehold writes: a log
+    /// row per transition besides the lease row.
+    NewTenureLogged,
+}
+
+/// One claim per transaction; [`ClaimCase::Extend`] keeps claiming the same
+/// key (an extension), otherwise each claim takes a released key (a new
+/// tenure, logged in the history, then released). Time moves on both
+/// sides, so every write changes its row.
+pub fn claim(dir: &Path, case: ClaimCase) -> Pair {
+    let tag = match case {
+        ClaimCase::Extend => "extend",
+        ClaimCase::NewTenure => "claim",
+        ClaimCase::NewTenureLogged => "claim-logged",
+    };
     let engine = ticking_engine(&dir.join(format!("{tag}.db")));
     let bare = raw(&dir.join(format!("bare-{tag}.db")), "NORMAL");
+    bare.execute_batch(
+        "CREATE TABLE IF NOT EXISTS kv_log (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL,
+             namespace TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+             holder TEXT, epoch INTEGER NOT NULL)",
+    )
+    .expect("log table");
     let key = Key::new("bench", "k").expect("key");
     let d = Duration::from_secs(3600);
     let mut tick = Tick::new();
+    let extend = case == ClaimCase::Extend;
+    let logged = case == ClaimCase::NewTenureLogged;
     Pair {
-        name: if extend {
-            "extend, one per transaction"
-        } else {
-            "claim a new tenure, then release"
+        name: match case {
+            ClaimCase::Extend => "extend, one per transaction",
+            ClaimCase::NewTenure => "claim a new tenure, then release",
+            ClaimCase::NewTenureLogged => "claim a new tenure, then release (baseline logs too)",
         },
         leasehold: Box::new(move || {
             engine.claim(&key, "me", d).expect("claim");
@@ -225,16 +250,27 @@ pub fn claim(dir: &Path, extend: bool) -> Pair {
             let rounds = if extend { 1 } else { 2 };
             let now = tick.next();
             for r in 0..rounds {
+                let holder = if r == 0 { Some("me") } else { None };
                 exec(&bare, "BEGIN IMMEDIATE");
                 bare.prepare_cached(UPSERT)
                     .expect("prepare")
+                    .execute(params!["bench", "k", holder, now + 3_600_000])
+                    .expect("upsert");
+                if logged {
+                    bare.prepare_cached(
+                        "INSERT INTO kv_log (at_ms, namespace, name, kind, holder, epoch)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 1)",
+                    )
+                    .expect("prepare")
                     .execute(params![
+                        now,
                         "bench",
                         "k",
-                        if r == 0 { Some("me") } else { None },
-                        now + 3_600_000
+                        if r == 0 { "claimed" } else { "released" },
+                        "me"
                     ])
-                    .expect("upsert");
+                    .expect("log");
+                }
                 exec(&bare, "COMMIT");
             }
         }),

@@ -165,8 +165,11 @@ pub fn handover_after_release(engine: &Engine, successor: &mut Helper) -> Durati
     // Release at a random phase of the successor's watch interval, as real
     // releases are (right after "minion" its thread has just polled).
     std::thread::sleep(Duration::from_micros(u64::from(wall_ns() as u32 % 2000)));
-    engine.release(&key(), "bench").expect("release");
+    // Stamped before the call, so the figure includes the release's own
+    // transaction: stamped after, a descheduled bench process would see
+    // the successor lead "before" the release.
     let released = wall_ns() as i128;
+    engine.release(&key(), "bench").expect("release");
     let led = successor.next_ns("led ");
     assert_eq!(successor.next(), "released");
     Duration::from_nanos((led - released).max(0) as u64)
