@@ -342,7 +342,7 @@ fn contention(p: &std::path::Path, rows: &mut Vec<Row>) {
     rows.push(Row {
         figure: "guarded write vs etcd / PostgreSQL, FULL".into(),
         leasehold: String::new(),
-        baseline: "not measured here (no servers)".into(),
+        baseline: "run benches/peers/run.sh (starts both servers)".into(),
         ratio: String::new(),
         target: "≥ 3×".into(),
         holds: None,

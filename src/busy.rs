@@ -12,10 +12,11 @@
 //! - **Waiters poll briefly, the oldest most often, and say so.** The busy
 //!   handler pauses 100–200 µs while a wait is young, 50–100 µs after 1 ms
 //!   and 20–40 µs after 3 ms (jittered, so waiters do not move in step),
-//!   until the busy timeout; so when the lock comes free, the waiters that
-//!   have waited longest are the likeliest to take it. While it waits it
-//!   touches a small signal file next to the database (`<db>-lhwait`, its
-//!   modification time) at most once a millisecond.
+//!   so when the lock comes free, the waiters that have waited longest are
+//!   the likeliest to take it; after 50 ms (someone is holding the lock, not
+//!   passing it round) every 0.5–1 ms, until the busy timeout. While it
+//!   waits it touches a small signal file next to the database
+//!   (`<db>-lhwait`, its modification time) at most once a millisecond.
 //! - **Writers take turns.** A process on the engine's write path may commit
 //!   back to back for a turn of [`TURN`] or [`TURN_COMMITS_MAX`] commits,
 //!   whichever ends first; then it looks at the signal file (one `fstat`,
@@ -58,6 +59,9 @@ pub(crate) const TURN: Duration = Duration::from_micros(700);
 /// A turn also ends after this many commits, so that a process slowed down
 /// (by the CPU scheduler, say) does not get fewer commits per turn.
 const TURN_COMMITS_MAX: u32 = 32;
+
+/// A wait longer than this is not turn-taking: the lock is held.
+const LONG_WAIT: Duration = Duration::from_millis(50);
 
 /// A waiter refreshes the signal at most this often.
 const TOUCH_EVERY: Duration = Duration::from_millis(1);
@@ -165,17 +169,21 @@ fn jittered(base: u64) -> Duration {
 /// The pause of a waiter that has waited `waited` so far. The longer it has
 /// waited, the more often it looks: when the lock comes free, the oldest
 /// waiters are the likeliest to take it. (SQLite's handler does the
-/// opposite, which is what starves them.) Measured with the `contention`
-/// bench (8 processes on 2 cores): pausing longer leaves the lock idle while
-/// waiters sleep, pausing shorter burns CPU on wake-ups (about 18 µs each
-/// on a small VM).
+/// opposite, which is what starves them.) Past [`LONG_WAIT`] the lock is not
+/// passing round but held (a long transaction, a checkpoint): looking so
+/// often would only burn CPU (a timed wake-up costs about 18 µs of it on a
+/// small VM), so the waiter then looks every 0.5–1 ms. Measured with the
+/// `contention` bench (8 processes on 2 cores): pausing longer leaves the
+/// lock idle while waiters sleep, pausing shorter burns CPU on wake-ups.
 fn pause(waited: Duration) -> Duration {
     jittered(if waited < Duration::from_millis(1) {
         100
     } else if waited < Duration::from_millis(3) {
         50
-    } else {
+    } else if waited < LONG_WAIT {
         20
+    } else {
+        500
     })
 }
 
