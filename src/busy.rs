@@ -10,10 +10,11 @@
 //! [`LockWait::Fair`] replaces it with two rules of ours:
 //!
 //! - **Waiters poll briefly, the oldest most often, and say so.** The busy
-//!   handler pauses 100–200 µs while a wait is young, 50–100 µs after 1 ms
-//!   and 20–40 µs after 3 ms (jittered, so waiters do not move in step),
-//!   so when the lock comes free, the waiters that have waited longest are
-//!   the likeliest to take it; after 50 ms (someone is holding the lock, not
+//!   handler looks again after 20–40 µs once (most waits are for one short
+//!   transaction), then pauses 100–200 µs while a wait is young, 50–100 µs
+//!   after 1 ms and 20–40 µs after 3 ms (jittered, so waiters do not move
+//!   in step), so when the lock comes free, the waiters that have waited
+//!   longest are the likeliest to take it; after 50 ms (someone is holding the lock, not
 //!   passing it round) every 0.5–1 ms, until the busy timeout. While it
 //!   waits it touches a small signal file next to the database
 //!   (`<db>-lhwait`, its modification time) at most once a millisecond.
@@ -27,9 +28,10 @@
 //!
 //! Waiting is therefore bounded by about (processes − 1) turns, and a single
 //! writer pays nothing but a clock read per commit. The `contention` bench
-//! (8 processes on 2 cores, 10 s) measured p99.9 waits of 7.5–8 ms (worst
-//! 18–20 ms) and a least-served process at 0.84–0.87 of the busiest, where
-//! SQLite's handler gave 8 ms / 1.5–1.6 s and 0.18–0.43.
+//! (8 processes on 2 cores, 10 s) measured p99.9 waits of 6.4–8.5 ms
+//! (worst 18–40 ms) and a least-served process at 0.82–0.90 of the busiest,
+//! at 0.73–0.90× the throughput of SQLite's handler, which gave p99.9
+//! 5–18 ms, worst 1.2–1.9 s, and 0.18–0.68.
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
@@ -166,8 +168,9 @@ fn jittered(base: u64) -> Duration {
     Duration::from_micros(base + u64::from(nanos) % (base + 1))
 }
 
-/// The pause of a waiter that has waited `waited` so far. The longer it has
-/// waited, the more often it looks: when the lock comes free, the oldest
+/// The pause before retry `count` (0-based) of a waiter that has waited
+/// `waited` so far. After a first quick look, the longer it has waited, the
+/// more often it looks: when the lock comes free, the oldest
 /// waiters are the likeliest to take it. (SQLite's handler does the
 /// opposite, which is what starves them.) Past [`LONG_WAIT`] the lock is not
 /// passing round but held (a long transaction, a checkpoint): looking so
@@ -175,8 +178,11 @@ fn jittered(base: u64) -> Duration {
 /// small VM), so the waiter then looks every 0.5–1 ms. Measured with the
 /// `contention` bench (8 processes on 2 cores): pausing longer leaves the
 /// lock idle while waiters sleep, pausing shorter burns CPU on wake-ups.
-fn pause(waited: Duration) -> Duration {
-    jittered(if waited < Duration::from_millis(1) {
+fn pause(count: i32, waited: Duration) -> Duration {
+    jittered(if count == 0 {
+        // Most waits are for one short transaction: look again soon once.
+        20
+    } else if waited < Duration::from_millis(1) {
         100
     } else if waited < Duration::from_millis(3) {
         50
@@ -219,7 +225,7 @@ pub(crate) fn fair_handler(count: i32) -> bool {
         // Having waited, this thread starts a fresh turn once it gets in.
         TURN_BEGAN.with(|t| t.set(None));
         TURN_COMMITS.with(|c| c.set(0));
-        std::thread::sleep(pause(now.duration_since(started)));
+        std::thread::sleep(pause(count, now.duration_since(started)));
         true
     })
 }
