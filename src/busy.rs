@@ -14,8 +14,11 @@
 //!   transaction), then pauses 100–200 µs while a wait is young, 50–100 µs
 //!   after 1 ms and 20–40 µs after 3 ms (jittered, so waiters do not move
 //!   in step), so when the lock comes free, the waiters that have waited
-//!   longest are the likeliest to take it; after 50 ms (someone is holding the lock, not
-//!   passing it round) every 0.5–1 ms, until the busy timeout. While it
+//!   longest are the likeliest to take it. After 50 ms it looks at the WAL
+//!   file as well: while commits still go by (the lock passes round, the
+//!   waiter is merely unlucky) it keeps looking every 20–40 µs; when none
+//!   has for 50 ms (someone holds the lock) every 0.5–1 ms, so that a held
+//!   lock burns no CPU; never past the busy timeout. While it
 //!   waits it touches a small signal file next to the database
 //!   (`<db>-lhwait`, its modification time) at most once a millisecond.
 //! - **Writers take turns.** A process on the engine's write path may commit
@@ -35,7 +38,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -76,6 +79,8 @@ const RECENT: Duration = Duration::from_millis(3);
 #[derive(Debug)]
 pub(crate) struct Signal {
     file: File,
+    /// The database's WAL file, whose changes show commits going by.
+    wal: PathBuf,
 }
 
 impl Signal {
@@ -83,6 +88,8 @@ impl Signal {
     /// read-only directory): waiting then works without turns.
     pub fn open(db: &Path) -> Option<Arc<Signal>> {
         let mut name = db.as_os_str().to_owned();
+        let mut wal = name.clone();
+        wal.push("-wal");
         name.push("-lhwait");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -90,11 +97,21 @@ impl Signal {
             .write(true)
             .open(name)
             .ok()?;
-        Some(Arc::new(Signal { file }))
+        Some(Arc::new(Signal {
+            file,
+            wal: wal.into(),
+        }))
     }
 
     fn touch(&self) {
         let _ = self.file.set_modified(SystemTime::now());
+    }
+
+    /// The WAL file's length and modification time: they change with every
+    /// commit (the time at the kernel's clock tick, a few ms).
+    fn wal_state(&self) -> Option<(u64, SystemTime)> {
+        let m = std::fs::metadata(&self.wal).ok()?;
+        Some((m.len(), m.modified().ok()?))
     }
 
     fn recent(&self) -> bool {
@@ -116,6 +133,20 @@ thread_local! {
     static TURN_BEGAN: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Commits in this thread's current turn.
     static TURN_COMMITS: Cell<u32> = const { Cell::new(0) };
+    /// A shorter limit for the waits of a checkpoint (see [`capped`]).
+    static CAP: Cell<Option<Duration>> = const { Cell::new(None) };
+    /// In a long wait: the WAL's state last seen, and when it last changed.
+    static PROGRESS: Cell<Option<((u64, SystemTime), Instant)>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's lock waits limited to `cap`: for the
+/// checkpoints run after a commit, which hold the write lock while they
+/// wait for readers and must not keep every writer out for long.
+pub(crate) fn capped<T>(cap: Duration, f: impl FnOnce() -> T) -> T {
+    let before = CAP.with(|c| c.replace(Some(cap)));
+    let out = f();
+    CAP.with(|c| c.set(before));
+    out
 }
 
 /// Sets this thread's context for lock waits (the engine's busy timeout and
@@ -169,16 +200,18 @@ fn jittered(base: u64) -> Duration {
 }
 
 /// The pause before retry `count` (0-based) of a waiter that has waited
-/// `waited` so far. After a first quick look, the longer it has waited, the
+/// `waited` so far, `circulating` if commits went by in the last
+/// [`LONG_WAIT`]. After a first quick look, the longer it has waited, the
 /// more often it looks: when the lock comes free, the oldest
 /// waiters are the likeliest to take it. (SQLite's handler does the
-/// opposite, which is what starves them.) Past [`LONG_WAIT`] the lock is not
-/// passing round but held (a long transaction, a checkpoint): looking so
-/// often would only burn CPU (a timed wake-up costs about 18 µs of it on a
-/// small VM), so the waiter then looks every 0.5–1 ms. Measured with the
-/// `contention` bench (8 processes on 2 cores): pausing longer leaves the
-/// lock idle while waiters sleep, pausing shorter burns CPU on wake-ups.
-fn pause(count: i32, waited: Duration) -> Duration {
+/// opposite, which is what starves them.) Past [`LONG_WAIT`] with no commit
+/// going by, the lock is not passing round but held (a long transaction, a
+/// checkpoint): looking so often would only burn CPU (a timed wake-up costs
+/// about 18 µs of it on a small VM), so the waiter then looks every
+/// 0.5–1 ms. Measured with the `contention` bench (8 processes on 2 cores):
+/// pausing longer leaves the lock idle while waiters sleep, pausing shorter
+/// burns CPU on wake-ups.
+fn pause(count: i32, waited: Duration, circulating: bool) -> Duration {
     jittered(if count == 0 {
         // Most waits are for one short transaction: look again soon once.
         20
@@ -186,7 +219,7 @@ fn pause(count: i32, waited: Duration) -> Duration {
         100
     } else if waited < Duration::from_millis(3) {
         50
-    } else if waited < LONG_WAIT {
+    } else if waited < LONG_WAIT || circulating {
         20
     } else {
         500
@@ -197,17 +230,21 @@ fn pause(count: i32, waited: Duration) -> Duration {
 /// [`LockWait::Fair`].
 pub(crate) fn fair_handler(count: i32) -> bool {
     WAIT.with(|w| {
-        let (started, budget) = w.get();
+        let (started, full_budget) = w.get();
+        let budget = CAP
+            .with(Cell::get)
+            .map_or(full_budget, |cap| cap.min(full_budget));
         let now = Instant::now();
         let started = match (count, started) {
             (0, _) | (_, None) => {
-                w.set((Some(now), budget));
+                w.set((Some(now), full_budget));
                 now
             }
             (_, Some(s)) => s,
         };
-        if now.duration_since(started) >= budget {
-            w.set((None, budget));
+        let waited = now.duration_since(started);
+        if waited >= budget {
+            w.set((None, full_budget));
             return false;
         }
         let due = TOUCHED.with(|t| {
@@ -225,7 +262,60 @@ pub(crate) fn fair_handler(count: i32) -> bool {
         // Having waited, this thread starts a fresh turn once it gets in.
         TURN_BEGAN.with(|t| t.set(None));
         TURN_COMMITS.with(|c| c.set(0));
-        std::thread::sleep(pause(count, now.duration_since(started)));
+        let circulating = waited >= LONG_WAIT && circulating(now);
+        if count == 0 {
+            PROGRESS.with(|p| p.set(None));
+        }
+        std::thread::sleep(pause(count, waited, circulating).min(budget - waited));
         true
     })
+}
+
+/// Whether commits went by in the last [`LONG_WAIT`], judged by the WAL file
+/// (during a long wait only: one `stat` per look).
+fn circulating(now: Instant) -> bool {
+    let Some(state) = SIGNAL.with(|s| s.borrow().as_ref().and_then(|s| s.wal_state())) else {
+        return false;
+    };
+    PROGRESS.with(|p| {
+        let changed_at = match p.get() {
+            Some((seen, at)) if seen == state => at,
+            // The first look of a long wait counts as a change: the wait
+            // began while commits went by (or it would not have been
+            // turn-taking up to here).
+            _ => now,
+        };
+        p.set(Some((state, changed_at)));
+        now.duration_since(changed_at) < LONG_WAIT
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_wait_backs_off_only_when_no_commit_goes_by() {
+        let long = LONG_WAIT * 2;
+        assert!(pause(5, long, true) <= Duration::from_micros(40));
+        assert!(pause(5, long, false) >= Duration::from_micros(500));
+        assert!(pause(5, Duration::from_millis(10), false) <= Duration::from_micros(40));
+        assert!(pause(0, long, false) <= Duration::from_micros(40));
+    }
+
+    #[test]
+    fn a_capped_wait_gives_up_at_the_cap_and_the_cap_ends_with_its_scope() {
+        set_context(Duration::from_secs(60), None);
+        let gave_up = capped(Duration::from_millis(2), || {
+            let mut count = 0;
+            while fair_handler(count) {
+                count += 1;
+            }
+            count
+        });
+        // It gave up long before the 60 s budget: at the cap.
+        assert!(gave_up > 0);
+        assert_eq!(CAP.with(Cell::get), None);
+        assert_eq!(WAIT.with(Cell::get).1, Duration::from_secs(60));
+    }
 }

@@ -149,8 +149,9 @@ impl EngineBuilder {
     }
 
     /// The WAL size, in bytes, above which the engine checkpoints with
-    /// `RESTART` (briefly holding back new writers until readers move past
-    /// the old WAL), and to which it truncates the file. The engine runs the
+    /// `RESTART` (holding back new writers for at most 10 ms while readers
+    /// move past the old WAL; with [`LockWait::SqliteDefault`] only
+    /// `PASSIVE` checkpoints run), and to which it truncates the file. The engine runs the
     /// checkpoints of its connections itself (SQLite's automatic ones are
     /// off on them): with several processes committing flat out, SQLite's
     /// checkpoint after every commit fights over the checkpoint lock, cannot
@@ -230,7 +231,7 @@ impl EngineBuilder {
                 c.pragma_update(None, "synchronous", synchronous.pragma())?;
                 c.pragma_update(None, "foreign_keys", true)?;
                 // Checkpoints are ours (see `wal.rs`).
-                crate::wal::install(c, wal_limit)?;
+                crate::wal::install(c, wal_limit, lock_wait == LockWait::Fair)?;
                 c.set_prepared_statement_cache_capacity(64);
                 Ok(())
             });
@@ -255,6 +256,7 @@ impl EngineBuilder {
                 clock: self.clock,
                 high_water: AtomicI64::new(high_water),
                 persisted_high_water: AtomicI64::new(high_water),
+                unconfirmed_high_water: AtomicI64::new(high_water),
                 busy_timeout,
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
@@ -423,6 +425,9 @@ pub(crate) struct Inner {
     high_water: AtomicI64,
     /// The latest engine time known to be persisted in `leasehold_clock`.
     persisted_high_water: AtomicI64,
+    /// The latest engine time written to `leasehold_clock` in a caller's
+    /// transaction, which may yet roll back.
+    unconfirmed_high_water: AtomicI64,
     busy_timeout: Duration,
     pub(crate) event_retention: u64,
     stopped: AtomicBool,
@@ -531,9 +536,25 @@ impl Engine {
     }
 
     /// Whether a write transaction at engine time `now` should also persist
-    /// the high-water mark (at most about once a second).
-    pub(crate) fn high_water_due(&self, now: i64) -> bool {
-        now - self.inner.persisted_high_water.load(Ordering::Acquire) >= HIGH_WATER_PERSIST_MS
+    /// the high-water mark (at most about once a second). The engine's own
+    /// transactions go by what is known to be committed; callers'
+    /// transactions also by what other callers' transactions wrote, so that
+    /// their commits do not each write the mark (an extra page apiece),
+    /// while a caller's rollback cannot stop the engine's writes persisting
+    /// it.
+    pub(crate) fn high_water_due(&self, now: i64, owned: bool) -> bool {
+        let mut last = self.inner.persisted_high_water.load(Ordering::Acquire);
+        if !owned {
+            last = last.max(self.inner.unconfirmed_high_water.load(Ordering::Acquire));
+        }
+        now - last >= HIGH_WATER_PERSIST_MS
+    }
+
+    /// Records that a caller's transaction wrote `ms` (it may roll back).
+    pub(crate) fn high_water_written_unconfirmed(&self, ms: i64) {
+        self.inner
+            .unconfirmed_high_water
+            .fetch_max(ms, Ordering::AcqRel);
     }
 
     /// Records that `ms` is persisted (after the commit that wrote it).

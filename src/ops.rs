@@ -93,17 +93,15 @@ impl<'c> InTxn<'c> {
     /// Ends a write that succeeded: persists the high-water mark too when
     /// due, once per transaction. (Refused operations write nothing at all.)
     fn finish_write(&self, store: &DynStore<'_>, now: i64) -> rusqlite::Result<()> {
-        if self.persisted.get().is_none() && self.engine.high_water_due(now) {
+        if self.persisted.get().is_none() && self.engine.high_water_due(now, self.owned) {
             store.persist_high_water(now)?;
             self.persisted.set(Some(now));
             if !self.owned {
-                // Your transaction may still roll back, but the engine cannot
-                // see its end; counting the mark as written at once keeps
-                // your writes from each writing it again (an extra page per
-                // commit). A rollback leaves the stored mark at most one more
-                // period behind; rows keep their own write times
-                // (`updated_ms`), which is what decisions about them use.
-                self.engine.high_water_persisted(now);
+                // The engine cannot see your transaction end. Noting the mark
+                // as written (unconfirmed) keeps your other transactions from
+                // each writing it again; should this one roll back, the
+                // engine's own next write still persists it.
+                self.engine.high_water_written_unconfirmed(now);
             }
         }
         Ok(())

@@ -225,9 +225,14 @@ impl LeaseToken {
             return Ok(());
         }
         let rec = SqliteStore::new(conn).load(&self.key).map_err(storage)?;
+        // Outside a transaction the two reads may see different commits
+        // (a claim may land in between), so only a transaction's view is
+        // held to agreement.
         debug_assert!(
-            !rec.as_ref()
-                .is_some_and(|r| r.is_held_by(&self.holder, self.epoch, now)),
+            conn.is_autocommit()
+                || !rec
+                    .as_ref()
+                    .is_some_and(|r| r.is_held_by(&self.holder, self.epoch, now)),
             "the guard SQL and Record::is_held_by disagree"
         );
         Err(Error::GuardFailed {

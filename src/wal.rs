@@ -13,17 +13,29 @@
 //!   [`CHECK_EVERY`] commits (in this process), so that contending writers
 //!   do not all checkpoint at once;
 //! - past the size limit, a `RESTART` checkpoint every quarter of that,
-//!   which waits (with the connection's busy handler) for the write lock and
-//!   for readers to move past the old frames, so that the WAL starts over.
-//!   The file is then truncated to the limit (`journal_size_limit`).
+//!   which waits for the write lock and for readers to move past the old
+//!   frames, so that the WAL starts over. The file is then truncated to the
+//!   limit (`journal_size_limit`). It holds the write lock while it waits,
+//!   so it waits at most [`RESTART_WAIT`] (through [`LockWait::Fair`]'s
+//!   handler, capped); if a reader outlasts that, the next `RESTART` comes
+//!   no sooner than [`RESTART_PAUSE`] later, so that a long reader (even one
+//!   on the committing thread) costs writers a few per cent of their time,
+//!   not the busy timeout at each commit. SQLite's own handler
+//!   ([`LockWait::SqliteDefault`]) cannot be capped, so its connections
+//!   get `PASSIVE` checkpoints only.
 //!
 //! A single writer thus checkpoints about as often as SQLite would.
 
 use std::ffi::c_int;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use rusqlite::hooks::{CheckpointMode, Wal};
+
+#[cfg(doc)]
+use crate::LockWait;
 
 /// The WAL size, in frames, from which the hook checkpoints (SQLite's
 /// automatic checkpoint threshold).
@@ -40,6 +52,25 @@ static LIMIT_FRAMES: AtomicI64 = AtomicI64::new(i64::MAX);
 /// Commits seen with a WAL past [`PASSIVE_FROM`], in this process.
 static LARGE: AtomicU64 = AtomicU64::new(0);
 
+/// How long a `RESTART` checkpoint may wait for the lock and for readers.
+pub(crate) const RESTART_WAIT: Duration = Duration::from_millis(10);
+
+/// After a `RESTART` that could not finish, how long until the next try.
+pub(crate) const RESTART_PAUSE: Duration = Duration::from_millis(250);
+
+/// When (in ms since [`epoch`]) the next `RESTART` may be tried.
+static RESTART_AFTER_MS: AtomicU64 = AtomicU64::new(0);
+
+/// The process's reference instant for [`RESTART_AFTER_MS`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Lowers the process's WAL size limit to `bytes` (in frames of
 /// `page_size`).
 pub(crate) fn limit(bytes: u64, page_size: u64) {
@@ -47,13 +78,18 @@ pub(crate) fn limit(bytes: u64, page_size: u64) {
     LIMIT_FRAMES.fetch_min(frames.max(i64::from(PASSIVE_FROM)), Ordering::Relaxed);
 }
 
-/// Replaces SQLite's automatic checkpoints on `conn` with [`after_commit`],
-/// and truncates the WAL file to `limit_bytes` after a reset.
-pub(crate) fn install(conn: &Connection, limit_bytes: u64) -> rusqlite::Result<()> {
+/// Replaces SQLite's automatic checkpoints on `conn` with [`after_commit`]
+/// (with `restart`; else [`after_commit_passive`]), and truncates the WAL
+/// file to `limit_bytes` after a reset.
+pub(crate) fn install(conn: &Connection, limit_bytes: u64, restart: bool) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_size_limit", limit_bytes as i64)?;
     // The pragma installs SQLite's own hook; ours must come after it.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.wal_hook(Some(after_commit));
+    conn.wal_hook(Some(if restart {
+        after_commit
+    } else {
+        after_commit_passive
+    }));
     Ok(())
 }
 
@@ -66,14 +102,26 @@ fn after_commit(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
         return Ok(());
     }
     let n = LARGE.fetch_add(1, Ordering::Relaxed);
-    let mode =
-        if i64::from(frames) > LIMIT_FRAMES.load(Ordering::Relaxed) && n % (CHECK_EVERY / 4) == 0 {
-            CheckpointMode::RESTART
-        } else if n % CHECK_EVERY == 0 {
-            CheckpointMode::PASSIVE
-        } else {
-            return Ok(());
-        };
-    let _ = wal.checkpoint_v2(mode);
+    if i64::from(frames) > LIMIT_FRAMES.load(Ordering::Relaxed)
+        && n % (CHECK_EVERY / 4) == 0
+        && millis_since_epoch() >= RESTART_AFTER_MS.load(Ordering::Relaxed)
+    {
+        let done = crate::busy::capped(RESTART_WAIT, || wal.checkpoint_v2(CheckpointMode::RESTART));
+        if done.is_err() {
+            let pause = u64::try_from(RESTART_PAUSE.as_millis()).unwrap_or(u64::MAX);
+            RESTART_AFTER_MS.store(millis_since_epoch() + pause, Ordering::Relaxed);
+        }
+    } else if n % CHECK_EVERY == 0 {
+        let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
+    }
+    Ok(())
+}
+
+/// [`after_commit`] without `RESTART`: for connections whose busy handler
+/// cannot be capped.
+fn after_commit_passive(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    if frames >= PASSIVE_FROM && LARGE.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == 0 {
+        let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
+    }
     Ok(())
 }

@@ -306,6 +306,42 @@ fn the_applications_own_commits_on_an_engine_connection_keep_the_wal_bounded() -
 }
 
 #[test]
+fn a_reader_left_open_does_not_hold_commits_for_the_busy_timeout() -> R {
+    // Past the WAL size limit the engine's WAL hook runs RESTART
+    // checkpoints, which hold the write lock while they wait for readers.
+    // Here the reader sits on the committing thread itself, so a checkpoint
+    // that waited with the full busy timeout (a minute) would stall commit
+    // after commit for a minute each.
+    let db = TempDb::new();
+    let engine = Engine::builder(&db.path)
+        .busy_timeout(secs(60))
+        .wal_size_limit(1 << 20)
+        .build()?;
+    let writer = engine.connection()?;
+    writer.execute_batch(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO t VALUES (1, 0);",
+    )?;
+    let reader = engine.connection()?;
+    reader.execute_batch("BEGIN")?;
+    let _: i64 = reader.query_row("SELECT v FROM t", [], |r| r.get(0))?;
+    let began = std::time::Instant::now();
+    for _ in 0..3_000 {
+        writer.execute("UPDATE t SET v = v + 1 WHERE id = 1", [])?;
+    }
+    let took = began.elapsed();
+    reader.execute_batch("COMMIT")?;
+    // Not a speed test: 3,000 one-row commits take well under a second; a
+    // single checkpoint waiting out the busy timeout would take 60 s.
+    assert!(
+        took < secs(30),
+        "3,000 commits took {took:?} with a reader open"
+    );
+    let v: i64 = writer.query_row("SELECT v FROM t", [], |r| r.get(0))?;
+    assert_eq!(v, 3_000);
+    Ok(())
+}
+
+#[test]
 fn writes_in_your_transactions_persist_the_clock_mark_once_per_second() -> R {
     let (_db, engine, clock) = manual_engine();
     let mut conn = engine.connection()?;
@@ -328,5 +364,24 @@ fn writes_in_your_transactions_persist_the_clock_mark_once_per_second() -> R {
     marks.dedup();
     assert!(marks.len() <= 4, "mark written at {marks:?}");
     assert!(*marks.last().expect("mark") >= (t0() + secs(2)).timestamp_millis());
+    Ok(())
+}
+
+#[test]
+fn a_rolled_back_transaction_does_not_stop_the_engine_persisting_the_clock_mark() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let mut conn = engine.connection()?;
+    clock.advance(secs(5));
+    let now = (t0() + secs(5)).timestamp_millis();
+    // Your transaction writes the mark, then rolls back.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    engine.in_txn(&tx)?.claim(&key("a"), "h1", secs(60))?;
+    tx.rollback()?;
+    // The engine's own next write still persists it.
+    engine.claim(&key("b"), "h1", secs(60))?;
+    let stored: i64 = conn.query_row("SELECT high_water_ms FROM leasehold_clock", [], |r| {
+        r.get(0)
+    })?;
+    assert_eq!(stored, now);
     Ok(())
 }
