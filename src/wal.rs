@@ -17,10 +17,11 @@
 //!   frames, so that the WAL starts over. The file is then truncated to the
 //!   limit (`journal_size_limit`). It holds the write lock while it waits,
 //!   so it waits at most [`RESTART_WAIT`] (through [`LockWait::Fair`]'s
-//!   handler, capped); if a reader outlasts that, the next `RESTART` comes
-//!   no sooner than [`RESTART_PAUSE`] later, so that a long reader (even one
-//!   on the committing thread) costs writers a few per cent of their time,
-//!   not the busy timeout at each commit. SQLite's own handler
+//!   handler, capped). If it could not finish, the next try comes after
+//!   [`RESTART_PAUSE`], doubled at each further failure up to
+//!   [`RESTART_PAUSE_MAX`]: contention alone rarely fails twice, while a
+//!   long reader (even one on the committing thread) soon costs writers
+//!   about one per cent of their time, not the busy timeout at each commit. SQLite's own handler
 //!   ([`LockWait::SqliteDefault`]) cannot be capped, so its connections
 //!   get `PASSIVE` checkpoints only.
 //!
@@ -55,8 +56,15 @@ static LARGE: AtomicU64 = AtomicU64::new(0);
 /// How long a `RESTART` checkpoint may wait for the lock and for readers.
 pub(crate) const RESTART_WAIT: Duration = Duration::from_millis(10);
 
-/// After a `RESTART` that could not finish, how long until the next try.
-pub(crate) const RESTART_PAUSE: Duration = Duration::from_millis(250);
+/// After a `RESTART` that could not finish, how long until the next try;
+/// doubled after each further failure, up to [`RESTART_PAUSE_MAX`].
+pub(crate) const RESTART_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest pause between `RESTART` tries.
+pub(crate) const RESTART_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// `RESTART` tries that failed in a row (this process).
+static RESTART_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// When (in ms since [`epoch`]) the next `RESTART` may be tried.
 static RESTART_AFTER_MS: AtomicU64 = AtomicU64::new(0);
@@ -107,8 +115,12 @@ fn after_commit(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
         && millis_since_epoch() >= RESTART_AFTER_MS.load(Ordering::Relaxed)
     {
         let done = crate::busy::capped(RESTART_WAIT, || wal.checkpoint_v2(CheckpointMode::RESTART));
-        if done.is_err() {
-            let pause = u64::try_from(RESTART_PAUSE.as_millis()).unwrap_or(u64::MAX);
+        if done.is_ok() {
+            RESTART_FAILURES.store(0, Ordering::Relaxed);
+        } else {
+            let failures = RESTART_FAILURES.fetch_add(1, Ordering::Relaxed).min(16);
+            let pause = (RESTART_PAUSE * (1 << failures)).min(RESTART_PAUSE_MAX);
+            let pause = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
             RESTART_AFTER_MS.store(millis_since_epoch() + pause, Ordering::Relaxed);
         }
     } else if n % CHECK_EVERY == 0 {
