@@ -388,6 +388,23 @@ fn extending_a_tenure_written_by_a_clock_ahead_measures_from_the_row() -> R {
 }
 
 #[test]
+fn claiming_again_a_tenure_written_by_a_clock_ahead_measures_from_the_row() -> R {
+    // As above, through `claim` by the holder (Juju's way of renewing).
+    let (db, a, clock) = manual_engine();
+    let behind = ManualClock::new(t0());
+    let b = Engine::builder(&db.path).clock(behind.clone()).build()?;
+    clock.advance(secs(10));
+    a.claim(&key("a"), "h1", secs(30))?; // t0+10s .. t0+40s
+    let again = b.claim(&key("a"), "h1", secs(60))?;
+    assert!(again.is_extension());
+    assert_eq!(again.epoch(), 1);
+    assert_eq!(again.expires_at(), t0() + secs(70));
+    let lease = b.lease(&key("a"))?.expect("lease");
+    assert_eq!(lease.expires_at(), Some(t0() + secs(70)));
+    Ok(())
+}
+
+#[test]
 fn a_new_engine_never_starts_behind_the_persisted_time() -> R {
     let (db, engine, clock) = manual_engine();
     engine.claim(&key("a"), "h1", secs(10))?;
