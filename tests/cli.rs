@@ -389,6 +389,22 @@ fn run_gives_the_lease_back_when_its_command_cannot_start() -> R {
         "{}",
         stderr(&o)
     );
+    // With --json the message is JSON too.
+    let o = lh(
+        &db.path,
+        &[
+            "--json",
+            "run",
+            "ops",
+            "m",
+            "host-1",
+            "--",
+            "/no/such/command",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(127));
+    let e: Value = serde_json::from_str(stderr(&o).trim())?;
+    assert_eq!(e["error"]["code"], 127, "{e}");
     ok(&lh(
         &db.path,
         &["claim", "ops", "m", "host-2", "--for", "1s"],
@@ -418,6 +434,114 @@ fn run_refuses_to_share_a_tenure_or_leave_no_time_to_stop() -> R {
         5,
     );
     assert!(err.contains("--grace"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn two_runs_as_one_holder_never_share_a_tenure() -> R {
+    // A retried deploy step: two `run --wait` as the same holder, waiting
+    // for another holder's release. A claim by the holder extends its
+    // tenure, so without care both would run at once under one epoch.
+    let db = TempDb::new();
+    ok(&lh(
+        &db.path,
+        &["claim", "ops", "m", "other", "--for", "1h"],
+    ));
+    let log = db.dir.path().join("log");
+    let script = format!(
+        "echo start $LEASEHOLD_EPOCH >> {0}; sleep 0.3; echo end $LEASEHOLD_EPOCH >> {0}",
+        log.display()
+    );
+    let start = || {
+        bin()
+            .arg("--db")
+            .arg(&db.path)
+            .args([
+                "run", "ops", "m", "host-1", "--wait", "--", "sh", "-c", &script,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+    };
+    let runs = [start()?, start()?, start()?];
+    ok(&lh(&db.path, &["release", "ops", "m", "other"]));
+    for child in runs {
+        assert!(child.wait_with_output()?.status.success());
+    }
+    let log = std::fs::read_to_string(&log)?;
+    let lines: Vec<&str> = log.lines().collect();
+    // One after the other, each in a tenure of its own.
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let mut epochs = Vec::new();
+    for pair in lines.chunks(2) {
+        let epoch = pair[0].strip_prefix("start ").expect("a start");
+        assert_eq!(pair[1], format!("end {epoch}"), "{lines:?}");
+        epochs.push(epoch);
+    }
+    epochs.dedup();
+    assert_eq!(epochs.len(), 3, "{lines:?}");
+    Ok(())
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+        !state.starts_with('Z') && !state.starts_with('X')
+    })
+}
+
+#[test]
+fn run_stops_everything_its_command_started_when_the_lease_is_lost() -> R {
+    // The command is a shell script whose own child would outlive a signal
+    // sent to the shell alone, and go on working without the lease.
+    let db = TempDb::new();
+    let pid_file = db.dir.path().join("pid");
+    let script = format!(
+        "sleep 300 & echo $! > {0}.tmp; mv {0}.tmp {0}; wait",
+        pid_file.display()
+    );
+    let child = bin()
+        .arg("--db")
+        .arg(&db.path)
+        .args([
+            "run", "ops", "m", "host-1", "--grace", "5s", "--", "sh", "-c", &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    support::wait_for_file(&pid_file, Duration::from_secs(30));
+    let sleeper: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    assert!(running(sleeper));
+    ok(&lh(&db.path, &["revoke", "ops", "m"]));
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
+    assert!(!running(sleeper), "the command's child outlived the lease");
+    Ok(())
+}
+
+#[test]
+fn run_reports_a_lease_lost_just_before_a_clean_exit() -> R {
+    // The command ignores SIGTERM and exits 0 right after the revoke:
+    // whether or not `run` noticed the loss first, it must not report 0.
+    let db = TempDb::new();
+    let started = db.dir.path().join("started");
+    let go = db.dir.path().join("go");
+    let script = format!(
+        "trap '' TERM; touch {}; while [ ! -e {} ]; do sleep 0.01; done; exit 0",
+        started.display(),
+        go.display()
+    );
+    let child = bin()
+        .arg("--db")
+        .arg(&db.path)
+        .args(["run", "ops", "m", "host-1", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    support::wait_for_file(&started, Duration::from_secs(30));
+    ok(&lh(&db.path, &["revoke", "ops", "m"]));
+    std::fs::write(&go, "")?;
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lost ops/m"), "{}", stderr(&out));
     Ok(())
 }
 

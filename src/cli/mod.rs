@@ -123,7 +123,10 @@ enum Command {
     /// The command gets LEASEHOLD_NAMESPACE, LEASEHOLD_NAME, LEASEHOLD_HOLDER,
     /// LEASEHOLD_EPOCH and LEASEHOLD_DB, so it can guard its own writes with
     /// its tenure's token. A tracker keeps the lease meanwhile; if it is lost
-    /// the command gets SIGTERM, then SIGKILL after the grace period.
+    /// the command gets SIGTERM, then SIGKILL after the grace period. The
+    /// command runs in a process group of its own, which signals reach
+    /// whole. Denied (or, with --wait, waiting) while anyone holds the lease,
+    /// even the same holder: a tenure is never shared.
     Run(run::RunArgs),
     /// Write every lease, pin and epoch as JSON lines.
     Export {
@@ -259,6 +262,20 @@ impl Output {
     pub fn say(&self, line: impl AsRef<str>) {
         if !self.quiet && !self.json {
             println!("{}", line.as_ref());
+        }
+    }
+
+    /// Tells the user on stderr about something that went wrong while the
+    /// command goes on (or ends with a code of its own): one line, JSON
+    /// with `--json`, printed even with `--quiet`.
+    pub fn notice(&self, kind: &str, code: u8, message: &str) {
+        if self.json {
+            eprintln!(
+                "{}",
+                serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
+            );
+        } else {
+            eprintln!("leasehold: {}", one_line(message));
         }
     }
 

@@ -1,18 +1,17 @@
 //! `run`: a command gated by a lease.
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use leasehold::{Engine, Key};
-use nix::sys::signal::{Signal, kill};
+use leasehold::rusqlite::TransactionBehavior;
+use leasehold::{Engine, Error, Key, Tenure};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -76,50 +75,36 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
             super::leases::human(slack)
         )));
     }
-    // Two runs as the same holder would share one tenure (a claim by the
-    // holder is an extension): refuse, or wait for the other to finish.
-    if let Some(lease) = engine.lease(&key)? {
-        if lease.holder() == Some(args.holder.as_str()) {
-            if !args.wait {
-                return Err(CliError::Denied(format!(
-                    "{key} is already held by {} (another run as {}?); a tenure is never shared",
-                    args.holder, args.holder
-                )));
-            }
-            engine.block_until_released(&key)?;
-        }
-    }
-    if !args.wait {
-        // A definite answer (with the holder's name) before starting anything.
-        engine.claim(&key, &args.holder, args.duration)?;
-    }
+    let tenure = claim_new(&engine, &key, &args)?;
+    let epoch = tenure.epoch();
     // Once the lease is lost the command is stopped, and must not resume
-    // under a new tenure: the tracker does not claim again.
+    // under a new tenure: the tracker does not claim again. Its first claim
+    // extends the tenure just begun.
     let tracker = engine
         .tracker(&key, &args.holder)
         .guarantee(guarantee)
         .safety_margin(margin)
         .reclaim(false)
         .build()?;
-    if !tracker.wait_leader().wait() {
-        return Err(CliError::Failed(format!("stopped before leading {key}")));
-    }
-    let Some(token) = tracker.token() else {
-        return Err(CliError::Failed(format!(
-            "lost {key} before the command could start"
+    let leading = tracker.wait_leader().wait();
+    let token = tracker
+        .token()
+        .filter(|t| leading && t.epoch() == Some(epoch));
+    let Some(token) = token else {
+        tracker.stop();
+        return Err(CliError::NotHeld(format!(
+            "lost {key} (epoch {epoch}) before the command could start"
         )));
     };
-    let epoch = token.epoch().unwrap_or_default();
     out.say(format!(
         "leasehold: holding {key} as {} (epoch {epoch})",
         args.holder
     ));
     let lost = tracker.wait_minion();
 
-    // Catch the signals that would otherwise kill us and orphan the child
+    // Catch the signals that would otherwise kill us and orphan the command
     // (the lease would then only expire instead of being released) before
-    // the child exists. SIGINT from a terminal reaches the child directly
-    // (same process group), so it is caught but not passed on.
+    // it exists, and pass them on to it.
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let spawned = Command::new(program)
@@ -129,33 +114,35 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
         .env("LEASEHOLD_HOLDER", &args.holder)
         .env("LEASEHOLD_EPOCH", epoch.to_string())
         .env("LEASEHOLD_DB", db)
+        // Its own process group, so that stopping it stops whatever it
+        // started too (a shell script's children).
+        .process_group(0)
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
             // Give the lease back at once, and exit as a shell would.
             tracker.stop();
-            eprintln!("leasehold: cannot run {}: {e}", program.to_string_lossy());
-            return Ok(if e.kind() == std::io::ErrorKind::NotFound {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
                 126
-            });
+            };
+            out.notice(
+                "failed",
+                code,
+                &format!("cannot run {}: {e}", program.to_string_lossy()),
+            );
+            return Ok(code);
         }
     };
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    let group = Group(Pid::from_raw(i32::try_from(child.id()).expect("pid fits")));
 
     let (tx, events) = mpsc::channel();
-    // Set once the child is reaped: its pid may then be reused, so nothing
-    // may signal it any more.
-    let reaped = Arc::new(AtomicBool::new(false));
     {
         let tx = tx.clone();
-        let reaped = Arc::clone(&reaped);
         std::thread::spawn(move || {
-            let status = child.wait();
-            reaped.store(true, Ordering::Release);
-            let _ = tx.send(status.map(Happened::Exited));
+            let _ = tx.send(child.wait().map(Happened::Exited));
         });
     }
     {
@@ -180,40 +167,130 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     let status = loop {
         match events.recv().expect("the child thread reports") {
             Ok(Happened::Exited(status)) => break status,
-            Ok(Happened::Signal(sig)) if sig == SIGINT => {}
             Ok(Happened::Signal(sig)) => {
-                if let (Ok(sig), false) = (Signal::try_from(sig), reaped.load(Ordering::Acquire)) {
-                    let _ = kill(pid, sig);
+                if let Ok(sig) = Signal::try_from(sig) {
+                    group.signal(sig);
                 }
             }
             Ok(Happened::Lost) if !stopping => {
                 stopping = true;
-                eprintln!(
-                    "leasehold: lost {key} (epoch {epoch}); stopping the command (SIGTERM, SIGKILL after {})",
-                    super::leases::human(args.grace)
+                out.notice(
+                    "not_held",
+                    4,
+                    &format!(
+                        "lost {key} (epoch {epoch}); stopping the command (SIGTERM, SIGKILL after {})",
+                        super::leases::human(args.grace)
+                    ),
                 );
-                let _ = kill(pid, Signal::SIGTERM);
+                group.signal(Signal::SIGTERM);
                 let grace = args.grace;
-                let reaped = Arc::clone(&reaped);
                 std::thread::spawn(move || {
                     std::thread::sleep(grace);
-                    if !reaped.load(Ordering::Acquire) {
-                        let _ = kill(pid, Signal::SIGKILL);
-                    }
+                    group.signal(Signal::SIGKILL);
                 });
             }
             Ok(Happened::Lost) => {}
             Err(e) => return Err(CliError::Failed(format!("waiting for the command: {e}"))),
         }
     };
+    // Whatever the command left running in its group must not outlive the
+    // lease: stop it before the lease is given back.
+    group.end(args.grace);
     signal_handle.close();
+    // A command that exits cleanly after losing its lease did not finish its
+    // job under the lease, even if the loss was not noticed yet: say so.
+    let code = exit_code(status);
+    let lost = code == 0
+        && (stopping
+            || match token.check() {
+                Ok(()) => false,
+                Err(Error::GuardFailed { .. }) => true,
+                Err(e) => {
+                    tracker.stop();
+                    return Err(e.into());
+                }
+            });
     tracker.stop();
-    match exit_code(status) {
-        // A command that exits cleanly after losing its lease did not finish
-        // its job under the lease: say so.
-        0 if stopping => Err(CliError::NotHeld(format!(
+    if lost {
+        return Err(CliError::NotHeld(format!(
             "lost {key} (epoch {epoch}) while the command ran; it stopped cleanly"
-        ))),
-        code => Ok(code),
+        )));
+    }
+    Ok(code)
+}
+
+/// Begins a new tenure for the holder. Refused — or, with `--wait`, waited
+/// for — while anyone holds the lease, the same holder included: a claim by
+/// the holder would extend its tenure, and two runs as one holder would
+/// share it. The check and the claim are one transaction, so two runs
+/// cannot both pass it.
+fn claim_new(engine: &Engine, key: &Key, args: &RunArgs) -> Result<Tenure, CliError> {
+    loop {
+        let mut conn = engine.connection()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| CliError::Failed(format!("claiming {key}: {e}")))?;
+        let ops = engine.in_txn(&tx)?;
+        let ours = ops
+            .lease(key)?
+            .is_some_and(|l| l.holder() == Some(args.holder.as_str()));
+        let denied = if ours {
+            CliError::Denied(format!(
+                "{key} is already held by {} (another run as {}?); a tenure is never shared",
+                args.holder, args.holder
+            ))
+        } else {
+            match ops.claim(key, &args.holder, args.duration) {
+                Ok(tenure) => {
+                    tx.commit()
+                        .map_err(|e| CliError::Failed(format!("claiming {key}: {e}")))?;
+                    return Ok(tenure);
+                }
+                Err(e @ Error::ClaimDenied { .. }) => CliError::Lease(e),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !args.wait {
+            return Err(denied);
+        }
+        drop(tx);
+        drop(conn);
+        engine.block_until_released(key)?;
+    }
+}
+
+/// The command's process group (its id is the command's pid).
+#[derive(Clone, Copy)]
+struct Group(Pid);
+
+impl Group {
+    /// Signals every process of the group, if any is left.
+    fn signal(self, sig: Signal) {
+        let _ = killpg(self.0, sig);
+    }
+
+    fn alive(self) -> bool {
+        killpg(self.0, None).is_ok()
+    }
+
+    /// Stops what is left of the group once the command has exited:
+    /// SIGTERM, then SIGKILL after `grace`. Gives up waiting a second after
+    /// SIGKILL (a zombie nobody reaps counts as alive).
+    fn end(self, grace: Duration) {
+        if !self.alive() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        let wait = |limit: Duration| {
+            let began = Instant::now();
+            while self.alive() && began.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait(grace);
+        if self.alive() {
+            self.signal(Signal::SIGKILL);
+            wait(Duration::from_secs(1));
+        }
     }
 }
