@@ -123,7 +123,9 @@ pub use crate::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_v
 pub use crate::ticket::LeaseTicket;
 pub use crate::token::{Guard, LeaseToken};
 pub use crate::tracker::{Leading, LeaseTracker, TrackerBuilder};
-pub use crate::transfer::{ExportedLease, ExportedPin, ImportSummary, Snapshot};
+pub use crate::transfer::{
+    ExportedLease, ExportedPin, ImportSummary, MAX_IMPORTED_EPOCH, Snapshot,
+};
 pub use crate::txn::{IntoParams, Op, Txn};
 
 pub use chrono;

@@ -16,6 +16,10 @@ use crate::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text}
 use crate::lease::{PinRecord, Record};
 use crate::store::{EventRecord, SqliteStore, Store};
 
+/// The largest epoch [`Engine::import`] accepts: SQLite stores epochs as
+/// signed 64-bit integers, and a key must keep room for new tenures.
+pub const MAX_IMPORTED_EPOCH: u64 = 1 << 62;
+
 /// Every lease and pin of a database, from [`Engine::export`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -155,6 +159,16 @@ impl Engine {
                     };
                     if let Some(h) = &lease.holder {
                         validate_name("holder", h).map_err(|e| refuse("holder", e.to_string()))?;
+                    }
+                    if lease.epoch > MAX_IMPORTED_EPOCH {
+                        // A key at i64::MAX could never begin another tenure.
+                        return Err(refuse(
+                            "epoch",
+                            format!(
+                                "{} is above {MAX_IMPORTED_EPOCH}, the largest epoch an import accepts (room must remain for new tenures)",
+                                lease.epoch
+                            ),
+                        ));
                     }
                     let current = store.load(&lease.key).map_err(fail)?;
                     let target_epoch = current.as_ref().map_or(0, |r| r.epoch);

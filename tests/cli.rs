@@ -609,7 +609,7 @@ fn export_then_import_round_trips() -> R {
     Ok(())
 }
 
-fn import_refused(db: &Path, input: &str) -> String {
+fn import_refused(db: &Path, input: impl AsRef<[u8]>) -> String {
     let before = export(db);
     let mut child = bin()
         .arg("--db")
@@ -625,7 +625,7 @@ fn import_refused(db: &Path, input: &str) -> String {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(input.as_bytes())
+        .write_all(input.as_ref())
         .expect("write");
     let out = child.wait_with_output().expect("wait");
     let err = fails(&out, 5);
@@ -662,17 +662,17 @@ fn import_refuses_bad_input_whole() -> R {
     assert!(err.contains("line 1"), "{err}");
     let err = import_refused(
         p,
-        &format!("{header}\n{good}\n{{\"lease\": {{\"namespace\": \"ops\""),
+        format!("{header}\n{good}\n{{\"lease\": {{\"namespace\": \"ops\""),
     );
     assert!(
         err.contains("line 3") && err.contains("EOF"),
         "truncated mid-line: {err}"
     );
-    let err = import_refused(p, &format!("{header}\n{good}\n"));
+    let err = import_refused(p, format!("{header}\n{good}\n"));
     assert!(err.contains("truncated"), "cut at a line boundary: {err}");
     let err = import_refused(
         p,
-        &format!(
+        format!(
             "{header}\n{good}\n{}\n{{\"end\":{{\"leases\":2,\"pins\":0}}}}\n",
             r#"{"lease":{"namespace":"ops","name":"y","holder":null,"epoch":1,"expires_in_ms":null,"colour":"red"}}"#
         ),
@@ -683,7 +683,7 @@ fn import_refuses_bad_input_whole() -> R {
     );
     let err = import_refused(
         p,
-        &format!(
+        format!(
             "{header}\n{good}\n{}\n{{\"end\":{{\"leases\":2,\"pins\":0}}}}\n",
             r#"{"lease":{"namespace":"ops","name":"x","holder":"h1","epoch":1,"expires_in_ms":5}}"#
         ),
@@ -694,7 +694,7 @@ fn import_refuses_bad_input_whole() -> R {
     );
     let err = import_refused(
         p,
-        &format!(
+        format!(
             "{header}\n{}\n{{\"end\":{{\"leases\":1,\"pins\":0}}}}\n",
             r#"{"lease":{"namespace":"ops","name":"tab\there","holder":null,"epoch":1,"expires_in_ms":null}}"#
         ),
@@ -702,9 +702,34 @@ fn import_refuses_bad_input_whole() -> R {
     assert!(err.contains("line 2, field name"), "{err}");
     let err = import_refused(
         p,
-        &format!("{header}\n{good}\n{{\"end\":{{\"leases\":5,\"pins\":0}}}}\n"),
+        format!("{header}\n{good}\n{{\"end\":{{\"leases\":5,\"pins\":0}}}}\n"),
     );
     assert!(err.contains("end line counts 5 leases"), "{err}");
+    // A value of the wrong type: the field is named, and the line is the
+    // file's (not serde's count within the line).
+    let err = import_refused(
+        p,
+        format!(
+            "{header}\n{}\n",
+            r#"{"lease":{"namespace":"ops","name":"y","holder":null,"epoch":"3","expires_in_ms":null}}"#
+        ),
+    );
+    assert!(err.contains("line 2, field lease.epoch"), "{err}");
+    assert!(!err.contains("line 1"), "{err}");
+    // An epoch no key could go on from.
+    let err = import_refused(
+        p,
+        format!(
+            "{header}\n{}\n{{\"end\":{{\"leases\":1,\"pins\":0}}}}\n",
+            r#"{"lease":{"namespace":"ops","name":"y","holder":"h","epoch":9223372036854775807,"expires_in_ms":5}}"#
+        ),
+    );
+    assert!(err.contains("line 2, field epoch"), "{err}");
+    // Bytes that are not text.
+    let mut bytes = format!("{header}\n").into_bytes();
+    bytes.extend_from_slice(b"\xff\xfe\n");
+    let err = import_refused(p, bytes);
+    assert!(err.contains("line 2: not UTF-8"), "{err}");
     Ok(())
 }
 
@@ -763,6 +788,43 @@ fn watch_prints_transitions_from_other_processes() -> R {
         json.lines()
             .all(|l| serde_json::from_str::<Value>(l).is_ok()),
         "{json}"
+    );
+    Ok(())
+}
+
+#[test]
+fn watch_says_each_lapse_once_even_when_it_saw_the_lease_already_lapsed() -> R {
+    let db = TempDb::new();
+    ok(&lh(&db.path, &["migrate"]));
+    let watcher = bin()
+        .arg("--db")
+        .arg(&db.path)
+        .args(["watch", "ops", "--duration", "20s"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufReader::new(watcher.stdout.expect("stdout"));
+    use std::io::BufRead;
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    assert!(line.starts_with("watching ops"), "{line}");
+    // A lease so short it may have run out before the watcher looks at it;
+    // the next claim logs its lapse. Either way: said once, in order.
+    ok(&lh(&db.path, &["claim", "ops", "z", "h1", "--for", "1ms"]));
+    ok(&lh(&db.path, &["claim", "ops", "z", "h2", "--for", "1h"]));
+    ok(&lh(&db.path, &["revoke", "ops", "z"]));
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        line.clear();
+        assert!(
+            out.read_line(&mut line)? > 0,
+            "watch ended early: {kinds:?}"
+        );
+        let words: Vec<&str> = line.split_whitespace().collect();
+        kinds.push(format!("{} {}", words[2], words[3]));
+    }
+    assert_eq!(
+        kinds,
+        ["claimed h1", "lapsed h1", "claimed h2", "revoked h2"]
     );
     Ok(())
 }

@@ -133,6 +133,36 @@ fn bad_field(line: usize, field: &str, what: impl std::fmt::Display) -> CliError
     ))
 }
 
+/// Reads one line's JSON, naming the field at fault and leaving out
+/// serde's own position (it counts within the line, not the file).
+fn from_line<T: serde::de::DeserializeOwned>(line: usize, text: &str) -> Result<T, CliError> {
+    let without_position = |e: &serde_json::Error| {
+        let text = e.to_string();
+        text.rsplit_once(" at line ")
+            .map_or(text.clone(), |(what, _)| what.to_owned())
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let what = without_position(e.inner());
+        if path.is_empty() || path == "." {
+            bad(line, what)
+        } else {
+            bad_field(line, &path, what)
+        }
+    })?;
+    de.end().map_err(|e| bad(line, without_position(&e)))?;
+    Ok(value)
+}
+
+/// The text of line `n`, refused whole if it is not UTF-8.
+fn text_of(n: usize, text: std::io::Result<String>) -> Result<String, CliError> {
+    text.map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => bad(n, "not UTF-8 text"),
+        _ => CliError::Failed(format!("cannot read the import: {e}")),
+    })
+}
+
 fn key_at(line: usize, namespace: &str, name: &str) -> Result<Key, CliError> {
     Key::new(namespace, name).map_err(|e| match e {
         Error::InvalidArgument { what, .. } => bad_field(line, what, e),
@@ -146,8 +176,8 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
     let (_, first) = lines
         .next()
         .ok_or_else(|| bad(1, "empty input: expected a leasehold export"))?;
-    let first = first?;
-    let header: Header = serde_json::from_str(&first).map_err(|e| bad(1, e))?;
+    let first = text_of(1, first)?;
+    let header: Header = from_line(1, &first)?;
     if header.leasehold_export != FORMAT_VERSION {
         return Err(bad_field(
             1,
@@ -166,14 +196,14 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
     let mut end = None;
     for (i, text) in lines {
         let n = i + 1;
-        let text = text?;
+        let text = text_of(n, text)?;
         if let Some(end_line) = end {
             return Err(bad(
                 n,
                 format!("content after the end line (line {end_line})"),
             ));
         }
-        let line: Line = serde_json::from_str(&text).map_err(|e| bad(n, e))?;
+        let line: Line = from_line(n, &text)?;
         match line {
             Line::Lease(l) => {
                 if l.holder.is_none() && l.expires_in_ms.is_some() {

@@ -32,6 +32,9 @@ pub fn watch(
         }
     }
     let mut held: HashMap<Key, Seen> = HashMap::new();
+    // Per key, the epoch whose lapse was said when it ran out; its logged
+    // event, when a write notices the lapse, is then not said twice.
+    let mut lapse_said: HashMap<Key, u64> = HashMap::new();
     let namespaces = match namespace {
         Some(ns) => vec![ns.to_owned()],
         None => engine.namespaces()?,
@@ -77,8 +80,14 @@ pub fn watch(
                     held.remove(key);
                 }
                 EventKind::Lapsed => {
-                    // Already reported when it ran out.
-                    continue;
+                    if lapse_said.get(key) == Some(&event.epoch()) {
+                        lapse_said.remove(key);
+                        continue;
+                    }
+                    // Said now: not again when its expiry comes due.
+                    if held.get(key).is_some_and(|seen| seen.1 == event.epoch()) {
+                        held.remove(key);
+                    }
                 }
                 _ => {}
             }
@@ -106,6 +115,7 @@ pub fn watch(
                 _ => {
                     // The lapse is logged only when a write notices it; say
                     // it now, in the same shape as a logged event.
+                    lapse_said.insert(key.clone(), epoch);
                     out.json(&serde_json::json!({
                         "id": null,
                         "at": time(expiry),
