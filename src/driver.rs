@@ -32,7 +32,7 @@ use crate::error::{Context, Error};
 use crate::key::Key;
 use crate::lease::Record;
 use crate::store::{SqliteStore, Store};
-use crate::ticket::LeaseTicket;
+use crate::ticket::{DeferWakes, LeaseTicket};
 
 /// The most claims or releases in one write transaction, so that a large
 /// round does not hold the write lock for long.
@@ -44,6 +44,16 @@ const IDLE: Duration = Duration::from_secs(60);
 /// With file-system events, how often the thread still looks at
 /// `data_version` while watching, in case an event was missed.
 const BACKSTOP: Duration = Duration::from_millis(250);
+
+/// A commit's file-system event comes when its frames reach the WAL, a
+/// moment before the WAL index (and so `data_version`) shows the commit;
+/// with `synchronous=FULL` an fsync lies between. A nudged look that finds
+/// no change therefore looks again after this, then after twice that, and
+/// so on up to [`RECHECK_LAST`].
+const RECHECK_FIRST: Duration = Duration::from_micros(250);
+
+/// The longest pause between looks again after a nudge.
+const RECHECK_LAST: Duration = Duration::from_millis(64);
 
 /// Receives errors from background work, which has no caller to return them
 /// to (a failed renewal, a failed release on stop). Set with
@@ -106,6 +116,9 @@ struct State {
     poked: bool,
     /// The database files were written (by any process): look soon.
     nudged: bool,
+    /// After a nudge that found no change: when to look again, and the
+    /// pause that led there.
+    recheck: Option<(std::time::Instant, Duration)>,
     /// Whether file-system events nudge this driver (else it polls).
     fs_events: bool,
     /// When the latest pass ended.
@@ -288,7 +301,18 @@ impl Driver {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Locks the state. Tickets resolved meanwhile wake their wakers once
+    /// it is unlocked (see [`DeferWakes`]).
+    fn lock(&self) -> Locked<'_> {
+        let wakes = DeferWakes::begin();
+        Locked {
+            guard: self.raw_lock(),
+            _wakes: wakes,
+        }
+    }
+
+    /// Locks the state for a condition-variable wait (nothing resolved).
+    fn raw_lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -342,7 +366,7 @@ impl Driver {
     /// waiter, and ends the thread. With `wait`, blocks until the thread has
     /// finished (unless called on it).
     pub fn shutdown(&self, wait: bool) {
-        let mut st = self.lock();
+        let mut st = self.raw_lock();
         st.stopping = true;
         st.generation += 1;
         self.wake.notify_one();
@@ -383,7 +407,7 @@ impl Driver {
     /// Sleeps until the generation moves past `seen`, the engine stops, or
     /// `timeout` passes.
     pub fn wait_change(&self, seen: u64, timeout: Duration) {
-        let st = self.lock();
+        let st = self.raw_lock();
         let _unused = self
             .changed
             .wait_timeout_while(st, timeout, |s| s.generation == seen && !s.stopping)
@@ -540,6 +564,25 @@ impl Driver {
     // The thread.
 
     fn run(self: Arc<Driver>, weak: Weak<Inner>) {
+        /// Ends the thread's work however the thread ends (a panic
+        /// included), so that stops and shutdowns waiting for it return.
+        struct Exit<'a>(&'a Driver);
+        impl Drop for Exit<'_> {
+            fn drop(&mut self) {
+                let driver = self.0;
+                let mut st = driver.lock();
+                for id in st.trackers.keys().copied().collect::<Vec<_>>() {
+                    st.finish_stop(id);
+                }
+                st.exited = true;
+                let graveyard = mem::take(&mut st.graveyard);
+                drop(st);
+                driver.changed.notify_all();
+                driver.passed.notify_all();
+                drop(graveyard);
+            }
+        }
+        let _exit = Exit(&self);
         let mut watch = Watch::default();
         loop {
             let Some(inner) = weak.upgrade() else { break };
@@ -553,23 +596,24 @@ impl Driver {
             }
             self.sleep(&weak);
         }
-        let mut st = self.lock();
-        for id in st.trackers.keys().copied().collect::<Vec<_>>() {
-            st.finish_stop(id);
+    }
+
+    /// Hands an error of background work to the error handler; a handler
+    /// that panics is logged, and the thread goes on.
+    fn report(&self, e: &Error) {
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.errors.handle_error(e);
+        }));
+        if handled.is_err() {
+            log::error!("leasehold: the error handler panicked on: {e}");
         }
-        st.exited = true;
-        let graveyard = mem::take(&mut st.graveyard);
-        drop(st);
-        self.changed.notify_all();
-        self.passed.notify_all();
-        drop(graveyard);
     }
 
     /// Sleeps until the next timer, the next watch poll, or a poke.
     fn sleep(&self, weak: &Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         let now = Engine { inner }.now_ms();
-        let st = self.lock();
+        let st = self.raw_lock();
         if st.poked || st.stopping || !st.attention.is_empty() {
             return;
         }
@@ -589,6 +633,9 @@ impl Driver {
             let until = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
             timeout = timeout.min(until);
         }
+        if let Some((at, _)) = st.recheck {
+            timeout = timeout.min(at.saturating_duration_since(std::time::Instant::now()));
+        }
         if timeout.is_zero() {
             return;
         }
@@ -600,19 +647,43 @@ impl Driver {
 
     /// One pass; returns whether the thread should exit.
     fn pass(&self, engine: &Engine, watch: &mut Watch) -> bool {
-        let (watching, stopping) = {
+        let (watching, stopping, nudged, recheck) = {
             let mut st = self.lock();
             st.poked = false;
-            st.nudged = false;
             st.in_pass = true;
-            (st.waiters > 0 || !st.trackers.is_empty(), st.stopping)
+            let recheck = st
+                .recheck
+                .filter(|(at, _)| *at <= std::time::Instant::now())
+                .map(|(_, pause)| pause);
+            (
+                st.waiters > 0 || !st.trackers.is_empty(),
+                st.stopping,
+                mem::take(&mut st.nudged),
+                recheck,
+            )
         };
         if watching {
-            match watch.changes(engine) {
-                Ok(Changes::None) => {}
-                Ok(changes) => self.mark_changed(&changes),
-                Err(e) => self.errors.handle_error(&e),
+            let found = match watch.changes(engine) {
+                Ok(Changes::None) => false,
+                Ok(changes) => {
+                    self.mark_changed(&changes);
+                    true
+                }
+                Err(e) => {
+                    self.report(&e);
+                    false
+                }
+            };
+            let mut st = self.lock();
+            if found {
+                st.recheck = None;
+            } else if nudged || recheck.is_some() {
+                let pause = recheck.map_or(RECHECK_FIRST, |p| p * 2);
+                st.recheck =
+                    (pause <= RECHECK_LAST).then(|| (std::time::Instant::now() + pause, pause));
             }
+        } else {
+            self.lock().recheck = None;
         }
         let now = engine.now_ms();
         let mut plan = self.plan(now);
@@ -641,7 +712,7 @@ impl Driver {
     /// Blocks until the thread has completed a pass that began after this
     /// call and found nothing to do.
     pub fn settle(&self) {
-        let mut st = self.lock();
+        let mut st = self.raw_lock();
         if st.thread.is_none() || st.exited {
             return;
         }
@@ -860,7 +931,7 @@ impl Driver {
         let (lost, looks) = match result {
             Ok(found) => found,
             Err(e) => {
-                self.errors.handle_error(&e);
+                self.report(&e);
                 // Look again after a pause.
                 let mut st = self.lock();
                 for (id, ..) in plan
@@ -948,14 +1019,14 @@ impl Driver {
                         match claim_batch(engine, std::slice::from_ref(item), started, budget) {
                             Ok(done) => outcomes.extend(done),
                             Err(e) => {
-                                self.errors.handle_error(&e);
+                                self.report(&e);
                                 outcomes.push((item.0, started, Outcome::Failed(e.to_string())));
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    self.errors.handle_error(&e);
+                    self.report(&e);
                     let why = e.to_string();
                     outcomes.extend(
                         chunk
@@ -970,20 +1041,33 @@ impl Driver {
         }
         for chunk in plan.releases.chunks(BATCH) {
             let started = engine.now_ms();
-            let result = engine.write(
-                || Context::new("release on stop"),
-                |tx| {
-                    for (_, key, holder) in chunk {
-                        match tx.release(key, holder) {
-                            Ok(()) | Err(Error::NotHeld { .. }) => {}
-                            Err(e) => return Err(e),
+            // Up to the busy timeout in all, but in steps that end when a
+            // leader must step down, so that it does so on time.
+            let give_up = std::time::Instant::now() + engine.busy_timeout();
+            let result = loop {
+                let left = give_up.saturating_duration_since(std::time::Instant::now());
+                let budget = self.io_budget(engine, engine.now_ms()).min(left);
+                let result = engine.write_within(
+                    budget,
+                    || Context::new("release on stop"),
+                    |tx| {
+                        for (_, key, holder) in chunk {
+                            match tx.release(key, holder) {
+                                Ok(()) | Err(Error::NotHeld { .. }) => {}
+                                Err(e) => return Err(e),
+                            }
                         }
-                    }
-                    Ok(())
-                },
-            );
+                        Ok(())
+                    },
+                );
+                self.step_down_overdue(engine.now_ms());
+                match result {
+                    Err(e) if e.is_transient() && std::time::Instant::now() < give_up => {}
+                    result => break result,
+                }
+            };
             if let Err(e) = result {
-                self.errors.handle_error(&e);
+                self.report(&e);
             }
             {
                 let mut st = self.lock();
@@ -1036,7 +1120,10 @@ impl Driver {
                             t.resolve(true);
                         }
                     }
-                    if new_tenure {
+                    // Also on a renewal: a ticket asked just past the old
+                    // `minion_at`, before the renewal was applied, waits for
+                    // leadership the tracker now has.
+                    if new_tenure || track.is_leading(now) {
                         for t in track.leader_tickets.drain(..) {
                             t.resolve(true);
                         }
@@ -1186,6 +1273,26 @@ fn held_until(rec: &Record, now: i64) -> Hold {
     }
 }
 
+/// The driver's state, locked; see [`Driver::lock`]. The guard is dropped
+/// (unlocking) before the wakers run.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    _wakes: DeferWakes,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
 /// What changed in the database since the last look.
 enum Changes {
     None,
@@ -1223,7 +1330,8 @@ impl Watch {
         if self.data_version == Some(version) {
             return Ok(Changes::None);
         }
-        self.data_version = Some(version);
+        // The version is taken as seen only once the events are read: after
+        // a failed read, the next look must still see a change.
         let Some(last) = self.last_event else {
             let newest: Option<i64> = conn
                 .query_row("SELECT max(id) FROM main.leasehold_events", [], |r| {
@@ -1233,6 +1341,7 @@ impl Watch {
                 .map_err(fail)?
                 .flatten();
             self.last_event = Some(newest.unwrap_or(0));
+            self.data_version = Some(version);
             // Waiters that read a lease before the watch began may have
             // missed a change: have them read again.
             return Ok(Changes::All);
@@ -1247,6 +1356,7 @@ impl Watch {
                     .collect()
             })
             .map_err(fail)?;
+        self.data_version = Some(version);
         let Some(&(first, ..)) = rows.first() else {
             return Ok(Changes::None);
         };

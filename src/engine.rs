@@ -261,6 +261,7 @@ impl EngineBuilder {
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
                 lock_signal,
+                sqlite_handler: lock_wait == LockWait::SqliteDefault,
                 driver: Arc::new(Driver::new(
                     self.watch_interval,
                     self.file_events,
@@ -434,6 +435,9 @@ pub(crate) struct Inner {
     /// Commits made through the engine, to pace WAL size checks.
     /// "Someone waits for the write lock" (see `busy.rs`).
     lock_signal: Option<Arc<crate::busy::Signal>>,
+    /// Whether connections wait with SQLite's own handler, whose timeout
+    /// is then set at each checkout.
+    sqlite_handler: bool,
     pub(crate) driver: Arc<Driver>,
 }
 
@@ -594,7 +598,14 @@ impl Engine {
             .pool
             .get_timeout(budget.max(Duration::from_millis(1)))
         {
-            Ok(conn) => Ok(PooledConnection(conn)),
+            Ok(conn) => {
+                if self.inner.sqlite_handler {
+                    // The budget bounds lock waits with this handler too.
+                    conn.busy_timeout(budget)
+                        .map_err(|e| Error::storage(ctx(), e, self.inner.busy_timeout))?;
+                }
+                Ok(PooledConnection(conn))
+            }
             Err(e) => Err(Error::PoolTimeout {
                 context: ctx(),
                 waited: self.inner.busy_timeout,

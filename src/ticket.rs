@@ -1,12 +1,52 @@
 //! Tickets: one-shot answers from a tracker, awaitable from any thread or any
 //! async runtime.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
+
+thread_local! {
+    /// Wakers held back while this thread holds a lock of ours (see
+    /// [`DeferWakes`]); `None` when none is held.
+    static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+/// While alive, tickets resolved on this thread wake their wakers only when
+/// the outermost `DeferWakes` is dropped. A waker is the caller's code (an
+/// executor may poll right inside `wake`), so it must not run while the
+/// driver's state is locked: it could call back into a tracker and deadlock.
+pub(crate) struct DeferWakes {
+    outermost: bool,
+}
+
+impl DeferWakes {
+    pub(crate) fn begin() -> DeferWakes {
+        let outermost = DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            let outermost = d.is_none();
+            if outermost {
+                *d = Some(Vec::new());
+            }
+            outermost
+        });
+        DeferWakes { outermost }
+    }
+}
+
+impl Drop for DeferWakes {
+    fn drop(&mut self) {
+        if self.outermost {
+            let wakers = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+}
 
 /// A tracker's answer to one question ("am I leader for the guarantee?",
 /// "tell me when I lead", "tell me when I no longer do").
@@ -68,6 +108,13 @@ impl LeaseTicket {
             std::mem::take(&mut state.wakers)
         };
         self.inner.ready.notify_all();
+        let wakers = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(deferred) => {
+                deferred.extend(wakers);
+                Vec::new()
+            }
+            None => wakers,
+        });
         for waker in wakers {
             waker.wake();
         }

@@ -37,8 +37,10 @@ impl TrackerBuilder {
     /// gives up leadership: it resolves its `wait_minion` tickets then, while
     /// the lease is still formally held, so that the application stops
     /// leading before any successor can begin. It must cover how late the
-    /// application may act on the ticket (scheduling, a pause). Default: a
-    /// fifth of the guarantee.
+    /// application may act on the ticket (scheduling, a pause) and how far
+    /// the clocks of the processes sharing the database may disagree (a
+    /// successor's clock ahead of ours sees the lease expire early).
+    /// Default: a fifth of the guarantee (at least 1 ms).
     pub fn safety_margin(mut self, margin: Duration) -> TrackerBuilder {
         self.safety_margin = Some(margin);
         self
@@ -87,7 +89,7 @@ impl TrackerBuilder {
                 ));
             }
             Some(m) => m.as_millis() as i64,
-            None => guarantee_ms / 5,
+            None => (guarantee_ms / 5).max(1),
         };
         let ctx = || Context::new("track").key(&self.key).holder(&self.holder);
         self.engine.ensure_running(&ctx)?;

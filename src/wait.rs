@@ -40,7 +40,8 @@ impl Engine {
     /// [`Error::Timeout`] if the key is still held after `timeout`; otherwise
     /// as [`Engine::block_until_released`].
     pub fn block_until_released_timeout(&self, key: &Key, timeout: Duration) -> Result<()> {
-        self.wait_released(key, Some(Instant::now() + timeout))
+        // A timeout too long to express waits for good.
+        self.wait_released(key, Instant::now().checked_add(timeout))
     }
 
     /// As [`Engine::block_until_released`], giving up at `deadline`.
@@ -107,7 +108,8 @@ impl Engine {
         after: i64,
         timeout: Duration,
     ) -> Result<Vec<(Key, crate::Event)>> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to express waits for good.
+        let deadline = Instant::now().checked_add(timeout);
         let ctx = || Context::new("wait for events");
         let driver = self.driver();
         driver.add_waiter(self);
@@ -123,10 +125,11 @@ impl Engine {
                     .map_err(|e| Error::storage(ctx(), e, self.busy_timeout()))
             })?;
             let now = Instant::now();
-            if !events.is_empty() || now >= deadline {
+            if !events.is_empty() || deadline.is_some_and(|d| now >= d) {
                 return Ok(events);
             }
-            driver.wait_change(seen, (deadline - now).min(BACKSTOP));
+            let left = deadline.map_or(BACKSTOP, |d| d - now);
+            driver.wait_change(seen, left.min(BACKSTOP));
         }
     }
 }

@@ -132,6 +132,42 @@ fn a_tracker_on_a_vacant_lease_leads() -> R {
 }
 
 #[test]
+fn a_waker_may_call_back_into_its_tracker() -> R {
+    // An executor may poll a task right inside `wake`, and the task may ask
+    // its tracker something: the driver must not be holding its lock then.
+    struct Reentrant {
+        tracker: Arc<LeaseTracker>,
+        done: Mutex<Option<std::sync::mpsc::Sender<bool>>>,
+    }
+    impl Wake for Reentrant {
+        fn wake(self: Arc<Self>) {
+            let leading = self.tracker.is_leader();
+            if let Some(tx) = self.done.lock().expect("lock").take() {
+                let _ = tx.send(leading);
+            }
+        }
+    }
+    let s = setup();
+    s.engine.claim(&key("a"), "other", secs(600))?;
+    let t = Arc::new(tracker(&s.engine, "a", "u0"));
+    assert!(t.wait_minion().wait());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waker = Waker::from(Arc::new(Reentrant {
+        tracker: Arc::clone(&t),
+        done: Mutex::new(Some(tx)),
+    }));
+    let mut ticket = pin!(t.wait_leader());
+    let mut cx = Context::from_waker(&waker);
+    assert!(ticket.as_mut().poll(&mut cx).is_pending());
+    s.engine.release(&key("a"), "other")?;
+    // Deadlocked if the waker ran under the driver's lock.
+    let leading = rx.recv_timeout(Duration::from_secs(60))?;
+    assert!(leading);
+    assert_eq!(ticket.as_mut().poll(&mut cx), Poll::Ready(true));
+    Ok(())
+}
+
+#[test]
 fn a_denied_tracker_is_a_minion() -> R {
     let s = setup();
     s.engine.claim(&key("a"), "other", secs(600))?;
@@ -158,6 +194,35 @@ fn an_initial_claim_that_errors_is_retried_and_reported() -> R {
     heal(&s.engine);
     s.clock.advance(Duration::from_millis(100)); // past the backoff
     assert!(leader.wait());
+    Ok(())
+}
+
+#[test]
+fn an_error_handler_that_panics_does_not_stop_the_background_work() -> R {
+    struct Panics;
+    impl HandleError for Panics {
+        fn handle_error(&self, error: &Error) {
+            panic!("handler panicked on {error}");
+        }
+    }
+    let db = TempDb::new();
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder(&db.path)
+        .clock(clock.clone())
+        .error_handler(Panics)
+        .build()?;
+    engine.claim(&key("flaky"), "other", secs(1))?;
+    break_writes(&engine);
+    clock.advance(secs(2));
+    let t = tracker(&engine, "flaky", "u0");
+    let leader = t.wait_leader();
+    engine.settle();
+    assert!(t.last_error().is_some_and(|e| e.contains("injected fault")));
+    heal(&engine);
+    clock.advance(Duration::from_millis(100));
+    assert!(leader.wait(), "the thread lived on and claimed");
+    t.stop(); // returns: the thread is there to release
+    engine.shutdown();
     Ok(())
 }
 
@@ -609,5 +674,49 @@ fn minion_tickets_answer_from_time_even_before_the_thread_has_run() -> R {
     s.clock.advance(secs(55));
     assert_eq!(t.wait_minion().try_wait(), Some(true));
     assert!(!t.is_leader());
+    Ok(())
+}
+
+#[test]
+fn a_timeout_too_long_to_express_waits_without_panicking() -> R {
+    let s = setup();
+    // Vacant: returns at once, whatever the timeout.
+    s.engine
+        .block_until_released_timeout(&key("free"), Duration::MAX)?;
+    s.engine.claim(&key("held"), "other", secs(1))?;
+    assert!(!s.engine.wait_for_events(None, 0, Duration::MAX)?.is_empty());
+    let engine = s.engine.clone();
+    let waiter = std::thread::spawn(move || {
+        engine.block_until_released_timeout(&key("held"), Duration::MAX)
+    });
+    s.engine.release(&key("held"), "other")?;
+    waiter.join().expect("waiter")?;
+    Ok(())
+}
+
+#[test]
+fn a_release_stuck_on_the_write_lock_does_not_delay_another_leaders_step_down() -> R {
+    // Real time: the point is what happens while the lock is held.
+    let db = TempDb::new();
+    let engine = Engine::builder(&db.path).busy_timeout(secs(120)).build()?;
+    let a = engine
+        .tracker(&key("a"), "u0")
+        .guarantee(Duration::from_millis(300))
+        .build()?;
+    let b = engine
+        .tracker(&key("b"), "u0")
+        .guarantee(secs(30))
+        .build()?;
+    assert!(a.wait_leader().wait() && b.wait_leader().wait());
+    // Someone holds the write lock; B is stopped, so the background thread
+    // sets out to release B's lease and must wait for the lock.
+    let mut conn = engine.connection()?;
+    let blocker = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let minion = a.wait_minion();
+    drop(b); // stops without waiting
+    // A cannot renew either: it must step down by its deadline, not when
+    // the release gives up two minutes from now.
+    assert_eq!(minion.wait_timeout(secs(60)), Some(true));
+    drop(blocker);
     Ok(())
 }

@@ -155,8 +155,19 @@ pub fn report(name: &str, mut samples_ms: Vec<f64>) -> (f64, f64) {
     (percentile(&samples_ms, 0.5), percentile(&samples_ms, 0.99))
 }
 
-/// One hand-over after a release; returns the latency.
+/// One hand-over after a release; returns the latency, measured from the
+/// release call.
 pub fn handover_after_release(engine: &Engine, successor: &mut Helper) -> Duration {
+    handover_after_release_both(engine, successor).0
+}
+
+/// One hand-over after a release; returns the latency measured from the
+/// release call and from its return (once its commit is durable: what
+/// matters when the commit itself takes an fsync).
+pub fn handover_after_release_both(
+    engine: &Engine,
+    successor: &mut Helper,
+) -> (Duration, Duration) {
     engine
         .claim(&key(), "bench", Duration::from_secs(60))
         .expect("claim");
@@ -170,9 +181,11 @@ pub fn handover_after_release(engine: &Engine, successor: &mut Helper) -> Durati
     // the successor lead "before" the release.
     let released = wall_ns() as i128;
     engine.release(&key(), "bench").expect("release");
+    let committed = wall_ns() as i128;
     let led = successor.next_ns("led ");
     assert_eq!(successor.next(), "released");
-    Duration::from_nanos((led - released).max(0) as u64)
+    let since = |t: i128| Duration::from_nanos((led - t).max(0) as u64);
+    (since(released), since(committed))
 }
 
 /// One hand-over after the leader is killed; returns the latency from the
