@@ -140,7 +140,9 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::ImportRefused`] naming the entry (its index in
-    /// `leases`, then `pins`) and field, [`Error::InvalidArgument`] for a bad
+    /// `leases`, then `pins`) and field (an epoch lower than this
+    /// database's, or above [`MAX_IMPORTED_EPOCH`]; a holder or entity that
+    /// is not a valid name; …), [`Error::InvalidArgument`] for a bad
     /// window, or storage errors; in every case nothing was written.
     pub fn import(&self, snapshot: &Snapshot, window: Duration) -> Result<ImportSummary> {
         let window_ms = duration_ms("window", window)?;
