@@ -13,6 +13,15 @@ use crate::error::{Context, Error, Result};
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Milliseconds since the Unix epoch, in SQL any SQLite 3 understands
+/// (`unixepoch('subsec')` needs 3.42, and an application's own migration
+/// tool may link an older one).
+macro_rules! now_ms_sql {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+    };
+}
+
 /// One embedded migration: `migrations/NNNN_name.sql`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Migration {
@@ -72,7 +81,8 @@ impl Migration {
     pub fn script(&self) -> String {
         format!(
             "{BOOKKEEPING}\n{sql}\nINSERT INTO leasehold_schema (version, name, checksum, applied_ms)\n\
-             VALUES ({v}, '{n}', '{c}', CAST(unixepoch('subsec') * 1000 AS INTEGER));\n",
+             VALUES ({v}, '{n}', '{c}', {now});\n",
+            now = now_ms_sql!(),
             sql = self.sql.trim_end(),
             v = self.version,
             n = self.name,
@@ -81,11 +91,16 @@ impl Migration {
     }
 
     /// A checksum of [`Migration::sql`] (64-bit FNV-1a, hex), recorded when
-    /// applied so that edits to shipped SQL are caught.
+    /// applied so that edits to shipped SQL are caught. Carriage returns
+    /// are left out, so that a checkout with CRLF line endings agrees.
     pub fn checksum(&self) -> String {
-        let hash = self.sql.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let hash = self
+            .sql
+            .bytes()
+            .filter(|&b| b != b'\r')
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
         format!("{hash:016x}")
     }
 }
@@ -149,7 +164,10 @@ pub fn schema_version(conn: &Connection) -> Result<u32> {
 /// - [`Error::Busy`] or [`Error::Storage`] from SQLite.
 ///
 /// On any error nothing is changed (our own transaction rolls back; inside
-/// yours, a savepoint is rolled back).
+/// yours, a savepoint is rolled back). Some errors (`SQLITE_FULL`,
+/// `SQLITE_IOERR`, `SQLITE_NOMEM`) make SQLite roll back your whole
+/// transaction itself: if `conn.is_autocommit()` is true afterwards, it is
+/// gone, and statements you run next would each commit on their own.
 pub fn migrate(conn: &Connection) -> Result<u32> {
     let own = conn.is_autocommit();
     let (begin, commit, rollback) = if own {
@@ -167,10 +185,17 @@ pub fn migrate(conn: &Connection) -> Result<u32> {
     };
     conn.execute_batch(begin).map_err(storage)?;
     match apply_pending(conn) {
-        Ok(version) => {
-            conn.execute_batch(commit).map_err(storage)?;
-            Ok(version)
-        }
+        Ok(version) => match conn.execute_batch(commit) {
+            Ok(()) => Ok(version),
+            Err(e) => {
+                // A COMMIT that failed (a full disk) leaves our transaction
+                // open, holding the write lock: end it.
+                if own && !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                Err(storage(e))
+            }
+        },
         Err(e) => {
             // The error that stopped the migration matters more than a failed
             // rollback (which SQLite completes when the connection closes).
@@ -209,8 +234,12 @@ fn apply_pending(conn: &Connection) -> Result<u32> {
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         conn.execute_batch(m.sql).map_err(storage)?;
         conn.execute(
-            "INSERT INTO leasehold_schema (version, name, checksum, applied_ms)
-             VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            concat!(
+                "INSERT INTO leasehold_schema (version, name, checksum, applied_ms)
+                 VALUES (?1, ?2, ?3, ",
+                now_ms_sql!(),
+                ")"
+            ),
             (m.version, m.name, m.checksum()),
         )
         .map_err(storage)?;
@@ -338,5 +367,37 @@ mod tests {
         tx.rollback().expect("rollback");
         assert_eq!(schema_version(&conn)?, 0, "rolled back with the caller");
         Ok(())
+    }
+
+    #[test]
+    fn checksums_ignore_carriage_returns_and_the_shipped_sql_has_none() {
+        let lf = Migration {
+            version: 1,
+            name: "x",
+            sql: "CREATE TABLE t (a);\nCREATE TABLE u (b);\n",
+        };
+        let crlf = Migration {
+            sql: "CREATE TABLE t (a);\r\nCREATE TABLE u (b);\r\n",
+            ..lf
+        };
+        assert_eq!(lf.checksum(), crlf.checksum());
+        for m in migrations() {
+            assert!(
+                !m.sql().contains('\r'),
+                "{} has CRLF line endings",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn a_migration_that_fails_leaves_no_transaction_open() {
+        let conn = Connection::open_in_memory().expect("open");
+        // Room for a page or two: the schema cannot fit.
+        conn.pragma_update(None, "max_page_count", 2)
+            .expect("pragma");
+        assert!(migrate(&conn).is_err());
+        assert!(conn.is_autocommit());
+        assert_eq!(schema_version(&conn).expect("version"), 0);
     }
 }

@@ -51,7 +51,12 @@ pub fn create_writes_table(conn: &Connection) -> rusqlite::Result<()> {
              seq INTEGER NOT NULL,
              -- What the lease table said inside the writing transaction:
              lease_holder TEXT,
-             lease_epoch INTEGER
+             lease_epoch INTEGER,
+             -- ... and until when it was held (max of expiry and pins)
+             lease_until_ms INTEGER,
+             -- The wall clock just before the transaction began (so no
+             -- later than its guard was evaluated).
+             wall_ms INTEGER
          );",
     )
 }
@@ -216,10 +221,10 @@ pub fn guarded_write(
         token.add_to(&mut txn);
     }
     txn.execute(
-        "INSERT INTO checker_writes (proc, holder, epoch, seq, lease_holder, lease_epoch)
-         SELECT ?1, ?2, ?3, ?4,
-                (SELECT holder FROM main.leasehold_leases WHERE namespace = ?5 AND name = ?6),
-                (SELECT epoch FROM main.leasehold_leases WHERE namespace = ?5 AND name = ?6)",
+        "INSERT INTO checker_writes
+             (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
+         SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
+         FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6",
         (
             i64::from(proc),
             holder.to_owned(),
@@ -227,6 +232,7 @@ pub fn guarded_write(
             seq,
             key.namespace().to_owned(),
             key.name().to_owned(),
+            wall_ms(),
         ),
     );
     engine.commit(&txn).map(drop)
@@ -350,7 +356,8 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
     // The database's side.
     let rows: Vec<WriteRow> = conn
         .prepare(
-            "SELECT id, proc, holder, epoch, seq, lease_holder, lease_epoch FROM checker_writes ORDER BY id",
+            "SELECT id, proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms
+             FROM checker_writes ORDER BY id",
         )
         .and_then(|mut s| {
             s.query_map([], |r| {
@@ -362,6 +369,8 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                     seq: r.get(4)?,
                     lease_holder: r.get(5)?,
                     lease_epoch: r.get(6)?,
+                    lease_until_ms: r.get(7)?,
+                    wall_ms: r.get(8)?,
                 })
             })?
             .collect()
@@ -463,11 +472,19 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
         if let (
             Some(Entry::Invoke { op, holder, .. }),
             Entry::Ok {
-                epoch: Some(epoch), ..
+                epoch: Some(epoch),
+                wall_ms: done,
+                ..
             },
         ) = (invokes.get(&(*proc, *n)), e)
         {
             if op == "claim" {
+                // A tenure began no later than the first acknowledgement of
+                // a claim in it: an upper bound on its start that does not
+                // rest on the engine's own clock.
+                if let Some(start) = began.get_mut(epoch) {
+                    *start = (*start).min(*done);
+                }
                 match holder_of.get(epoch) {
                     Some(h) if h == holder => {}
                     Some(h) => v.push(format!(
@@ -491,6 +508,8 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
         seq,
         lease_holder,
         lease_epoch,
+        lease_until_ms,
+        wall_ms,
     } in &rows
     {
         if lease_holder.as_deref() != Some(holder.as_str()) || *lease_epoch != Some(*epoch) {
@@ -500,6 +519,16 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                 lease_holder.as_deref().unwrap_or("nobody"),
                 lease_epoch.map_or("-".into(), |e| e.to_string())
             ));
+        } else if let (false, Some(until), Some(at)) = (opts.clock_steps, lease_until_ms, wall_ms) {
+            // The row still names the writer after its tenure ran out
+            // (until the next write to it): on the shared wall clock, the
+            // transaction must have begun before the lease's expiry.
+            if at >= until {
+                v.push(format!(
+                    "row {id} (process {proc}, write {seq}) was written by {holder} for epoch {epoch} \
+                     in a transaction begun at {at} ms, after the lease ran out at {until} ms"
+                ));
+            }
         }
         match holder_of.get(epoch) {
             Some(h) if h == holder => {}
@@ -600,6 +629,8 @@ struct WriteRow {
     seq: u64,
     lease_holder: Option<String>,
     lease_epoch: Option<u64>,
+    lease_until_ms: Option<i64>,
+    wall_ms: Option<i64>,
 }
 
 /// A clock reading the system clock plus an offset the test controls.

@@ -181,3 +181,44 @@ fn crash_consistency_under_200_kills() {
     assert!(report.tenures > 50, "kills landed among claims: {report:?}");
     assert!(report.rows > 50, "and among writes: {report:?}");
 }
+
+/// A write whose transaction began after its writer's lease ran out must be
+/// caught even when nobody else claimed meanwhile (the row then still names
+/// the writer).
+#[test]
+fn the_checker_catches_a_write_after_the_lease_ran_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db.sqlite");
+    // The engine's clock runs 10 s behind the wall clock: the lease it
+    // grants for 1 s has run out on the wall clock already.
+    let clock = leasehold::ManualClock::new(
+        leasehold::chrono::Utc::now() - leasehold::chrono::Duration::seconds(10),
+    );
+    let engine = Engine::builder(&db).clock(clock).build().expect("engine");
+    testing::create_writes_table(&engine.connection().expect("conn")).expect("table");
+    let key = leasehold::Key::new("checker", "lease").expect("key");
+    let mut rec = testing::Recorder::create(dir.path(), 1).expect("recorder");
+    let d = Duration::from_secs(1);
+    let n = rec.invoke("claim", "w1", None, None, Some(d));
+    let epoch = engine.claim(&key, "w1", d).expect("claim").epoch();
+    rec.ok(n, Some(epoch));
+    // Unguarded, as a buggy guard would let it through.
+    let n = rec.invoke("write", "w1", Some(epoch), Some(1), None);
+    testing::guarded_write(&engine, &key, None, 1, "w1", epoch, 1).expect("write");
+    rec.ok(n, None);
+    let report = testing::check(
+        &db,
+        dir.path(),
+        &key,
+        testing::CheckOptions { clock_steps: false },
+    )
+    .expect("check");
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("after the lease ran out")),
+        "{:#?}",
+        report.violations
+    );
+}
