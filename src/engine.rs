@@ -85,9 +85,9 @@ impl EngineBuilder {
         self
     }
 
-    /// How long an operation waits for the database's write lock (and for a
-    /// free pooled connection) before failing with [`Error::Busy`].
-    /// Default: 5 seconds.
+    /// How long an operation waits for the database's write lock before
+    /// failing with [`Error::Busy`], and for a free pooled connection before
+    /// failing with [`Error::PoolTimeout`]. Default: 5 seconds.
     pub fn busy_timeout(mut self, timeout: Duration) -> EngineBuilder {
         self.busy_timeout = timeout;
         self
@@ -177,8 +177,9 @@ impl EngineBuilder {
     ///
     /// # Errors
     ///
-    /// - [`Error::InvalidArgument`] for an empty or in-memory path, a zero
-    ///   pool size, or a busy timeout over an hour;
+    /// - [`Error::InvalidArgument`] for an empty, in-memory or `file:` URI
+    ///   path, a zero pool size, a zero event retention, a watch interval of
+    ///   zero or over 60 s, or a busy timeout over an hour;
     /// - [`Error::NotADatabase`] if the file is not a SQLite database;
     /// - [`Error::SchemaTooNew`] / [`Error::SchemaMismatch`] if another
     ///   leasehold build migrated it;
@@ -402,8 +403,9 @@ fn shared_reaper() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
 /// A lease engine on one SQLite database file.
 ///
 /// Cheap to clone (clones share one pool and one background thread) and
-/// `Send + Sync`. Every operation takes a pooled connection, runs in its own
-/// `BEGIN IMMEDIATE` transaction and commits before returning; use
+/// `Send + Sync`. Every operation takes a pooled connection and runs in a
+/// transaction of its own (`BEGIN IMMEDIATE` for writes, a deferred one for
+/// reads), committed before it returns; use
 /// [`Engine::in_txn`] to run the same operations inside a transaction of
 /// yours instead.
 ///
@@ -802,7 +804,7 @@ impl Engine {
     }
 
     /// Claims `key` for `holder` for `duration`, or extends `holder`'s
-    /// current tenure (semantics 1–3 in `DESIGN.md`).
+    /// current tenure (see [What a lease is](crate#what-a-lease-is)).
     ///
     /// On success the lease is held until at least the instant just before
     /// this call plus `duration`. A claim by the current holder is an
@@ -834,7 +836,9 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::NotHeld`] if the tenure ended (released, revoked, expired,
-    /// or replaced by another); otherwise as [`Engine::claim`].
+    /// or replaced by another); [`Error::InvalidArgument`] for a zero or
+    /// over-long duration; [`Error::Busy`], [`Error::PoolTimeout`],
+    /// [`Error::Storage`], [`Error::Stopped`] as for [`Engine::claim`].
     pub fn extend(&self, tenure: &Tenure, duration: Duration) -> Result<Tenure> {
         self.write(
             || {
@@ -849,7 +853,9 @@ impl Engine {
     /// Extends many tenures in one transaction, as [`Engine::extend`] does
     /// one: what a holder of many leases (without trackers) calls to renew
     /// them together. Returns each tenure's outcome, in order: a lower bound
-    /// of its new expiry, or [`Error::NotHeld`] for one that ended.
+    /// of its new expiry, or [`Error::NotHeld`] for one that ended (or
+    /// [`Error::InvalidArgument`], for every tenure, if `duration` is zero or
+    /// too long).
     ///
     /// # Errors
     ///
@@ -883,7 +889,8 @@ impl Engine {
     /// # Errors
     ///
     /// [`Error::NotHeld`] if `holder` does not hold the lease (nothing is
-    /// changed); storage errors as for [`Engine::claim`].
+    /// changed); [`Error::InvalidArgument`] for a holder that is not a valid
+    /// name; storage errors as for [`Engine::claim`].
     pub fn release(&self, key: &Key, holder: &str) -> Result<()> {
         self.write(
             || Context::new("release").key(key).holder(holder),
@@ -1018,7 +1025,9 @@ impl Engine {
     ///   op whose assertion failed; nothing was written.
     /// - [`Error::StatementFailed`] naming the op whose statement SQLite
     ///   refused; nothing was written.
-    /// - [`Error::InvalidArgument`] if a parameter could not be converted;
+    /// - [`Error::InvalidArgument`] if a parameter could not be converted,
+    ///   an assertion is not a read-only query, a mutation does not write
+    ///   (or is transaction control), or a token is for another database;
     ///   nothing was run.
     /// - [`Error::Storage`] if the transaction itself fails,
     ///   [`Error::Busy`], [`Error::PoolTimeout`], [`Error::Stopped`].

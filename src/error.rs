@@ -194,6 +194,17 @@ pub enum Error {
         context: Context,
     },
 
+    /// An error inside your transaction made SQLite roll back the whole
+    /// transaction (an `OR ROLLBACK` conflict, `RAISE(ROLLBACK, …)`, a full
+    /// disk, an I/O error): it is gone, your connection is in autocommit
+    /// mode, and statements you run next would each commit on their own.
+    #[error("your transaction was rolled back by SQLite: {cause}")]
+    TransactionLost {
+        /// The error that ended it.
+        #[source]
+        cause: Box<Error>,
+    },
+
     /// Any other failure of the database underneath.
     #[error("{context}: {source}")]
     Storage {
@@ -573,6 +584,14 @@ mod tests {
                     context: Context::new("wait for release").key(&key()),
                 },
                 "wait for release of ops/schema-migration: the leasehold engine has stopped",
+            ),
+            (
+                Error::TransactionLost {
+                    cause: Box::new(Error::Stopped {
+                        context: Context::new("apply"),
+                    }),
+                },
+                "your transaction was rolled back by SQLite: apply: the leasehold engine has stopped",
             ),
             (
                 Error::Storage {

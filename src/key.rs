@@ -46,7 +46,8 @@ impl Key {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] naming the part that is empty, too long, or
-    /// contains a control character or surrounding whitespace.
+    /// contains a control character or surrounding whitespace, or a
+    /// namespace that contains `/`.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Result<Key> {
         let namespace = namespace.into();
         let name = name.into();

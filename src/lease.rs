@@ -1,6 +1,6 @@
 //! The lease state machine (pure: no I/O) and the public snapshots of it.
 //!
-//! Every rule of DESIGN.md's semantics 1–5 lives in [`Record`]'s methods; the
+//! Every rule of the lease semantics (the crate docs' "What a lease is") lives in [`Record`]'s methods; the
 //! storage layer only loads and saves records, and the engine only supplies
 //! the time. Times are integer milliseconds since the Unix epoch.
 

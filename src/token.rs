@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use rusqlite::types::Value;
+use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{Connection, ToSql, params};
 
 use crate::engine::Engine;
@@ -142,8 +142,16 @@ impl LeaseToken {
     /// fails the statement changes no rows, so check the row count (and call
     /// [`LeaseToken::check_in`] to learn why).
     ///
-    /// The guard fixes "now" when it is made: make it just before the
-    /// statement runs. Its SQL text is constant, so `prepare_cached` works.
+    /// The guard reads the engine's time whenever its parameters are taken
+    /// ([`Guard::params`], [`Guard::bind`]), so take them just before the
+    /// statement runs; a guard kept for later stays correct. Its SQL text is
+    /// constant, so `prepare_cached` works.
+    ///
+    /// Run the statement in an immediate transaction (or alone, in
+    /// autocommit mode, on the database that holds the lease). In a
+    /// deferred transaction, or when the statement writes to an ATTACHed
+    /// database, the guard reads `main` without its write lock, and another
+    /// process may claim the lease before your write commits.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -165,7 +173,6 @@ impl LeaseToken {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn guard(&self) -> Guard {
-        let now = self.engine.now_ms();
         let mut params: Vec<Value> = vec![
             self.key.namespace().to_owned().into(),
             self.key.name().to_owned().into(),
@@ -178,8 +185,11 @@ impl LeaseToken {
             }
             None => GUARD_SQL,
         };
-        params.push(Value::Integer(now));
-        Guard { sql, params }
+        Guard {
+            sql,
+            fixed: params,
+            engine: self.engine.clone(),
+        }
     }
 
     /// Adds this token's guard to `txn` as an assertion op.
@@ -262,10 +272,13 @@ impl fmt::Debug for LeaseToken {
 /// The predicate uses anonymous `?` placeholders, bound after any that come
 /// before it in your statement's text: put your own parameters first with
 /// [`Guard::bind`], or number yours and append [`Guard::params`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Guard {
     sql: &'static str,
-    params: Vec<Value>,
+    /// Namespace, name, holder (and epoch); the time comes last, read when
+    /// the parameters are taken.
+    fixed: Vec<Value>,
+    engine: Engine,
 }
 
 impl Guard {
@@ -274,16 +287,29 @@ impl Guard {
         self.sql
     }
 
-    /// The predicate's parameters, in placeholder order.
-    pub fn params(&self) -> &[Value] {
-        &self.params
+    /// The predicate's parameters, in placeholder order, with the engine's
+    /// time as of this call.
+    pub fn params(&self) -> Vec<ToSqlOutput<'_>> {
+        let mut all: Vec<ToSqlOutput<'_>> = self
+            .fixed
+            .iter()
+            .map(|v| ToSqlOutput::Borrowed(v.into()))
+            .collect();
+        all.push(ToSqlOutput::Owned(Value::Integer(self.engine.now_ms())));
+        all
     }
 
-    /// `before` followed by the guard's parameters: the full parameter list of
-    /// a statement whose guard comes after all its own placeholders.
-    pub fn bind<'a>(&'a self, before: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
-        let mut all = before.to_vec();
-        all.extend(self.params.iter().map(|v| v as &dyn ToSql));
+    /// `before` followed by the guard's parameters (the time as of this
+    /// call): the full parameter list of a statement whose guard comes after
+    /// all its own placeholders.
+    pub fn bind<'a>(&'a self, before: &[&'a dyn ToSql]) -> Vec<Box<dyn ToSql + 'a>> {
+        let mut all: Vec<Box<dyn ToSql + 'a>> = Vec::with_capacity(before.len() + 5);
+        all.extend(before.iter().map(|p| Box::new(*p) as Box<dyn ToSql + 'a>));
+        all.extend(
+            self.params()
+                .into_iter()
+                .map(|p| Box::new(p) as Box<dyn ToSql + 'a>),
+        );
         all
     }
 }

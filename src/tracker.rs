@@ -69,9 +69,9 @@ impl TrackerBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for a bad holder, if the guarantee is zero
-    /// or twice it
-    /// exceeds [`MAX_DURATION`](crate::MAX_DURATION), or the margin is not
-    /// shorter than the guarantee; [`Error::Stopped`] after
+    /// or twice it exceeds [`MAX_DURATION`](crate::MAX_DURATION), or the
+    /// margin is under 1 ms or not shorter than the guarantee;
+    /// [`Error::Stopped`] after
     /// [`Engine::shutdown`].
     pub fn build(self) -> Result<LeaseTracker> {
         validate_name("holder", &self.holder)?;

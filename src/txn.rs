@@ -266,8 +266,16 @@ impl Txn {
     ///
     /// # Errors
     ///
-    /// As [`Engine::commit`](crate::Engine::commit), and [`Error::InvalidArgument`] if `conn` is not
-    /// inside a transaction.
+    /// - [`Error::GuardFailed`], [`Error::AssertionFailed`],
+    ///   [`Error::StatementFailed`] and [`Error::InvalidArgument`] as for
+    ///   [`Engine::commit`](crate::Engine::commit), and
+    ///   [`Error::InvalidArgument`] if `conn` is not inside a transaction;
+    ///   your transaction is as it was before the call (the ops ran in a
+    ///   savepoint, rolled back);
+    /// - [`Error::TransactionLost`] if an op's error made SQLite roll back
+    ///   your whole transaction;
+    /// - [`Error::Storage`] if SQLite fails otherwise (the savepoint, or a
+    ///   lease guard's query).
     pub fn apply(&self, conn: &Connection) -> Result<Vec<usize>> {
         if conn.is_autocommit() {
             return Err(Error::invalid(
@@ -288,6 +296,11 @@ impl Txn {
                 Ok(changes)
             }
             Err(e) => {
+                // Some errors end the whole transaction, savepoint and all:
+                // say so, or the caller would write on in autocommit mode.
+                if conn.is_autocommit() {
+                    return Err(Error::TransactionLost { cause: Box::new(e) });
+                }
                 // Report the op's error; a failed rollback of the savepoint
                 // leaves the caller's transaction to be rolled back by them.
                 let _ = conn.execute_batch("ROLLBACK TO leasehold_txn; RELEASE leasehold_txn");

@@ -322,6 +322,20 @@ fn the_sql_guard_gates_an_update_by_row_count() -> R {
     Ok(())
 }
 
+#[test]
+fn a_guard_kept_for_later_reads_the_time_when_used() -> R {
+    let (_db, engine, clock) = manual_engine();
+    setup_table(&engine)?;
+    let token = engine.claim(&key("a"), "h1", secs(10))?.token();
+    let guard = token.guard(); // made while held...
+    clock.advance(secs(11)); // ...used after the lease ran out, unclaimed
+    let conn = engine.connection()?;
+    let sql = format!("UPDATE items SET v = ? WHERE id = ? AND {}", guard.sql());
+    let changed = conn.execute(&sql, params_from_iter(guard.bind(&[&"late", &1])))?;
+    assert_eq!(changed, 0);
+    Ok(())
+}
+
 /// The SQL guard and the Rust check must agree in every state.
 #[test]
 fn the_sql_guard_agrees_with_the_check() -> R {

@@ -342,6 +342,24 @@ fn a_reader_left_open_does_not_hold_commits_for_the_busy_timeout() -> R {
 }
 
 #[test]
+fn a_txn_that_makes_sqlite_roll_back_your_transaction_says_so() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    let mut conn = engine.connection()?;
+    conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("INSERT INTO t VALUES (2)", [])?;
+    let mut txn = Txn::new();
+    txn.execute("INSERT OR ROLLBACK INTO t VALUES (?)", [1]);
+    let err = txn.apply(&tx).expect_err("a duplicate key");
+    assert!(matches!(err, Error::TransactionLost { .. }), "{err}");
+    assert!(tx.is_autocommit(), "SQLite ended the transaction");
+    drop(tx);
+    let rows: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+    assert_eq!(rows, 1, "row 2 went with the transaction");
+    Ok(())
+}
+
+#[test]
 fn writes_in_your_transactions_persist_the_clock_mark_once_per_second() -> R {
     let (_db, engine, clock) = manual_engine();
     let mut conn = engine.connection()?;

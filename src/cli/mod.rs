@@ -387,10 +387,12 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Migrate { print_sql: true } => leases::print_sql(out),
         Command::Migrate { print_sql: false } => leases::migrate(&open(db)?, out),
         Command::List { namespace, all } => {
-            leases::list(&open(db)?, namespace.as_deref(), all, out)
+            leases::list(&open_existing(db)?, namespace.as_deref(), all, out)
         }
-        Command::Show(k) => leases::show(&open(db)?, &k.key()?, out),
-        Command::History { key, limit } => leases::history(&open(db)?, &key.key()?, limit, out),
+        Command::Show(k) => leases::show(&open_existing(db)?, &k.key()?, out),
+        Command::History { key, limit } => {
+            leases::history(&open_existing(db)?, &key.key()?, limit, out)
+        }
         Command::Claim {
             key,
             holder,
