@@ -404,7 +404,7 @@ impl<'c> InTxn<'c> {
         let t = current.time(now);
         let pins = self.prune_pins(store, key, t).map_err(&fail)?;
         self.note_lapse(store, key, &current, now).map_err(&fail)?;
-        let rec = current.repin(PinRecord::pinned_until(&pins, t), now);
+        let mut rec = current.repin(PinRecord::pinned_until(&pins, t), now);
         self.event(
             store,
             key,
@@ -418,6 +418,24 @@ impl<'c> InTxn<'c> {
             },
         )
         .map_err(&fail)?;
+        // The last pin of a tenure already past its expiry ends the tenure
+        // now: log the lapse at this moment, not at the old expiry.
+        if let (Some(holder), None) = (current.holder_at(t), rec.holder_at(t)) {
+            self.event(
+                store,
+                key,
+                EventRecord {
+                    at_ms: t,
+                    kind: "lapsed",
+                    holder: Some(holder.to_owned()),
+                    epoch: rec.epoch,
+                    entity: None,
+                    detail: None,
+                },
+            )
+            .map_err(&fail)?;
+            rec.holder = None;
+        }
         store.save(key, &rec).map_err(&fail)?;
         self.finish_write(store, now).map_err(&fail)?;
         Ok(true)

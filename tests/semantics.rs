@@ -572,3 +572,32 @@ fn importing_a_lapsed_tenure_does_not_revive_it() -> R {
     );
     Ok(())
 }
+
+#[test]
+fn an_unpin_that_ends_a_tenure_logs_the_lapse_at_the_unpin() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let k = key("a");
+    engine.claim(&k, "h1", secs(10))?;
+    engine.pin(&k, "e1", "upgrade", None)?;
+    clock.advance(secs(60)); // long past the expiry, held by the pin
+    engine.unpin(&k, "e1")?;
+    clock.advance(secs(10));
+    engine.claim(&k, "h2", secs(10))?;
+    let history: Vec<(String, leasehold::chrono::DateTime<leasehold::chrono::Utc>)> = engine
+        .history(&k, 100)?
+        .iter()
+        .map(|e| (e.kind().as_str().to_owned(), e.at()))
+        .collect();
+    let kinds: Vec<&str> = history.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["claimed", "pinned", "unpinned", "lapsed", "claimed"],
+        "{history:?}"
+    );
+    assert_eq!(
+        history[3].1,
+        t0() + secs(60),
+        "the lapse is the unpin's moment"
+    );
+    Ok(())
+}

@@ -121,19 +121,25 @@ pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
         seq += 1;
         let mut txn = Txn::new();
         token.add_to(&mut txn);
-        // The row also records the lease as this very transaction sees it,
-        // so the verdict can tell whether it committed inside the tenure.
+        // The row also records the lease as this very transaction sees it
+        // (holder, epoch, and until when it runs), and the wall clock just
+        // before the transaction began (no later than its guard), so the
+        // verdict can tell whether it committed inside the tenure: a lease
+        // that ran out keeps its holder on the row until someone claims.
+        let began_ms = leasehold::chrono::Utc::now().timestamp_millis();
         txn.execute(
-            "INSERT INTO demo_writes (worker, epoch, seq, at_ms, lease_holder, lease_epoch)
-             VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER),
-                     (SELECT holder FROM leasehold_leases WHERE namespace = ?4 AND name = ?5),
-                     (SELECT epoch FROM leasehold_leases WHERE namespace = ?4 AND name = ?5))",
+            "INSERT INTO demo_writes
+                 (worker, epoch, seq, at_ms, lease_holder, lease_epoch, lease_until_ms, began_ms)
+             SELECT ?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER),
+                    l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?6
+             FROM (SELECT 1) LEFT JOIN leasehold_leases l ON l.namespace = ?4 AND l.name = ?5",
             (
                 args.name.as_str(),
                 epoch,
                 seq,
                 key.namespace().to_owned(),
                 key.name().to_owned(),
+                began_ms,
             ),
         );
         match engine.commit(&txn) {
@@ -227,6 +233,12 @@ fn who_replaces(moments: &[Moment], who: &str) -> bool {
         .any(|m| m.who == who && matches!(m.what, What::Replaces(_)))
 }
 
+/// The table workers write to (recreated for each run).
+const DEMO_TABLE: &str = "DROP TABLE IF EXISTS demo_writes;
+     CREATE TABLE demo_writes (
+         worker TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+         lease_holder TEXT, lease_epoch INTEGER, lease_until_ms INTEGER, began_ms INTEGER);";
+
 /// The verdict, computed from the database alone.
 pub struct Verdict {
     pub rows_per_epoch: BTreeMap<u64, Vec<(String, u64)>>,
@@ -306,6 +318,32 @@ fn verdict(engine: &Engine) -> Result<Verdict, CliError> {
             lease_epoch.map_or("-".into(), |e| e.to_string())
         ));
     }
+    // ... and had not run out: the transaction began before the lease's
+    // expiry (the demo's processes share one clock).
+    let mut stmt = conn
+        .prepare(
+            "SELECT rowid, worker, epoch, began_ms, lease_until_ms FROM demo_writes
+             WHERE lease_holder IS worker AND lease_epoch IS epoch AND began_ms >= lease_until_ms",
+        )
+        .map_err(sql)?;
+    let late = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(sql)?;
+    for row in late {
+        let (rowid, worker, epoch, began, until) = row.map_err(sql)?;
+        problems.push(format!(
+            "row {rowid} by {worker} for epoch {epoch} was written in a transaction begun {} ms after the lease ran out",
+            began - until
+        ));
+    }
     // In commit order, epochs never go back.
     let mut stmt = conn
         .prepare("SELECT rowid, epoch FROM demo_writes ORDER BY rowid")
@@ -380,12 +418,7 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     let engine = Engine::open(&db)?;
     engine
         .connection()?
-        .execute_batch(
-            "DROP TABLE IF EXISTS demo_writes;
-             CREATE TABLE demo_writes (
-                 worker TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
-                 lease_holder TEXT, lease_epoch INTEGER);",
-        )
+        .execute_batch(DEMO_TABLE)
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let key: Key = leasehold::leadership::key(APP)?;
     if !out.quiet {
@@ -553,7 +586,9 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         println!("checks, from the database:");
         println!("  - every epoch's rows come from one writer");
         println!("  - every row's writer held that epoch's tenure (per the lease history)");
-        println!("  - inside each writing transaction, the lease was the writer's, in that epoch");
+        println!(
+            "  - inside each writing transaction, the lease was the writer's, in that epoch, and had not run out"
+        );
         println!("  - in commit order, no row of an older epoch follows a newer one");
         if verdict.problems.is_empty() {
             println!("verdict: PASS — no write landed outside its writer's tenure");
@@ -577,4 +612,51 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         out.say(format!("timeline drawn to {}", path.display()));
     }
     Ok(if verdict.problems.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold::ManualClock;
+    use leasehold::chrono::{Duration as Span, Utc};
+
+    #[test]
+    fn the_verdict_fails_a_row_written_after_the_lease_ran_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The engine's clock is 10 s behind the wall clock: the 1 s lease
+        // it grants has run out on the wall clock already, yet nobody has
+        // claimed, so the row still names the writer.
+        let clock = ManualClock::new(Utc::now() - Span::seconds(10));
+        let engine = Engine::builder(dir.path().join("demo.db"))
+            .clock(clock)
+            .build()
+            .expect("engine");
+        let conn = engine.connection().expect("conn");
+        conn.execute_batch(DEMO_TABLE).expect("table");
+        let key = leasehold::leadership::key(APP).expect("key");
+        let tenure = engine
+            .claim(&key, "w1", Duration::from_secs(1))
+            .expect("claim");
+        conn.execute(
+            "INSERT INTO demo_writes
+                 (worker, epoch, seq, at_ms, lease_holder, lease_epoch, lease_until_ms, began_ms)
+             SELECT 'w1', ?1, 1, 0, holder, epoch, max(expiry_ms, pinned_until_ms), ?2
+             FROM leasehold_leases WHERE namespace = ?3 AND name = ?4",
+            (
+                tenure.epoch(),
+                Utc::now().timestamp_millis(),
+                key.namespace(),
+                key.name(),
+            ),
+        )
+        .expect("an unguarded write");
+        let v = verdict(&engine).expect("verdict");
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.contains("after the lease ran out")),
+            "{:?}",
+            v.problems
+        );
+    }
 }

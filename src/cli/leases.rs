@@ -275,7 +275,7 @@ pub fn claim(
     out.json(&tenure_json(&t));
     if t.is_extension() {
         out.say(format!(
-            "{holder} already held {key} (epoch {}); held until {} (an expiry never moves earlier)",
+            "{holder} already held {key} (epoch {}); extended: held until {}",
             t.epoch(),
             time(t.expires_at())
         ));

@@ -21,7 +21,8 @@ Exit codes:
   1  failure (a demo whose verdict failed, an I/O error)
   2  usage error (bad arguments)
   3  claim denied: someone else holds the lease
-  4  not held: the holder named does not hold the lease (or no such pin)
+  4  not held: the holder named does not hold the lease (or no such pin;
+     or, for show and history, no such key)
   5  invalid input: a bad name, duration, database file or import
   6  busy: the database stayed locked; retrying later may succeed
   7  storage error
@@ -327,9 +328,15 @@ fn main_with(args: Vec<OsString>) -> ExitCode {
                 .collect();
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
-            let failure = CliError::Usage(format!("{message} (see --help)"));
+            // A value that does not parse (a duration like `10x`) is bad
+            // input, as one that parses but is out of range (`0s`) is.
+            let failure = if e.kind() == clap::error::ErrorKind::ValueValidation {
+                CliError::Invalid(message.to_owned())
+            } else {
+                CliError::Usage(format!("{message} (see --help)"))
+            };
             report(&failure, json_requested(&args_for_json));
-            return ExitCode::from(2);
+            return ExitCode::from(failure.code());
         }
     };
     let out = Output {

@@ -29,14 +29,16 @@ pub struct RunArgs {
     /// The lease's duration; it is renewed when half is left.
     #[arg(long = "for", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
-    /// If someone else holds the lease, wait for it instead of failing.
+    /// If anyone holds the lease (the same holder included: a tenure is
+    /// never shared), wait for it instead of failing.
     #[arg(long)]
     wait: bool,
-    /// How long the command has to exit after SIGTERM before SIGKILL; it
-    /// must be shorter than half of --for (the command is stopped that long,
-    /// plus a tenth, before the lease could lapse).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    grace: Duration,
+    /// How long the command has to exit after SIGTERM before SIGKILL. The
+    /// command is stopped that long, plus a tenth (at least 100ms), before
+    /// the lease could lapse, which must fit in half of --for. Default:
+    /// 10s, or two thirds of half of --for if that is less.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    grace: Option<Duration>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -65,14 +67,22 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     // The command is stopped a safety margin before the lease could lapse,
     // and must be dead (SIGKILL after the grace period) before it does.
     let guarantee = args.duration / 2;
-    let slack = (args.grace / 10).max(Duration::from_millis(100));
-    let margin = args.grace + slack;
+    let grace = args
+        .grace
+        .unwrap_or_else(|| Duration::from_secs(10).min(guarantee * 2 / 3));
+    let slack = (grace / 10).max(Duration::from_millis(100));
+    let margin = grace + slack;
     if margin >= guarantee {
         return Err(CliError::Invalid(format!(
-            "--grace {} leaves no time: it must be shorter than half of --for ({}) minus {}",
-            super::leases::human(args.grace),
-            super::leases::human(args.duration),
-            super::leases::human(slack)
+            "{}--grace {} leaves no time: it and a tenth of it (at least 100ms), {} in all, must fit in half of --for ({})",
+            if args.grace.is_none() {
+                "the default "
+            } else {
+                ""
+            },
+            super::leases::human(grace),
+            super::leases::human(margin),
+            super::leases::human(guarantee)
         )));
     }
     let tenure = claim_new(&engine, &key, &args)?;
@@ -179,11 +189,10 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
                     4,
                     &format!(
                         "lost {key} (epoch {epoch}); stopping the command (SIGTERM, SIGKILL after {})",
-                        super::leases::human(args.grace)
+                        super::leases::human(grace)
                     ),
                 );
                 group.signal(Signal::SIGTERM);
-                let grace = args.grace;
                 std::thread::spawn(move || {
                     std::thread::sleep(grace);
                     group.signal(Signal::SIGKILL);
@@ -195,7 +204,7 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     };
     // Whatever the command left running in its group must not outlive the
     // lease: stop it before the lease is given back.
-    group.end(args.grace);
+    group.end(grace);
     signal_handle.close();
     // A command that exits cleanly after losing its lease did not finish its
     // job under the lease, even if the loss was not noticed yet: say so.

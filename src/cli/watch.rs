@@ -46,8 +46,12 @@ pub fn watch(
             }
         }
     }
+    let until = match duration {
+        Some(d) => format!("for {}", super::leases::human(d)),
+        None => "Ctrl-C to stop".to_owned(),
+    };
     out.say(format!(
-        "watching {} ({} held); Ctrl-C to stop",
+        "watching {} ({} held); {until}",
         namespace.unwrap_or("all namespaces"),
         held.len()
     ));
