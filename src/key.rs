@@ -46,7 +46,9 @@ impl Key {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] naming the part that is empty, too long, or
-    /// contains a control character or surrounding whitespace, or a
+    /// contains a control character (or an invisible formatting one: zero
+    /// width, line separators, bidirectional controls) or surrounding
+    /// whitespace, or a
     /// namespace that contains `/`.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Result<Key> {
         let namespace = namespace.into();
@@ -107,7 +109,10 @@ pub(crate) fn validate_text(what: &'static str, value: &str, max: usize) -> Resu
             format!("is {} bytes long; at most {max} are allowed", value.len()),
         ));
     }
-    if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+    if let Some((at, c)) = value
+        .char_indices()
+        .find(|(_, c)| c.is_control() || is_invisible_format(*c))
+    {
         return Err(Error::invalid(
             what,
             value,
@@ -118,6 +123,13 @@ pub(crate) fn validate_text(what: &'static str, value: &str, max: usize) -> Resu
         ));
     }
     Ok(())
+}
+
+/// Line and paragraph separators, zero-width characters and bidirectional
+/// controls: invisible, or able to make a name print as another.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Converts a claim or pin duration to whole milliseconds, rounding up so that

@@ -761,13 +761,20 @@ pub fn serve_worker() -> bool {
 
 fn worker(dir: &Path, proc: u32, lease: Duration, guard: bool, pool_hog: bool, seed: u64) {
     let clock = OffsetClock::new();
-    let engine = Engine::builder(dir.join("db.sqlite"))
-        .clock(clock.clone())
-        .busy_timeout(lease / 2)
-        .pool_size(3)
-        .event_retention(10_000_000)
-        .build()
-        .expect("worker engine");
+    // Opening may meet a held write lock (the lock-holder fault): retry.
+    let engine = loop {
+        match Engine::builder(dir.join("db.sqlite"))
+            .clock(clock.clone())
+            .busy_timeout(lease / 2)
+            .pool_size(3)
+            .event_retention(10_000_000)
+            .build()
+        {
+            Ok(engine) => break engine,
+            Err(e) if e.is_transient() => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("worker engine: {e}"),
+        }
+    };
     let key = workload_key();
     let holder = format!("w{proc}");
     let mut rec = Recorder::create(dir, proc).expect("history file");
@@ -781,6 +788,12 @@ fn worker(dir: &Path, proc: u32, lease: Duration, guard: bool, pool_hog: bool, s
             loop {
                 std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
                 let held: Vec<_> = (0..3).filter_map(|_| engine.connection().ok()).collect();
+                if held.len() == 3 {
+                    // The whole pool is taken: an episode of exhaustion.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "hogging");
+                    let _ = out.flush();
+                }
                 std::thread::sleep(Duration::from_millis(50 + rng.below(200)));
                 drop(held);
             }
@@ -859,20 +872,78 @@ fn worker(dir: &Path, proc: u32, lease: Duration, guard: bool, pool_hog: bool, s
         seq += 1;
         let n = rec.invoke("write", &holder, Some(t.epoch()), Some(seq), None);
         let token = t.token();
-        match guarded_write(
-            &engine,
-            &key,
-            guard.then_some(&token),
-            proc,
-            &holder,
-            t.epoch(),
-            seq,
-        ) {
+        // Every other write goes through a transaction of the worker's own
+        // (`check_in`), which says when it is inside it, so that kills can
+        // land there; the others through a `Txn`.
+        let written = if seq % 2 == 0 {
+            write_in_own_txn(
+                &engine,
+                &key,
+                guard.then_some(&token),
+                (proc, &holder, t.epoch(), seq),
+                || say("in txn"),
+            )
+        } else {
+            guarded_write(
+                &engine,
+                &key,
+                guard.then_some(&token),
+                proc,
+                &holder,
+                t.epoch(),
+                seq,
+            )
+        };
+        match written {
             Ok(()) => rec.ok(n, None),
             Err(e) => rec.fail(n, &e),
         }
         tenure = Some((t, since));
     }
+}
+
+/// A guarded write in an immediate transaction of the caller's (the
+/// `check_in` style): `inside` runs once the guard has passed, then the
+/// row is written a moment later. The wall clock is read inside the
+/// transaction, before the guard.
+fn write_in_own_txn(
+    engine: &Engine,
+    key: &Key,
+    token: Option<&LeaseToken>,
+    (proc, holder, epoch, seq): (u32, &str, u64, u64),
+    inside: impl Fn(),
+) -> crate::Result<()> {
+    let storage = |e| Error::Storage {
+        context: crate::Context::new("write").key(key).holder(holder),
+        source: e,
+    };
+    let mut conn = engine.connection()?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    let began = wall_ms();
+    if let Some(token) = token {
+        token.check_in(&tx)?;
+    }
+    inside();
+    std::thread::sleep(Duration::from_millis(1));
+    tx.execute(
+        "INSERT INTO checker_writes
+             (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
+         SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
+         FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6",
+        rusqlite::params![
+            i64::from(proc),
+            holder,
+            epoch,
+            seq,
+            key.namespace(),
+            key.name(),
+            began
+        ],
+    )
+    .map_err(storage)?;
+    tx.commit().map_err(storage)
 }
 
 struct Running {
@@ -974,28 +1045,78 @@ impl Workload {
                 .iter()
                 .position(|w| format!("w{}", w.proc) == holder)
         };
-        let drain = |workers: &[Running]| {
-            for w in workers {
-                while w.lines.try_recv().is_ok() {}
+        // Episodes of pool exhaustion, as the workers report them.
+        let hogs = std::cell::Cell::new(0u64);
+        let note = |line: &str| {
+            if line == "hogging" {
+                hogs.set(hogs.get() + 1);
             }
         };
+        let drain = |workers: &[Running]| {
+            for w in workers {
+                while let Ok(line) = w.lines.try_recv() {
+                    note(&line);
+                }
+            }
+        };
+        // Waits up to `within` for worker `w` to print `what`.
+        let await_line = |w: &Running, what: &str, within: Duration| -> bool {
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if let Ok(line) = w.lines.recv_timeout(Duration::from_millis(5)) {
+                    note(&line);
+                    if line.ends_with(what) {
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        // Workers that ended without being killed: a crash the checker
+        // would not see otherwise.
+        let mut died: Vec<String> = Vec::new();
         let started = Instant::now();
         let mut last_print = Instant::now();
         while started.elapsed() < self.duration {
             std::thread::sleep(Duration::from_millis(100 + rng.below(300)));
             drain(&workers);
+            for i in (0..workers.len()).rev() {
+                if let Ok(Some(status)) = workers[i].child.try_wait() {
+                    let gone = workers.remove(i);
+                    died.push(format!(
+                        "worker process {} ended by itself ({status})",
+                        gone.proc
+                    ));
+                    workers.push(spawn(next_proc, pool_hogs)?);
+                    next_proc += 1;
+                }
+            }
             if strikes.is_empty() {
                 continue;
             }
             let nemesis = strikes[rng.below(strikes.len() as u64) as usize];
-            let name = format!("{nemesis:?}");
+            let mut name = format!("{nemesis:?}");
             match nemesis {
                 Nemesis::Kill => {
-                    let i = leader_index(&workers)
-                        .filter(|_| rng.below(4) != 0)
-                        .unwrap_or_else(|| rng.below(workers.len() as u64) as usize);
-                    // Land anywhere, including inside a transaction.
-                    std::thread::sleep(Duration::from_micros(rng.below(3000)));
+                    let leader = leader_index(&workers);
+                    let i = match leader {
+                        // Half the time, inside the leader's write
+                        // transaction (it says when it is in one).
+                        Some(i)
+                            if rng.below(2) == 0
+                                && await_line(&workers[i], "in txn", self.lease) =>
+                        {
+                            name = "KillInTxn".into();
+                            i
+                        }
+                        // Otherwise at a random moment, mostly the leader.
+                        _ => {
+                            std::thread::sleep(Duration::from_micros(rng.below(3000)));
+                            leader
+                                .filter(|_| rng.below(4) != 0)
+                                .unwrap_or_else(|| rng.below(workers.len() as u64) as usize)
+                        }
+                    };
                     let mut victim = workers.remove(i);
                     let _ = victim.child.kill();
                     let _ = victim.child.wait();
@@ -1008,17 +1129,7 @@ impl Workload {
                     };
                     // Wait until the leader is between its check and its
                     // write, then freeze it past its lease.
-                    let deadline = Instant::now() + self.lease;
-                    let mut caught = false;
-                    while Instant::now() < deadline {
-                        if let Ok(line) = workers[i].lines.recv_timeout(Duration::from_millis(5)) {
-                            if line.ends_with("working") {
-                                caught = true;
-                                break;
-                            }
-                        }
-                    }
-                    if !caught {
+                    if !await_line(&workers[i], "working", self.lease) {
                         continue;
                     }
                     let pid = workers[i].pid();
@@ -1033,20 +1144,20 @@ impl Workload {
                     std::fs::write(dir.join(format!("clock-{}", w.proc)), offset.to_string())?;
                 }
                 Nemesis::LockHolder => {
-                    if let Ok(mut conn) = Connection::open(&db) {
-                        let _ = conn.busy_timeout(self.lease);
-                        if let Ok(tx) =
-                            conn.transaction_with_behavior(TransactionBehavior::Immediate)
-                        {
-                            std::thread::sleep(
-                                self.lease / 2
-                                    + Duration::from_millis(
-                                        rng.below(self.lease.as_millis() as u64),
-                                    ),
-                            );
-                            let _ = tx.commit();
-                        }
-                    }
+                    let Ok(mut conn) = Connection::open(&db) else {
+                        continue;
+                    };
+                    let _ = conn.busy_timeout(self.lease);
+                    // Counted only when it got the lock.
+                    let Ok(tx) = conn.transaction_with_behavior(TransactionBehavior::Immediate)
+                    else {
+                        continue;
+                    };
+                    std::thread::sleep(
+                        self.lease / 2
+                            + Duration::from_millis(rng.below(self.lease.as_millis() as u64)),
+                    );
+                    let _ = tx.commit();
                 }
                 Nemesis::PoolExhaustion => unreachable!("filtered out above"),
             }
@@ -1061,6 +1172,7 @@ impl Workload {
                 );
             }
         }
+        drain(&workers);
         for mut w in workers {
             let _ = kill(w.pid(), Signal::SIGCONT);
             let _ = w.child.kill();
@@ -1068,10 +1180,7 @@ impl Workload {
         }
         report.processes = next_proc - 1;
         if pool_hogs {
-            // Every worker process ran with its pool hogged now and then.
-            report
-                .faults
-                .insert("PoolExhaustion".into(), u64::from(report.processes));
+            report.faults.insert("PoolExhaustion".into(), hogs.get());
         }
         report.check = check(
             &db,
@@ -1081,6 +1190,7 @@ impl Workload {
                 clock_steps: self.nemeses.contains(&Nemesis::ClockStep),
             },
         )?;
+        report.check.violations.extend(died);
         Ok(report)
     }
 }

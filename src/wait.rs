@@ -66,9 +66,23 @@ impl Engine {
                 return Err(Error::Stopped { context: ctx() });
             }
             let seen = driver.generation();
-            let lease = match self.lease(key)? {
-                Some(lease) if lease.is_held() => lease,
-                _ => return Ok(()),
+            let lease = match self.lease(key) {
+                Ok(Some(lease)) if lease.is_held() => lease,
+                Ok(_) => return Ok(()),
+                // A busy database is no answer: look again (until the
+                // deadline), as Juju's waiter only gives up when stopped.
+                Err(e) if e.is_transient() => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Err(Error::Timeout {
+                            context: ctx(),
+                            waited: now - started,
+                        });
+                    }
+                    driver.wait_change(seen, Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let mut wait = BACKSTOP;
             if let Some(until) = lease.held_until() {

@@ -325,3 +325,17 @@ fn a_read_only_directory_is_an_open_error_and_leases_survive() -> R {
     );
     Ok(())
 }
+
+#[test]
+fn invisible_format_characters_are_refused_in_names() {
+    for bad in [
+        "a\u{202E}b",
+        "a\u{2028}b",
+        "zero\u{200B}width",
+        "\u{FEFF}bom",
+    ] {
+        let err = leasehold::Key::new("ops", bad).expect_err(bad);
+        assert!(err.to_string().contains("control character"), "{err}");
+    }
+    leasehold::Key::new("ops", "café-ünïcode").expect("ordinary letters are fine");
+}

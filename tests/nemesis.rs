@@ -63,6 +63,11 @@ fn passes(dir: &tempfile::TempDir, report: &RunReport, fault: &str) {
 fn kills_of_the_leader() {
     let (dir, report) = run(vec![Nemesis::Kill], true, 4);
     passes(&dir, &report, "Kill");
+    assert!(
+        report.faults.get("KillInTxn").copied().unwrap_or(0) > 0,
+        "some kills landed inside a write transaction: {:?}",
+        report.faults
+    );
     assert!(report.check.tenures >= 2, "kills handed leadership over");
 }
 
