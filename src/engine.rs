@@ -827,6 +827,22 @@ impl Engine {
         )
     }
 
+    /// Claims `key` for `holder` only if it is vacant: a new tenure or
+    /// nothing, never an extension, even of `holder`'s own tenure. For work
+    /// that must run once per tenure (`leasehold run` uses it, so that two
+    /// runs as one holder cannot share a tenure).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ClaimDenied`] naming the holder (perhaps `holder` itself)
+    /// while anyone holds the lease; otherwise as [`Engine::claim`].
+    pub fn claim_new(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
+        self.write(
+            || Context::new("claim").key(key).holder(holder),
+            |tx| tx.claim_new(key, holder, duration),
+        )
+    }
+
     /// Extends `tenure` — that very tenure — so that it is held until at
     /// least the instant of this call plus `duration` (an expiry already
     /// later stays). Cheaper than [`Engine::claim`] (one statement): what a

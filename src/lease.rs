@@ -138,6 +138,20 @@ impl Record {
         Ok((rec, claimed))
     }
 
+    /// As [`Record::claim`], but only a new tenure: a key held by anyone,
+    /// the claimant included, is denied (naming the holder).
+    pub fn claim_new(
+        current: Option<&Record>,
+        holder: &str,
+        now: i64,
+        duration_ms: i64,
+    ) -> Result<Record, String> {
+        if let Some(h) = current.and_then(|r| r.holder_at(r.time(now))) {
+            return Err(h.to_owned());
+        }
+        Record::claim(current, holder, now, duration_ms).map(|(rec, _)| rec)
+    }
+
     /// Ends `holder`'s tenure now (semantics 4). On failure returns who holds
     /// the key instead.
     pub fn release(&self, holder: &str, now: i64) -> Result<Record, Option<String>> {
@@ -176,14 +190,18 @@ impl Record {
     }
 
     /// Applies a new set of live pins (semantics 5): a tenure that had run
-    /// out is settled first, so that pinning never revives it.
-    pub fn repin(&self, pinned_until_ms: i64, now: i64) -> Record {
+    /// out is settled first, so that pinning never revives it. Returns the
+    /// new row and the holder whose tenure the new pins end now (the last
+    /// pin of a tenure past its expiry removed), if any.
+    pub fn repin(&self, pinned_until_ms: i64, now: i64) -> (Record, Option<String>) {
         let mut rec = self.clone();
         let t = rec.time(now);
         rec.settle(t);
         rec.pinned_until_ms = pinned_until_ms;
         rec.updated_ms = t;
-        rec
+        let ended = rec.holder.clone().filter(|_| rec.holder_at(t).is_none());
+        rec.settle(t);
+        (rec, ended)
     }
 }
 
@@ -478,12 +496,13 @@ mod tests {
     #[test]
     fn pins_hold_against_expiry_but_not_against_release() {
         let (rec, _) = claim(None, "a", 0, 1000);
-        let pinned = rec.repin(FOREVER_MS, 500);
+        let pinned = rec.repin(FOREVER_MS, 500).0;
         assert_eq!(pinned.holder_at(1_000_000), Some("a"));
         assert!(Record::claim(Some(&pinned), "b", 1_000_000, 1).is_err());
         let (ext, how) = claim(Some(&pinned), "a", 1_000_000, 1);
         assert_eq!((how, ext.epoch), (Claimed::Extended, 1));
-        let unpinned = pinned.repin(0, 1_000_000);
+        let (unpinned, ended) = pinned.repin(0, 1_000_000);
+        assert_eq!(ended.as_deref(), Some("a"), "the unpin ended a's tenure");
         assert_eq!(unpinned.holder_at(1_000_000), None);
         assert_eq!(claim(Some(&unpinned), "b", 1_000_000, 1).0.epoch, 2);
     }
@@ -491,7 +510,8 @@ mod tests {
     #[test]
     fn pinning_a_lapsed_tenure_does_not_revive_it() {
         let (rec, _) = claim(None, "a", 0, 1000);
-        let pinned = rec.repin(FOREVER_MS, 2000);
+        let (pinned, ended) = rec.repin(FOREVER_MS, 2000);
+        assert_eq!(ended, None, "it had ended already");
         assert_eq!(pinned.holder_at(2000), None);
         assert!(!pinned.is_held_by("a", Some(1), 2000));
         let (next, _) = claim(Some(&pinned), "b", 2001, 1);

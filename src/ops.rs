@@ -143,6 +143,25 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::claim`]. After an error, roll your transaction back: a
     /// failed statement may have left part of its work.
     pub fn claim(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
+        self.claim_as(key, holder, duration, false)
+    }
+
+    /// As [`Engine::claim_new`], inside this transaction.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::claim_new`]; after an error, roll your transaction back.
+    pub fn claim_new(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
+        self.claim_as(key, holder, duration, true)
+    }
+
+    fn claim_as(
+        &self,
+        key: &Key,
+        holder: &str,
+        duration: Duration,
+        new_only: bool,
+    ) -> Result<Tenure> {
         validate_name("holder", holder)?;
         let ms = duration_ms("duration", duration)?;
         let fail = self.fail(|| Context::new("claim").key(key).holder(holder));
@@ -153,14 +172,16 @@ impl<'c> InTxn<'c> {
         // a millisecond after `now`: round the expiry up.
         let ms = ms + i64::from(fraction);
         let current = store.load(key).map_err(&fail)?;
-        let (rec, claimed) =
-            Record::claim(current.as_ref(), holder, now, ms).map_err(|current_holder| {
-                Error::ClaimDenied {
-                    key: key.clone(),
-                    holder: holder.to_owned(),
-                    current_holder,
-                }
-            })?;
+        let decided = if new_only {
+            Record::claim_new(current.as_ref(), holder, now, ms).map(|r| (r, Claimed::New))
+        } else {
+            Record::claim(current.as_ref(), holder, now, ms)
+        };
+        let (rec, claimed) = decided.map_err(|current_holder| Error::ClaimDenied {
+            key: key.clone(),
+            holder: holder.to_owned(),
+            current_holder,
+        })?;
         if claimed == Claimed::New {
             if let Some(old) = &current {
                 self.note_lapse(store, key, old, now).map_err(&fail)?;
@@ -366,7 +387,9 @@ impl<'c> InTxn<'c> {
         store.put_pin(key, &pin).map_err(&fail)?;
         let pins = self.prune_pins(store, key, t).map_err(&fail)?;
         self.note_lapse(store, key, &rec, now).map_err(&fail)?;
-        let rec = rec.repin(PinRecord::pinned_until(&pins, t), now);
+        let (rec, ended) = rec.repin(PinRecord::pinned_until(&pins, t), now);
+        self.note_ended(store, key, ended, rec.epoch, t)
+            .map_err(&fail)?;
         self.event(
             store,
             key,
@@ -404,7 +427,7 @@ impl<'c> InTxn<'c> {
         let t = current.time(now);
         let pins = self.prune_pins(store, key, t).map_err(&fail)?;
         self.note_lapse(store, key, &current, now).map_err(&fail)?;
-        let mut rec = current.repin(PinRecord::pinned_until(&pins, t), now);
+        let (rec, ended) = current.repin(PinRecord::pinned_until(&pins, t), now);
         self.event(
             store,
             key,
@@ -418,27 +441,39 @@ impl<'c> InTxn<'c> {
             },
         )
         .map_err(&fail)?;
-        // The last pin of a tenure already past its expiry ends the tenure
-        // now: log the lapse at this moment, not at the old expiry.
-        if let (Some(holder), None) = (current.holder_at(t), rec.holder_at(t)) {
-            self.event(
-                store,
-                key,
-                EventRecord {
-                    at_ms: t,
-                    kind: "lapsed",
-                    holder: Some(holder.to_owned()),
-                    epoch: rec.epoch,
-                    entity: None,
-                    detail: None,
-                },
-            )
+        self.note_ended(store, key, ended, rec.epoch, t)
             .map_err(&fail)?;
-            rec.holder = None;
-        }
         store.save(key, &rec).map_err(&fail)?;
         self.finish_write(store, now).map_err(&fail)?;
         Ok(true)
+    }
+
+    /// Logs the lapse of a tenure that new pins ended at `t` (the last pin
+    /// of a tenure past its expiry removed): at that moment, not at the old
+    /// expiry.
+    fn note_ended(
+        &self,
+        store: &DynStore<'_>,
+        key: &Key,
+        ended: Option<String>,
+        epoch: u64,
+        t: i64,
+    ) -> rusqlite::Result<()> {
+        let Some(holder) = ended else {
+            return Ok(());
+        };
+        self.event(
+            store,
+            key,
+            EventRecord {
+                at_ms: t,
+                kind: "lapsed",
+                holder: Some(holder),
+                epoch,
+                entity: None,
+                detail: None,
+            },
+        )
     }
 
     /// Deletes pins that have expired by `t`; returns the live ones.

@@ -221,10 +221,7 @@ pub fn guarded_write(
         token.add_to(&mut txn);
     }
     txn.execute(
-        "INSERT INTO checker_writes
-             (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
-         SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
-         FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6",
+        INSERT_WRITE,
         (
             i64::from(proc),
             holder.to_owned(),
@@ -237,6 +234,14 @@ pub fn guarded_write(
     );
     engine.commit(&txn).map(drop)
 }
+
+/// Inserts one row of [`WRITES_TABLE`] with the lease as the writing
+/// transaction sees it. Parameters: proc, holder, epoch, seq, namespace,
+/// name, and the wall clock (ms) before the guard.
+const INSERT_WRITE: &str = "INSERT INTO checker_writes
+         (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
+     SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
+     FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6";
 
 /// What [`check`] should assume about the run.
 #[derive(Clone, Copy, Debug)]
@@ -913,9 +918,9 @@ fn write_in_own_txn(
     (proc, holder, epoch, seq): (u32, &str, u64, u64),
     inside: impl Fn(),
 ) -> crate::Result<()> {
-    let storage = |e| Error::Storage {
-        context: crate::Context::new("write").key(key).holder(holder),
-        source: e,
+    let storage = |e| {
+        let context = crate::Context::new("write").key(key).holder(holder);
+        Error::storage(context, e, engine.busy_timeout())
     };
     let mut conn = engine.connection()?;
     let tx = conn
@@ -928,10 +933,7 @@ fn write_in_own_txn(
     inside();
     std::thread::sleep(Duration::from_millis(1));
     tx.execute(
-        "INSERT INTO checker_writes
-             (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
-         SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
-         FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6",
+        INSERT_WRITE,
         rusqlite::params![
             i64::from(proc),
             holder,

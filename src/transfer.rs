@@ -277,7 +277,7 @@ impl Engine {
                         )
                         .map_err(fail)?;
                     let pins = store.pins(&pin.key).map_err(fail)?;
-                    let rec = rec.repin(PinRecord::pinned_until(&pins, t), now);
+                    let (rec, _) = rec.repin(PinRecord::pinned_until(&pins, t), now);
                     store.save(&pin.key, &rec).map_err(fail)?;
                     summary.pins += 1;
                 }

@@ -66,28 +66,19 @@ impl Engine {
                 return Err(Error::Stopped { context: ctx() });
             }
             let seen = driver.generation();
-            let lease = match self.lease(key) {
-                Ok(Some(lease)) if lease.is_held() => lease,
-                Ok(_) => return Ok(()),
-                // A busy database is no answer: look again (until the
-                // deadline), as Juju's waiter only gives up when stopped.
-                Err(e) if e.is_transient() => {
-                    let now = Instant::now();
-                    if deadline.is_some_and(|d| now >= d) {
-                        return Err(Error::Timeout {
-                            context: ctx(),
-                            waited: now - started,
-                        });
-                    }
-                    driver.wait_change(seen, Duration::from_millis(10));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
             let mut wait = BACKSTOP;
-            if let Some(until) = lease.held_until() {
-                let left = to_ms(until) - self.now_ms();
-                wait = wait.min(Duration::from_millis(left.max(0) as u64));
+            match self.lease(key) {
+                Ok(Some(lease)) if lease.is_held() => {
+                    if let Some(until) = lease.held_until() {
+                        let left = to_ms(until) - self.now_ms();
+                        wait = wait.min(Duration::from_millis(left.max(0) as u64));
+                    }
+                }
+                Ok(_) => return Ok(()),
+                // A busy database is no answer: look again soon (until the
+                // deadline), as Juju's waiter only gives up when stopped.
+                Err(e) if e.is_transient() => wait = Duration::from_millis(10),
+                Err(e) => return Err(e),
             }
             if let Some(deadline) = deadline {
                 let now = Instant::now();

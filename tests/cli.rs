@@ -20,14 +20,16 @@ fn bin() -> Command {
     cmd
 }
 
+/// `leasehold --db DB`, to add arguments to.
+fn on(db: &Path) -> Command {
+    let mut cmd = bin();
+    cmd.arg("--db").arg(db);
+    cmd
+}
+
 /// Runs `leasehold --db DB args…`.
 fn lh(db: &Path, args: &[&str]) -> Output {
-    bin()
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .output()
-        .expect("run leasehold")
+    on(db).args(args).output().expect("run leasehold")
 }
 
 fn stdout(o: &Output) -> String {
@@ -235,9 +237,7 @@ fn bad_input_gets_a_clear_error_and_its_exit_code() -> R {
     fails(&lh(p, &["claim", "ops", "k"]), 2);
     fails(&lh(p, &["frobnicate"]), 2);
     // A name that is not UTF-8 is refused by the argument parser.
-    let raw = bin()
-        .arg("--db")
-        .arg(p)
+    let raw = on(p)
         .args(["claim", "ops"])
         .arg(OsString::from_vec(vec![b'a', 0xff, b'b']))
         .args(["h", "--for", "1s"])
@@ -322,9 +322,7 @@ fn run_is_denied_or_waits_while_another_holds_the_lease() -> R {
     assert!(err.contains("held by other"), "{err}");
 
     // With --wait it starts once the lease is released.
-    let mut waiting = bin()
-        .arg("--db")
-        .arg(&db.path)
+    let mut waiting = on(&db.path)
         .args([
             "run",
             "ops",
@@ -352,9 +350,7 @@ fn run_stops_the_child_when_the_lease_is_revoked_elsewhere() -> R {
     let db = TempDb::new();
     let marker = db.dir.path().join("started");
     let script = format!("touch {}; exec sleep 60", marker.display());
-    let child = bin()
-        .arg("--db")
-        .arg(&db.path)
+    let child = on(&db.path)
         .args([
             "run", "ops", "m", "host-1", "--grace", "5s", "--", "sh", "-c", &script,
         ])
@@ -454,9 +450,7 @@ fn two_runs_as_one_holder_never_share_a_tenure() -> R {
         log.display()
     );
     let start = || {
-        bin()
-            .arg("--db")
-            .arg(&db.path)
+        on(&db.path)
             .args([
                 "run", "ops", "m", "host-1", "--wait", "--", "sh", "-c", &script,
             ])
@@ -501,9 +495,7 @@ fn run_stops_everything_its_command_started_when_the_lease_is_lost() -> R {
         "sleep 300 & echo $! > {0}.tmp; mv {0}.tmp {0}; wait",
         pid_file.display()
     );
-    let child = bin()
-        .arg("--db")
-        .arg(&db.path)
+    let child = on(&db.path)
         .args([
             "run", "ops", "m", "host-1", "--grace", "5s", "--", "sh", "-c", &script,
         ])
@@ -531,9 +523,7 @@ fn run_reports_a_lease_lost_just_before_a_clean_exit() -> R {
         started.display(),
         go.display()
     );
-    let child = bin()
-        .arg("--db")
-        .arg(&db.path)
+    let child = on(&db.path)
         .args(["run", "ops", "m", "host-1", "--", "sh", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()?;
@@ -598,9 +588,7 @@ fn export_then_import_round_trips() -> R {
     assert!(ok(&lh(&dst.path, &["claim", "ops", "b", "h4", "--for", "1s"])).contains("epoch 3"));
     // Re-importing the same dump is refused for b (its epoch is now lower).
     let err = fails(
-        &bin()
-            .arg("--db")
-            .arg(&dst.path)
+        &on(&dst.path)
             .args(["import"])
             .stdin(std::fs::File::open(&file)?)
             .output()?,
@@ -612,9 +600,7 @@ fn export_then_import_round_trips() -> R {
 
 fn import_refused(db: &Path, input: impl AsRef<[u8]>) -> String {
     let before = export(db);
-    let mut child = bin()
-        .arg("--db")
-        .arg(db)
+    let mut child = on(db)
         .arg("import")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -743,9 +729,7 @@ fn watch_prints_transitions_from_other_processes() -> R {
     // Reading commands do not create databases.
     let err = fails(&lh(&db.dir.path().join("typo.db"), &["watch"]), 5);
     assert!(err.contains("no database at"), "{err}");
-    let watcher = bin()
-        .arg("--db")
-        .arg(&db.path)
+    let watcher = on(&db.path)
         .args(["watch", "ops", "--duration", "20s"])
         .stdout(Stdio::piped())
         .spawn()?;
@@ -780,9 +764,7 @@ fn watch_prints_transitions_from_other_processes() -> R {
         ["claimed h1", "released h1", "claimed h2", "lapsed h2"]
     );
     // JSON mode prints one object per transition.
-    let json = ok(&bin()
-        .arg("--db")
-        .arg(&db.path)
+    let json = ok(&on(&db.path)
         .args(["--json", "watch", "ops", "--duration", "1s"])
         .output()?);
     assert!(
@@ -797,9 +779,7 @@ fn watch_prints_transitions_from_other_processes() -> R {
 fn watch_says_each_lapse_once_even_when_it_saw_the_lease_already_lapsed() -> R {
     let db = TempDb::new();
     ok(&lh(&db.path, &["migrate"]));
-    let watcher = bin()
-        .arg("--db")
-        .arg(&db.path)
+    let watcher = on(&db.path)
         .args(["watch", "ops", "--duration", "20s"])
         .stdout(Stdio::piped())
         .spawn()?;

@@ -601,3 +601,17 @@ fn an_unpin_that_ends_a_tenure_logs_the_lapse_at_the_unpin() -> R {
     );
     Ok(())
 }
+
+#[test]
+fn claim_new_begins_a_tenure_or_nothing_even_for_the_holder() -> R {
+    let (_db, engine, _clock) = manual_engine();
+    let k = key("once");
+    assert_eq!(engine.claim_new(&k, "h1", secs(10))?.epoch(), 1);
+    match engine.claim_new(&k, "h1", secs(10)) {
+        Err(Error::ClaimDenied { current_holder, .. }) => assert_eq!(current_holder, "h1"),
+        other => panic!("expected a denial naming h1, got {other:?}"),
+    }
+    engine.release(&k, "h1")?;
+    assert_eq!(engine.claim_new(&k, "h1", secs(10))?.epoch(), 2);
+    Ok(())
+}

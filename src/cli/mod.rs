@@ -270,14 +270,7 @@ impl Output {
     /// command goes on (or ends with a code of its own): one line, JSON
     /// with `--json`, printed even with `--quiet`.
     pub fn notice(&self, kind: &str, code: u8, message: &str) {
-        if self.json {
-            eprintln!(
-                "{}",
-                serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
-            );
-        } else {
-            eprintln!("leasehold: {}", one_line(message));
-        }
+        print_error(kind, code, message, self.json);
     }
 
     /// Prints a JSON value (when JSON was asked for, unless quiet).
@@ -297,13 +290,18 @@ fn json_requested(args: &[OsString]) -> bool {
 }
 
 fn report(e: &CliError, json: bool) {
+    print_error(e.kind(), e.code(), &e.message(), json);
+}
+
+/// One error line on stderr: JSON with `--json`.
+fn print_error(kind: &str, code: u8, message: &str, json: bool) {
     if json {
         eprintln!(
             "{}",
-            serde_json::json!({"error": {"kind": e.kind(), "code": e.code(), "message": e.message()}})
+            serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
         );
     } else {
-        eprintln!("leasehold: {}", one_line(&e.message()));
+        eprintln!("leasehold: {}", one_line(message));
     }
 }
 

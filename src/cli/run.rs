@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use leasehold::rusqlite::TransactionBehavior;
 use leasehold::{Engine, Error, Key, Tenure};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -228,43 +227,24 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     Ok(code)
 }
 
-/// Begins a new tenure for the holder. Refused — or, with `--wait`, waited
-/// for — while anyone holds the lease, the same holder included: a claim by
-/// the holder would extend its tenure, and two runs as one holder would
-/// share it. The check and the claim are one transaction, so two runs
-/// cannot both pass it.
+/// Begins a new tenure for the holder ([`Engine::claim_new`]). Refused —
+/// or, with `--wait`, waited for — while anyone holds the lease, the same
+/// holder included: two runs as one holder must not share a tenure.
 fn claim_new(engine: &Engine, key: &Key, args: &RunArgs) -> Result<Tenure, CliError> {
     loop {
-        let mut conn = engine.connection()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| CliError::Failed(format!("claiming {key}: {e}")))?;
-        let ops = engine.in_txn(&tx)?;
-        let ours = ops
-            .lease(key)?
-            .is_some_and(|l| l.holder() == Some(args.holder.as_str()));
-        let denied = if ours {
-            CliError::Denied(format!(
-                "{key} is already held by {} (another run as {}?); a tenure is never shared",
-                args.holder, args.holder
-            ))
-        } else {
-            match ops.claim(key, &args.holder, args.duration) {
-                Ok(tenure) => {
-                    tx.commit()
-                        .map_err(|e| CliError::Failed(format!("claiming {key}: {e}")))?;
-                    return Ok(tenure);
-                }
-                Err(e @ Error::ClaimDenied { .. }) => CliError::Lease(e),
-                Err(e) => return Err(e.into()),
+        match engine.claim_new(key, &args.holder, args.duration) {
+            Ok(tenure) => return Ok(tenure),
+            Err(Error::ClaimDenied { .. }) if args.wait => {
+                engine.block_until_released(key)?;
             }
-        };
-        if !args.wait {
-            return Err(denied);
+            Err(Error::ClaimDenied { current_holder, .. }) if current_holder == args.holder => {
+                return Err(CliError::Denied(format!(
+                    "{key} is already held by {0} (another run as {0}?); a tenure is never shared",
+                    args.holder
+                )));
+            }
+            Err(e) => return Err(e.into()),
         }
-        drop(tx);
-        drop(conn);
-        engine.block_until_released(key)?;
     }
 }
 
