@@ -530,9 +530,9 @@ mod tests {
             (
                 Error::SchemaTooNew {
                     found: 9,
-                    supported: 2,
+                    supported: 3,
                 },
-                "database schema version 9 is newer than this build of leasehold supports (up to 2); \
+                "database schema version 9 is newer than this build of leasehold supports (up to 3); \
                  upgrade leasehold",
             ),
             (
