@@ -306,7 +306,7 @@ impl<'c> InTxn<'c> {
             },
         )
         .map_err(&fail)?;
-        store.save(key, &rec).map_err(&fail)?;
+        store.save_same_epoch(key, &rec).map_err(&fail)?;
         self.finish_write(store, now).map_err(&fail)
     }
 
@@ -348,7 +348,7 @@ impl<'c> InTxn<'c> {
             }
         };
         if rec != current {
-            store.save(key, &rec).map_err(&fail)?;
+            store.save_same_epoch(key, &rec).map_err(&fail)?;
             self.finish_write(store, now).map_err(&fail)?;
         }
         Ok(before)
@@ -403,7 +403,7 @@ impl<'c> InTxn<'c> {
             },
         )
         .map_err(&fail)?;
-        store.save(key, &rec).map_err(&fail)?;
+        store.save_same_epoch(key, &rec).map_err(&fail)?;
         self.finish_write(store, now).map_err(&fail)
     }
 
@@ -443,7 +443,7 @@ impl<'c> InTxn<'c> {
         .map_err(&fail)?;
         self.note_ended(store, key, ended, rec.epoch, t)
             .map_err(&fail)?;
-        store.save(key, &rec).map_err(&fail)?;
+        store.save_same_epoch(key, &rec).map_err(&fail)?;
         self.finish_write(store, now).map_err(&fail)?;
         Ok(true)
     }

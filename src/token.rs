@@ -223,12 +223,12 @@ impl LeaseToken {
         // whole row only to say why it failed.
         let (ns, name, holder) = (self.key.namespace(), self.key.name(), &self.holder);
         let held = match self.epoch {
-            Some(epoch) => conn.prepare_cached(FENCED_GUARD_QUERY).and_then(|mut s| {
-                s.query_row(params![ns, name, holder, epoch as i64, now], |r| r.get(0))
-            }),
+            Some(epoch) => conn
+                .prepare_cached(FENCED_GUARD_QUERY)
+                .and_then(|mut s| s.exists(params![ns, name, holder, epoch as i64, now])),
             None => conn
                 .prepare_cached(GUARD_QUERY)
-                .and_then(|mut s| s.query_row(params![ns, name, holder, now], |r| r.get(0))),
+                .and_then(|mut s| s.exists(params![ns, name, holder, now])),
         }
         .map_err(storage)?;
         if held {
