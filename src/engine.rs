@@ -1,11 +1,12 @@
 //! The SQLite engine: opening the database, the connection pool, engine time,
 //! and running lease operations in write transactions.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -268,6 +269,7 @@ impl EngineBuilder {
                     self.file_events,
                     self.errors,
                 )),
+                known_tenures: Mutex::new(HashMap::new()),
             }),
         };
         // Moving a manual clock wakes waiters and trackers at once.
@@ -441,7 +443,24 @@ pub(crate) struct Inner {
     /// is then set at each checkout.
     sqlite_handler: bool,
     pub(crate) driver: Arc<Driver>,
+    /// The latest tenure of each key claimed through [`Engine::claim`] (and
+    /// committed), so that claiming it again, an extension, can take the
+    /// one-statement path of [`Engine::extend`]. Only a hint: the statement
+    /// checks holder, epoch and expiry against the row, and a miss takes
+    /// the full path. Cleared when it reaches [`KNOWN_TENURES_MAX`] keys.
+    known_tenures: Mutex<HashMap<Key, KnownTenure>>,
 }
+
+/// A tenure this engine claimed; see `Inner::known_tenures`.
+pub(crate) struct KnownTenure {
+    holder: String,
+    epoch: u64,
+    started_ms: i64,
+    expiry_ms: i64,
+}
+
+/// The most keys [`Inner::known_tenures`] remembers.
+const KNOWN_TENURES_MAX: usize = 4096;
 
 impl Inner {
     /// Persists the engine's high-water mark if it is ahead of the stored one
@@ -821,10 +840,51 @@ impl Engine {
     ///   [`Error::Stopped`]: after these nothing may be inferred about the
     ///   lease.
     pub fn claim(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
-        self.write(
+        let known = self.known_tenure(key, holder);
+        let tenure = self.write(
             || Context::new("claim").key(key).holder(holder),
-            |tx| tx.claim(key, holder, duration),
-        )
+            |tx| tx.claim_known(key, holder, duration, known),
+        )?;
+        self.remember_tenure(&tenure);
+        Ok(tenure)
+    }
+
+    /// The tenure of `key` this engine last claimed for `holder`, if it
+    /// remembers one: `(epoch, started_ms, expiry_ms)`.
+    fn known_tenure(&self, key: &Key, holder: &str) -> Option<(u64, i64, i64)> {
+        let known = self.inner.known_tenures.lock().ok()?;
+        known
+            .get(key)
+            .filter(|t| t.holder == holder)
+            .map(|t| (t.epoch, t.started_ms, t.expiry_ms))
+    }
+
+    /// Remembers a committed claim (see `Inner::known_tenures`).
+    fn remember_tenure(&self, tenure: &Tenure) {
+        let Ok(mut known) = self.inner.known_tenures.lock() else {
+            return;
+        };
+        let expiry_ms = to_ms(tenure.expires_at);
+        if let Some(t) = known.get_mut(&tenure.key)
+            && t.holder == tenure.holder
+        {
+            t.epoch = tenure.epoch;
+            t.started_ms = to_ms(tenure.started_at);
+            t.expiry_ms = expiry_ms;
+            return;
+        }
+        if known.len() >= KNOWN_TENURES_MAX {
+            known.clear();
+        }
+        known.insert(
+            tenure.key.clone(),
+            KnownTenure {
+                holder: tenure.holder.clone(),
+                epoch: tenure.epoch,
+                started_ms: to_ms(tenure.started_at),
+                expiry_ms,
+            },
+        );
     }
 
     /// Claims `key` for `holder` only if it is vacant: a new tenure or
@@ -864,6 +924,19 @@ impl Engine {
             },
             |tx| tx.extend(tenure, duration),
         )
+        .inspect(|t| self.extended_tenure(t))
+    }
+
+    /// Keeps what [`Engine::claim`] remembers of `tenure` up to date after
+    /// an extension, so that its expiry stays exact.
+    fn extended_tenure(&self, tenure: &Tenure) {
+        if let Ok(mut known) = self.inner.known_tenures.lock()
+            && let Some(t) = known.get_mut(&tenure.key)
+            && t.holder == tenure.holder
+            && t.epoch == tenure.epoch
+        {
+            t.expiry_ms = t.expiry_ms.max(to_ms(tenure.expires_at));
+        }
     }
 
     /// Extends many tenures in one transaction, as [`Engine::extend`] does

@@ -146,6 +146,46 @@ impl<'c> InTxn<'c> {
         self.claim_as(key, holder, duration, false)
     }
 
+    /// As [`InTxn::claim`], trying first to extend `known`, a tenure
+    /// `(epoch, started_ms, expiry_ms)` of `holder` that the engine
+    /// committed earlier, in one statement (as [`Engine::extend`] does); if
+    /// it is not current any more, the full claim.
+    pub(crate) fn claim_known(
+        &self,
+        key: &Key,
+        holder: &str,
+        duration: Duration,
+        known: Option<(u64, i64, i64)>,
+    ) -> Result<Tenure> {
+        let Some((epoch, started_ms, expiry_ms)) = known else {
+            return self.claim(key, holder, duration);
+        };
+        let ms = duration_ms("duration", duration)?;
+        let fail = self.fail(|| Context::new("claim").key(key).holder(holder));
+        let store_ref = self.store();
+        let store: &DynStore<'_> = &*store_ref;
+        let (now, fraction) = self.engine.now_reading();
+        let ms = ms + i64::from(fraction);
+        if !store
+            .extend_tenure(key, holder, epoch, now, ms)
+            .map_err(&fail)?
+        {
+            return self.claim(key, holder, duration);
+        }
+        self.finish_write(store, now).map_err(&fail)?;
+        Ok(Tenure {
+            engine: self.engine.clone(),
+            key: key.clone(),
+            holder: holder.to_owned(),
+            epoch,
+            started_at: from_ms(started_ms),
+            // Exact unless another engine extended this tenure too (the
+            // same holder in two processes): then a lower bound.
+            expires_at: from_ms(expiry_ms.max(now.saturating_add(ms))),
+            extended: true,
+        })
+    }
+
     /// As [`Engine::claim_new`], inside this transaction.
     ///
     /// # Errors

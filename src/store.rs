@@ -48,7 +48,8 @@ pub(crate) const FENCED_GUARD_SQL: &str = guard_predicate!(" AND epoch = ?");
 pub(crate) const GUARD_QUERY: &str = concat!("SELECT 1 ", guard_from_where!(""));
 
 /// [`FENCED_GUARD_SQL`] as a query of its own.
-pub(crate) const FENCED_GUARD_QUERY: &str = concat!("SELECT 1 ", guard_from_where!(" AND epoch = ?"));
+pub(crate) const FENCED_GUARD_QUERY: &str =
+    concat!("SELECT 1 ", guard_from_where!(" AND epoch = ?"));
 
 /// A lease transition worth keeping in the history.
 #[derive(Clone, Debug, PartialEq, Eq)]

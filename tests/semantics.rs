@@ -36,6 +36,65 @@ fn the_holder_reclaiming_extends_with_the_same_epoch() -> R {
     Ok(())
 }
 
+/// `Engine::claim` remembers the tenures it claimed and extends them in one
+/// statement when claimed again; whatever happened to the lease meanwhile,
+/// through this engine or another, the answer is the full path's.
+#[test]
+fn reclaiming_after_changes_elsewhere_answers_as_a_fresh_claim_would() -> R {
+    let (db, engine, clock) = manual_engine();
+    let other = Engine::builder(&db.path).clock(clock.clone()).build()?;
+    let a = key("a");
+    let first = engine.claim(&a, "h1", secs(10))?;
+    assert_eq!(first.epoch(), 1);
+
+    // Revoked elsewhere: the next claim is a new tenure.
+    other.revoke(&a)?;
+    let second = engine.claim(&a, "h1", secs(10))?;
+    assert_eq!((second.epoch(), second.is_extension()), (2, false));
+
+    // Ran out: a new tenure, not an extension of the lapsed one.
+    clock.advance(secs(11));
+    let third = engine.claim(&a, "h1", secs(10))?;
+    assert_eq!((third.epoch(), third.is_extension()), (3, false));
+    assert_eq!(third.started_at(), t0() + secs(11));
+
+    // Released and taken by someone else elsewhere: denied.
+    engine.release(&a, "h1")?;
+    other.claim(&a, "h2", secs(10))?;
+    assert!(matches!(
+        engine.claim(&a, "h1", secs(10)),
+        Err(Error::ClaimDenied { .. })
+    ));
+
+    // h2 releases, h1 claims (epoch 5); the same holder in another engine
+    // extends it for longer; claiming again here keeps the longer expiry.
+    other.release(&a, "h2")?;
+    let fifth = engine.claim(&a, "h1", secs(10))?;
+    assert_eq!(fifth.epoch(), 5);
+    other.claim(&a, "h1", secs(100))?;
+    let again = engine.claim(&a, "h1", secs(10))?;
+    assert_eq!((again.epoch(), again.is_extension()), (5, true));
+    assert_eq!(again.started_at(), fifth.started_at());
+    assert!(again.expires_at() <= t0() + secs(111), "a lower bound");
+    let stored = engine.lease(&a)?.expect("lease");
+    assert_eq!(
+        stored.expires_at(),
+        Some(t0() + secs(111)),
+        "never shortened"
+    );
+
+    // Extended through this engine: the next claim's expiry stays exact.
+    let longer = engine.extend(&again, secs(500))?;
+    clock.advance(secs(1));
+    let exact = engine.claim(&a, "h1", secs(10))?;
+    assert_eq!(exact.expires_at(), longer.expires_at());
+    assert_eq!(
+        engine.lease(&a)?.expect("lease").expires_at(),
+        Some(exact.expires_at())
+    );
+    Ok(())
+}
+
 #[test]
 fn another_holder_is_denied_by_name() -> R {
     let (_db, engine, _clock) = manual_engine();
