@@ -457,6 +457,8 @@ pub(crate) struct KnownTenure {
     epoch: u64,
     started_ms: i64,
     expiry_ms: i64,
+    /// Released or revoked through this engine since.
+    ended: bool,
 }
 
 /// The most keys [`Inner::known_tenures`] remembers.
@@ -855,8 +857,20 @@ impl Engine {
         let known = self.inner.known_tenures.lock().ok()?;
         known
             .get(key)
-            .filter(|t| t.holder == holder)
+            .filter(|t| !t.ended && t.holder == holder)
             .map(|t| (t.epoch, t.started_ms, t.expiry_ms))
+    }
+
+    /// Forgets the tenure of `key` remembered for [`Engine::claim`], before
+    /// a write that ends it: the next claim then starts a new tenure without
+    /// first trying to extend this one.
+    fn forget_tenure(&self, key: &Key) {
+        if let Ok(mut known) = self.inner.known_tenures.lock()
+            && let Some(t) = known.get_mut(key)
+        {
+            // Kept, marked, so that the next claim updates it in place.
+            t.ended = true;
+        }
     }
 
     /// Remembers a committed claim (see `Inner::known_tenures`).
@@ -871,6 +885,7 @@ impl Engine {
             t.epoch = tenure.epoch;
             t.started_ms = to_ms(tenure.started_at);
             t.expiry_ms = expiry_ms;
+            t.ended = false;
             return;
         }
         if known.len() >= KNOWN_TENURES_MAX {
@@ -883,6 +898,7 @@ impl Engine {
                 epoch: tenure.epoch,
                 started_ms: to_ms(tenure.started_at),
                 expiry_ms,
+                ended: false,
             },
         );
     }
@@ -981,6 +997,7 @@ impl Engine {
     /// changed); [`Error::InvalidArgument`] for a holder that is not a valid
     /// name; storage errors as for [`Engine::claim`].
     pub fn release(&self, key: &Key, holder: &str) -> Result<()> {
+        self.forget_tenure(key);
         self.write(
             || Context::new("release").key(key).holder(holder),
             |tx| tx.release(key, holder),
@@ -995,6 +1012,7 @@ impl Engine {
     ///
     /// Storage errors as for [`Engine::claim`].
     pub fn revoke(&self, key: &Key) -> Result<Option<Lease>> {
+        self.forget_tenure(key);
         self.write(|| Context::new("revoke").key(key), |tx| tx.revoke(key))
     }
 
