@@ -17,5 +17,11 @@ CREATE TABLE leasehold_events_v3 (
 );
 INSERT INTO leasehold_events_v3 (id, at_ms, namespace, name, kind, holder, epoch, entity, detail)
     SELECT id, at_ms, namespace, name, kind, holder, epoch, entity, detail FROM leasehold_events;
+-- Indexes and triggers an application added to the old table go with it.
+-- Its views name the table by name and read the new one afterwards; the
+-- legacy rename keeps SQLite from checking them in the moment between the
+-- DROP and the RENAME, when they name no table (it would refuse).
 DROP TABLE leasehold_events;
+PRAGMA legacy_alter_table = ON;
 ALTER TABLE leasehold_events_v3 RENAME TO leasehold_events;
+PRAGMA legacy_alter_table = OFF;

@@ -938,20 +938,30 @@ impl Engine {
                     .key(&tenure.key)
                     .holder(&tenure.holder)
             },
-            |tx| tx.extend(tenure, duration),
+            |tx| tx.extend_epoch(&tenure.key, &tenure.holder, tenure.epoch, duration),
         )
-        .inspect(|t| self.extended_tenure(t))
+        .map(|until| {
+            self.extended_tenure(tenure, until);
+            Tenure {
+                expires_at: tenure.expires_at.max(from_ms(until)),
+                extended: true,
+                ..tenure.clone()
+            }
+        })
     }
 
     /// Keeps what [`Engine::claim`] remembers of `tenure` up to date after
-    /// an extension, so that its expiry stays exact.
-    fn extended_tenure(&self, tenure: &Tenure) {
+    /// this engine extended it until at least `until_ms`, so that its expiry
+    /// stays exact. (Only the bound this engine's write proves counts, not
+    /// the caller's `tenure`, which may come from a rolled-back transaction.)
+    fn extended_tenure(&self, tenure: &Tenure, until_ms: i64) {
         if let Ok(mut known) = self.inner.known_tenures.lock()
             && let Some(t) = known.get_mut(&tenure.key)
+            && !t.ended
             && t.holder == tenure.holder
             && t.epoch == tenure.epoch
         {
-            t.expiry_ms = t.expiry_ms.max(to_ms(tenure.expires_at));
+            t.expiry_ms = t.expiry_ms.max(until_ms);
         }
     }
 

@@ -11,6 +11,13 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::{Context, Error, Result};
 
 /// The schema version this build creates and understands.
+///
+/// A database at a later version is refused ([`Error::SchemaTooNew`]), so
+/// during a rolling upgrade, once a newer build has migrated the file,
+/// older builds no longer open it. Version 3 changed only a `CHECK`
+/// (version 2 code would work on it), by rebuilding `leasehold_events`:
+/// indexes or triggers an application added to that table are dropped
+/// (its views keep working).
 pub const SCHEMA_VERSION: u32 = 3;
 
 /// Milliseconds since the Unix epoch, in SQL any SQLite 3 understands
@@ -320,10 +327,15 @@ mod tests {
         }
         conn.execute_batch(
             "INSERT INTO leasehold_events (id, at_ms, namespace, name, kind, holder, epoch)
-             VALUES (7, 1000, 'ns', 'k', 'claimed', 'me', 1)",
+             VALUES (7, 1000, 'ns', 'k', 'claimed', 'me', 1);
+             CREATE VIEW app_claims AS SELECT holder FROM leasehold_events WHERE kind = 'claimed';",
         )
-        .expect("event");
+        .expect("event and an application's view");
         assert_eq!(migrate(&conn)?, SCHEMA_VERSION);
+        let via_view: String = conn
+            .query_row("SELECT holder FROM app_claims", [], |r| r.get(0))
+            .expect("the view reads the rebuilt table");
+        assert_eq!(via_view, "me");
         let kept: (i64, String, String) = conn
             .query_row("SELECT id, kind, holder FROM leasehold_events", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
