@@ -443,19 +443,27 @@ pub fn measure(pair: &mut Pair, rounds: usize, budget: Duration) -> Figure {
         n *= 4;
     }
     let mut f = Figure::default();
-    for _ in 0..rounds {
+    let time = |side: &mut Box<dyn FnMut()>| {
         let t = Instant::now();
         for _ in 0..n {
-            (pair.leasehold)();
+            side();
         }
-        f.leasehold.push(t.elapsed().as_secs_f64() / n as f64);
-        let t = Instant::now();
-        for _ in 0..n {
-            (pair.baseline)();
-        }
-        f.baseline.push(t.elapsed().as_secs_f64() / n as f64);
-        f.ratio
-            .push(f.leasehold[f.leasehold.len() - 1] / f.baseline[f.baseline.len() - 1]);
+        t.elapsed().as_secs_f64() / n as f64
+    };
+    for round in 0..rounds {
+        // Which side goes first alternates, so that what one side leaves
+        // behind (a WAL due for a checkpoint, a busy disk) falls on each
+        // side alike.
+        let (l, b) = if round % 2 == 0 {
+            let l = time(&mut pair.leasehold);
+            (l, time(&mut pair.baseline))
+        } else {
+            let b = time(&mut pair.baseline);
+            (time(&mut pair.leasehold), b)
+        };
+        f.leasehold.push(l);
+        f.baseline.push(b);
+        f.ratio.push(l / b);
     }
     f
 }
