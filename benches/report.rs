@@ -434,4 +434,15 @@ fn print(quick: bool, rows: &[Row]) {
     for r in &cells {
         line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
     }
+    if rows
+        .iter()
+        .any(|r| r.figure.starts_with("claim new tenure"))
+    {
+        println!(
+            "\nA claim that starts a tenure, and a release, each also write the key's history \
+             (the event table `leasehold history` reads): a second WAL page per transaction, \
+             where a raw upsert writes one. The second claim row compares with a baseline \
+             that writes the same two rows."
+        );
+    }
 }
