@@ -122,7 +122,13 @@ fn main() {
         rows.push(slower("guarded write: check_in", &f, 1.15, "bare txn"));
         let f = m(common::guarded_write_fragment(p));
         rows.push(slower("guarded write: SQL fragment", &f, 1.15, "bare txn"));
-        let f = m(common::guarded_write_check_in(p, Synchronous::Full, "FULL"));
+        // fsync times wander more than CPU times: twice the rounds, each as
+        // long as the others'.
+        let f = common::measure(
+            &mut common::guarded_write_check_in(p, Synchronous::Full, "FULL"),
+            rounds * 2 + 1,
+            budget * 2,
+        );
         rows.push(slower(
             "guarded write (check_in), synchronous=FULL",
             &f,
