@@ -17,7 +17,7 @@ use crate::busy::LockWait;
 use crate::clock::{Clock, SystemClock, from_ms, to_ms};
 use crate::driver::{BackgroundStats, Driver, HandleError, LogErrors};
 use crate::error::{Context, Error, Result};
-use crate::key::Key;
+use crate::key::{Key, duration_ms};
 use crate::lease::{Lease, Tenure};
 use crate::ops::InTxn;
 use crate::schema;
@@ -985,8 +985,23 @@ impl Engine {
             || Context::new("extend"),
             |tx| {
                 let mut out = Vec::with_capacity(tenures.len());
+                let ms = match duration_ms("duration", duration) {
+                    Ok(ms) => ms,
+                    Err(_) => {
+                        // The same error for every tenure (errors are not Clone).
+                        out.extend(
+                            tenures
+                                .iter()
+                                .filter_map(|_| duration_ms("duration", duration).err().map(Err)),
+                        );
+                        return Ok(out);
+                    }
+                };
+                // One clock reading for the batch, taken under the write
+                // lock: as if every renewal ran at that instant.
+                let reading = self.now_reading();
                 for t in tenures {
-                    match tx.extend_epoch(&t.key, &t.holder, t.epoch, duration) {
+                    match tx.extend_epoch_at(&t.key, &t.holder, t.epoch, ms, reading) {
                         Ok(ms) => out.push(Ok(t.expires_at.max(from_ms(ms)))),
                         Err(e @ (Error::NotHeld { .. } | Error::InvalidArgument { .. })) => {
                             out.push(Err(e));

@@ -280,10 +280,23 @@ impl<'c> InTxn<'c> {
         duration: Duration,
     ) -> Result<i64> {
         let ms = duration_ms("duration", duration)?;
+        self.extend_epoch_at(key, holder, epoch, ms, self.engine.now_reading())
+    }
+
+    /// [`InTxn::extend_epoch`] for a duration already checked (`ms`) at the
+    /// engine time `reading` (from `Engine::now_reading`): a batch of
+    /// renewals reads the clock once.
+    pub(crate) fn extend_epoch_at(
+        &self,
+        key: &Key,
+        holder: &str,
+        epoch: u64,
+        ms: i64,
+        (now, fraction): (i64, bool),
+    ) -> Result<i64> {
         let fail = self.fail(|| Context::new("extend").key(key).holder(holder));
         let store_ref = self.store();
         let store: &DynStore<'_> = &*store_ref;
-        let (now, fraction) = self.engine.now_reading();
         let ms = ms + i64::from(fraction);
         let extended = store
             .extend_tenure(key, holder, epoch, now, ms)

@@ -375,25 +375,25 @@ impl Store for SqliteStore<'_> {
         // The common case only: the row was last written no later than
         // `now` (so max(now, updated_ms) = now), the holder and epoch match,
         // and max(expiry, pinned_until) > now; then expiry = max(expiry,
-        // now + d) and updated = now. The last condition keeps now + d
-        // inside i64 (SQLite would turn an overflow into a float). In every
-        // other case nothing is written and the caller falls back to the
-        // state machine, which also handles a row from a clock ahead of ours.
+        // now + d) and updated = now. In every other case nothing is written
+        // and the caller falls back to the state machine, which also handles
+        // a row from a clock ahead of ours, and a sum past i64::MAX.
+        let Some(until) = now.checked_add(duration_ms) else {
+            return Ok(false);
+        };
         self.with(
             "UPDATE main.leasehold_leases
-             SET expiry_ms = max(expiry_ms, ?3 + ?4), updated_ms = ?3
+             SET expiry_ms = max(expiry_ms, ?4), updated_ms = ?3
              WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6
-               AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)
-               AND ?3 <= ?7",
+               AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)",
             |st| {
                 st.execute(params![
                     key.namespace(),
                     key.name(),
                     now,
-                    duration_ms,
+                    until,
                     holder,
                     epoch,
-                    i64::MAX - duration_ms
                 ])
             },
         )
