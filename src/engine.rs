@@ -21,7 +21,7 @@ use crate::key::{Key, duration_ms};
 use crate::lease::{Lease, Tenure};
 use crate::ops::InTxn;
 use crate::schema;
-use crate::store::{SqliteStore, Store};
+use crate::store::{Known, SqliteStore, Store};
 use crate::token::LeaseToken;
 use crate::txn::Txn;
 
@@ -446,17 +446,16 @@ pub(crate) struct Inner {
     /// The latest tenure of each key claimed through [`Engine::claim`] (and
     /// committed), so that claiming it again, an extension, can take the
     /// one-statement path of [`Engine::extend`]. Only a hint: the statement
-    /// checks holder, epoch and expiry against the row, and a miss takes
-    /// the full path. Cleared when it reaches [`KNOWN_TENURES_MAX`] keys.
+    /// checks holder, epoch, start and expiry against the row, and a miss
+    /// takes the full path. Cleared when it reaches [`KNOWN_TENURES_MAX`]
+    /// keys.
     known_tenures: Mutex<HashMap<Key, KnownTenure>>,
 }
 
 /// A tenure this engine claimed; see `Inner::known_tenures`.
 pub(crate) struct KnownTenure {
     holder: String,
-    epoch: u64,
-    started_ms: i64,
-    expiry_ms: i64,
+    known: Known,
     /// Released or revoked through this engine since.
     ended: bool,
 }
@@ -852,13 +851,13 @@ impl Engine {
     }
 
     /// The tenure of `key` this engine last claimed for `holder`, if it
-    /// remembers one: `(epoch, started_ms, expiry_ms)`.
-    fn known_tenure(&self, key: &Key, holder: &str) -> Option<(u64, i64, i64)> {
+    /// remembers one.
+    fn known_tenure(&self, key: &Key, holder: &str) -> Option<Known> {
         let known = self.inner.known_tenures.lock().ok()?;
         known
             .get(key)
             .filter(|t| !t.ended && t.holder == holder)
-            .map(|t| (t.epoch, t.started_ms, t.expiry_ms))
+            .map(|t| t.known)
     }
 
     /// Forgets the tenure of `key` remembered for [`Engine::claim`], before
@@ -878,13 +877,15 @@ impl Engine {
         let Ok(mut known) = self.inner.known_tenures.lock() else {
             return;
         };
-        let expiry_ms = to_ms(tenure.expires_at);
+        let now_known = Known {
+            epoch: tenure.epoch,
+            started_ms: to_ms(tenure.started_at),
+            expiry_ms: to_ms(tenure.expires_at),
+        };
         if let Some(t) = known.get_mut(&tenure.key)
             && t.holder == tenure.holder
         {
-            t.epoch = tenure.epoch;
-            t.started_ms = to_ms(tenure.started_at);
-            t.expiry_ms = expiry_ms;
+            t.known = now_known;
             t.ended = false;
             return;
         }
@@ -895,9 +896,7 @@ impl Engine {
             tenure.key.clone(),
             KnownTenure {
                 holder: tenure.holder.clone(),
-                epoch: tenure.epoch,
-                started_ms: to_ms(tenure.started_at),
-                expiry_ms,
+                known: now_known,
                 ended: false,
             },
         );
@@ -950,18 +949,18 @@ impl Engine {
         })
     }
 
-    /// Keeps what [`Engine::claim`] remembers of `tenure` up to date after
-    /// this engine extended it until at least `until_ms`, so that its expiry
-    /// stays exact. (Only the bound this engine's write proves counts, not
-    /// the caller's `tenure`, which may come from a rolled-back transaction.)
+    /// Keeps what [`Engine::claim`] remembers of `tenure` in step with this
+    /// engine's extension of it until `until_ms`: the stored expiry is now
+    /// `max(before, until_ms)`. (If the row had moved on unseen, the
+    /// remembered expiry stays wrong and the next claim's check misses.)
     fn extended_tenure(&self, tenure: &Tenure, until_ms: i64) {
         if let Ok(mut known) = self.inner.known_tenures.lock()
             && let Some(t) = known.get_mut(&tenure.key)
             && !t.ended
             && t.holder == tenure.holder
-            && t.epoch == tenure.epoch
+            && t.known.epoch == tenure.epoch
         {
-            t.expiry_ms = t.expiry_ms.max(until_ms);
+            t.known.expiry_ms = t.known.expiry_ms.max(until_ms);
         }
     }
 

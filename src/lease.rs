@@ -397,11 +397,7 @@ impl Tenure {
     }
 
     /// The stored expiry after this claim. Pins may hold the lease beyond it.
-    ///
-    /// After an extension ([`Engine::extend`](crate::Engine::extend), or a
-    /// claim by the current holder) it is a lower bound: the stored expiry
-    /// is later if the tenure was also extended by other means (another
-    /// process as the same holder, say) for longer.
+    /// (From [`Engine::extend`](crate::Engine::extend): a lower bound.)
     pub fn expires_at(&self) -> DateTime<Utc> {
         self.expires_at
     }

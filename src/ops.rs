@@ -13,7 +13,7 @@ use crate::error::{Context, Error, Result};
 use crate::event::Event;
 use crate::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text};
 use crate::lease::{Claimed, Lease, PinRecord, Record, Tenure};
-use crate::store::{EventRecord, SqliteStore, Store};
+use crate::store::{EventRecord, Known, SqliteStore, Store};
 
 /// Lease operations on a transaction you own; from [`Engine::in_txn`].
 ///
@@ -146,18 +146,18 @@ impl<'c> InTxn<'c> {
         self.claim_as(key, holder, duration, false)
     }
 
-    /// As [`InTxn::claim`], trying first to extend `known`, a tenure
-    /// `(epoch, started_ms, expiry_ms)` of `holder` that the engine
-    /// committed earlier, in one statement (as [`Engine::extend`] does); if
-    /// it is not current any more, the full claim.
+    /// As [`InTxn::claim`], trying first to extend `known`, the tenure of
+    /// `holder` as the engine last committed it, in one statement (as
+    /// [`Engine::extend`] does). If the row shows anything else (another
+    /// tenure, a lapse, an extension by someone else), the full claim.
     pub(crate) fn claim_known(
         &self,
         key: &Key,
         holder: &str,
         duration: Duration,
-        known: Option<(u64, i64, i64)>,
+        known: Option<Known>,
     ) -> Result<Tenure> {
-        let Some((epoch, started_ms, expiry_ms)) = known else {
+        let Some(known) = known else {
             return self.claim(key, holder, duration);
         };
         let ms = duration_ms("duration", duration)?;
@@ -167,7 +167,7 @@ impl<'c> InTxn<'c> {
         let (now, fraction) = self.engine.now_reading();
         let ms = ms + i64::from(fraction);
         if !store
-            .extend_tenure(key, holder, epoch, now, ms)
+            .extend_known(key, holder, known, now, ms)
             .map_err(&fail)?
         {
             return self.claim(key, holder, duration);
@@ -177,11 +177,9 @@ impl<'c> InTxn<'c> {
             engine: self.engine.clone(),
             key: key.clone(),
             holder: holder.to_owned(),
-            epoch,
-            started_at: from_ms(started_ms),
-            // Exact unless another engine extended this tenure too (the
-            // same holder in two processes): then a lower bound.
-            expires_at: from_ms(expiry_ms.max(now.saturating_add(ms))),
+            epoch: known.epoch,
+            started_at: from_ms(known.started_ms),
+            expires_at: from_ms(known.expiry_ms.max(now.saturating_add(ms))),
             extended: true,
         })
     }

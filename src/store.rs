@@ -51,6 +51,14 @@ pub(crate) const GUARD_QUERY: &str = concat!("SELECT 1 ", guard_from_where!(""))
 pub(crate) const FENCED_GUARD_QUERY: &str =
     concat!("SELECT 1 ", guard_from_where!(" AND epoch = ?"));
 
+/// A tenure as a process last wrote it: what a re-claim expects to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub epoch: u64,
+    pub started_ms: i64,
+    pub expiry_ms: i64,
+}
+
 /// A lease transition worth keeping in the history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct EventRecord {
@@ -86,6 +94,18 @@ pub(crate) trait Store {
     /// because a statement that sets no epoch does not run the trigger
     /// guarding epochs, nor journal its page for a statement rollback.
     fn save_same_epoch(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
+
+    /// As [`Store::extend_tenure`], only if the row also still shows the
+    /// start and expiry in `known`; the row is then known exactly: expiry
+    /// `max(known.expiry_ms, now + duration_ms)`.
+    fn extend_known(
+        &self,
+        key: &Key,
+        holder: &str,
+        known: Known,
+        now: i64,
+        duration_ms: i64,
+    ) -> Result<bool, Self::Error>;
 
     /// Saves an extension: only the expiry and the row's time change.
     fn save_extension(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
@@ -394,6 +414,42 @@ impl Store for SqliteStore<'_> {
                     until,
                     holder,
                     epoch,
+                ])
+            },
+        )
+        .map(|n| n == 1)
+    }
+
+    fn extend_known(
+        &self,
+        key: &Key,
+        holder: &str,
+        known: Known,
+        now: i64,
+        duration_ms: i64,
+    ) -> rusqlite::Result<bool> {
+        // As `extend_tenure`, for a tenure whose start and expiry the
+        // caller remembers: only if the row still shows both, so that the
+        // caller knows the resulting row exactly.
+        let Some(until) = now.checked_add(duration_ms) else {
+            return Ok(false);
+        };
+        self.with(
+            "UPDATE main.leasehold_leases
+             SET expiry_ms = max(expiry_ms, ?4), updated_ms = ?3
+             WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6
+               AND started_ms = ?7 AND expiry_ms = ?8
+               AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)",
+            |st| {
+                st.execute(params![
+                    key.namespace(),
+                    key.name(),
+                    now,
+                    until,
+                    holder,
+                    known.epoch,
+                    known.started_ms,
+                    known.expiry_ms,
                 ])
             },
         )
