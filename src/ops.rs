@@ -173,15 +173,21 @@ impl<'c> InTxn<'c> {
             return self.claim(key, holder, duration);
         }
         self.finish_write(store, now).map_err(&fail)?;
-        Ok(Tenure {
+        let expiry_ms = known.expiry_ms.max(now.saturating_add(ms));
+        Ok(self.tenure(key, holder, Known { expiry_ms, ..known }, true))
+    }
+
+    /// The [`Tenure`] of `holder` that the row now shows as `row`.
+    fn tenure(&self, key: &Key, holder: &str, row: Known, extended: bool) -> Tenure {
+        Tenure {
             engine: self.engine.clone(),
             key: key.clone(),
             holder: holder.to_owned(),
-            epoch: known.epoch,
-            started_at: from_ms(known.started_ms),
-            expires_at: from_ms(known.expiry_ms.max(now.saturating_add(ms))),
-            extended: true,
-        })
+            epoch: row.epoch,
+            started_at: from_ms(row.started_ms),
+            expires_at: from_ms(row.expiry_ms),
+            extended,
+        }
     }
 
     /// As [`Engine::claim_new`], inside this transaction.
@@ -243,15 +249,12 @@ impl<'c> InTxn<'c> {
             Claimed::New => store.save(key, &rec).map_err(&fail)?,
         }
         self.finish_write(store, now).map_err(&fail)?;
-        Ok(Tenure {
-            engine: self.engine.clone(),
-            key: key.clone(),
-            holder: holder.to_owned(),
+        let row = Known {
             epoch: rec.epoch,
-            started_at: from_ms(rec.started_ms),
-            expires_at: from_ms(rec.expiry_ms),
-            extended: claimed == Claimed::Extended,
-        })
+            started_ms: rec.started_ms,
+            expiry_ms: rec.expiry_ms,
+        };
+        Ok(self.tenure(key, holder, row, claimed == Claimed::Extended))
     }
 
     /// As [`Engine::extend`], inside this transaction.

@@ -169,6 +169,43 @@ impl<'c> SqliteStore<'c> {
         f(&mut held[i].1)
     }
 
+    /// The one-statement extension (see [`Store::extend_tenure`]): `sql`
+    /// from `extend_sql!`, whose conditions past the sixth parameter take
+    /// `extra`. Only the common case: the row was last written no later
+    /// than `now` (so max(now, updated_ms) = now), the holder and epoch
+    /// match, and max(expiry, pinned_until) > now; then expiry = max(expiry,
+    /// now + d) and updated = now. In every other case nothing is written
+    /// and the caller falls back to the state machine, which also handles a
+    /// row from a clock ahead of ours, and a sum past i64::MAX.
+    #[allow(clippy::too_many_arguments)]
+    fn extend_where(
+        &self,
+        sql: &'static str,
+        key: &Key,
+        holder: &str,
+        epoch: u64,
+        now: i64,
+        duration_ms: i64,
+        extra: &[i64],
+    ) -> rusqlite::Result<bool> {
+        let Some(until) = now.checked_add(duration_ms) else {
+            return Ok(false);
+        };
+        self.with(sql, |st| {
+            st.raw_bind_parameter(1, key.namespace())?;
+            st.raw_bind_parameter(2, key.name())?;
+            st.raw_bind_parameter(3, now)?;
+            st.raw_bind_parameter(4, until)?;
+            st.raw_bind_parameter(5, holder)?;
+            st.raw_bind_parameter(6, epoch)?;
+            for (i, v) in extra.iter().enumerate() {
+                st.raw_bind_parameter(7 + i, v)?;
+            }
+            st.raw_execute()
+        })
+        .map(|n| n == 1)
+    }
+
     /// The latest engine time the database proves has passed: the persisted
     /// high-water mark, or any lease row's last write if later.
     pub fn high_water(&self) -> rusqlite::Result<i64> {
@@ -198,6 +235,20 @@ fn pin_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<PinRecor
         pinned_ms: row.get(at + 2)?,
         expires_ms: row.get(at + 3)?,
     })
+}
+
+/// The one-statement extension's UPDATE, with `$extra` conditions (on
+/// parameters 7 and up) added to its WHERE.
+macro_rules! extend_sql {
+    ($extra:literal) => {
+        concat!(
+            "UPDATE main.leasehold_leases
+             SET expiry_ms = max(expiry_ms, ?4), updated_ms = ?3
+             WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6",
+            $extra,
+            " AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)"
+        )
+    };
 }
 
 macro_rules! record_columns {
@@ -392,32 +443,7 @@ impl Store for SqliteStore<'_> {
         now: i64,
         duration_ms: i64,
     ) -> rusqlite::Result<bool> {
-        // The common case only: the row was last written no later than
-        // `now` (so max(now, updated_ms) = now), the holder and epoch match,
-        // and max(expiry, pinned_until) > now; then expiry = max(expiry,
-        // now + d) and updated = now. In every other case nothing is written
-        // and the caller falls back to the state machine, which also handles
-        // a row from a clock ahead of ours, and a sum past i64::MAX.
-        let Some(until) = now.checked_add(duration_ms) else {
-            return Ok(false);
-        };
-        self.with(
-            "UPDATE main.leasehold_leases
-             SET expiry_ms = max(expiry_ms, ?4), updated_ms = ?3
-             WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6
-               AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)",
-            |st| {
-                st.execute(params![
-                    key.namespace(),
-                    key.name(),
-                    now,
-                    until,
-                    holder,
-                    epoch,
-                ])
-            },
-        )
-        .map(|n| n == 1)
+        self.extend_where(extend_sql!(""), key, holder, epoch, now, duration_ms, &[])
     }
 
     fn extend_known(
@@ -428,32 +454,15 @@ impl Store for SqliteStore<'_> {
         now: i64,
         duration_ms: i64,
     ) -> rusqlite::Result<bool> {
-        // As `extend_tenure`, for a tenure whose start and expiry the
-        // caller remembers: only if the row still shows both, so that the
-        // caller knows the resulting row exactly.
-        let Some(until) = now.checked_add(duration_ms) else {
-            return Ok(false);
-        };
-        self.with(
-            "UPDATE main.leasehold_leases
-             SET expiry_ms = max(expiry_ms, ?4), updated_ms = ?3
-             WHERE namespace = ?1 AND name = ?2 AND holder = ?5 AND epoch = ?6
-               AND started_ms = ?7 AND expiry_ms = ?8
-               AND updated_ms <= ?3 AND (expiry_ms > ?3 OR pinned_until_ms > ?3)",
-            |st| {
-                st.execute(params![
-                    key.namespace(),
-                    key.name(),
-                    now,
-                    until,
-                    holder,
-                    known.epoch,
-                    known.started_ms,
-                    known.expiry_ms,
-                ])
-            },
+        self.extend_where(
+            extend_sql!(" AND started_ms = ?7 AND expiry_ms = ?8"),
+            key,
+            holder,
+            known.epoch,
+            now,
+            duration_ms,
+            &[known.started_ms, known.expiry_ms],
         )
-        .map(|n| n == 1)
     }
 
     fn persist_high_water(&self, ms: i64) -> rusqlite::Result<()> {
