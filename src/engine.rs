@@ -980,28 +980,25 @@ impl Engine {
         tenures: &[Tenure],
         duration: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>>>> {
-        self.write(
+        if duration_ms("duration", duration).is_err() {
+            // The same error for every tenure (errors are not Clone), and
+            // nothing read or written.
+            return Ok(tenures
+                .iter()
+                .filter_map(|_| duration_ms("duration", duration).err().map(Err))
+                .collect());
+        }
+        let ms = duration_ms("duration", duration)?;
+        let untils = self.write(
             || Context::new("extend"),
             |tx| {
-                let mut out = Vec::with_capacity(tenures.len());
-                let ms = match duration_ms("duration", duration) {
-                    Ok(ms) => ms,
-                    Err(_) => {
-                        // The same error for every tenure (errors are not Clone).
-                        out.extend(
-                            tenures
-                                .iter()
-                                .filter_map(|_| duration_ms("duration", duration).err().map(Err)),
-                        );
-                        return Ok(out);
-                    }
-                };
                 // One clock reading for the batch, taken under the write
                 // lock: as if every renewal ran at that instant.
                 let reading = self.now_reading();
+                let mut out = Vec::with_capacity(tenures.len());
                 for t in tenures {
                     match tx.extend_epoch_at(&t.key, &t.holder, t.epoch, ms, reading) {
-                        Ok(ms) => out.push(Ok(t.expires_at.max(from_ms(ms)))),
+                        Ok(until) => out.push(Ok(until)),
                         Err(e @ (Error::NotHeld { .. } | Error::InvalidArgument { .. })) => {
                             out.push(Err(e));
                         }
@@ -1010,7 +1007,17 @@ impl Engine {
                 }
                 Ok(out)
             },
-        )
+        )?;
+        Ok(tenures
+            .iter()
+            .zip(untils)
+            .map(|(t, until)| {
+                until.map(|until| {
+                    self.extended_tenure(t, until);
+                    t.expires_at.max(from_ms(until))
+                })
+            })
+            .collect())
     }
 
     /// Ends `holder`'s tenure of `key` now, so another may claim at once.

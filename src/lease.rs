@@ -397,7 +397,8 @@ impl Tenure {
     }
 
     /// The stored expiry after this claim. Pins may hold the lease beyond it.
-    /// (From [`Engine::extend`](crate::Engine::extend): a lower bound.)
+    /// (From [`Engine::extend`](crate::Engine::extend) or
+    /// [`InTxn::extend`](crate::InTxn::extend): a lower bound.)
     pub fn expires_at(&self) -> DateTime<Utc> {
         self.expires_at
     }

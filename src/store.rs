@@ -192,6 +192,9 @@ impl<'c> SqliteStore<'c> {
             return Ok(false);
         };
         self.with(sql, |st| {
+            // The raw API skips `execute`'s count check, and a held
+            // statement keeps its last bindings: bind every parameter.
+            debug_assert_eq!(st.parameter_count(), 6 + extra.len());
             st.raw_bind_parameter(1, key.namespace())?;
             st.raw_bind_parameter(2, key.name())?;
             st.raw_bind_parameter(3, now)?;
