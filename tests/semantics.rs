@@ -93,6 +93,45 @@ fn reclaiming_after_changes_elsewhere_answers_as_a_fresh_claim_would() -> R {
 }
 
 #[test]
+fn extend_all_renews_each_tenure_or_says_why_not() -> R {
+    let (_db, engine, clock) = manual_engine();
+    let keys = [key("a"), key("b"), key("c")];
+    let tenures = keys
+        .iter()
+        .map(|k| engine.claim(k, "h1", secs(10)))
+        .collect::<Result<Vec<_>, _>>()?;
+    engine.revoke(&keys[1])?;
+    clock.advance(secs(5));
+
+    let out = engine.extend_all(&tenures, secs(30))?;
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0].as_ref().ok(), Some(&(t0() + secs(35))));
+    assert!(matches!(out[1], Err(Error::NotHeld { .. })), "{:?}", out[1]);
+    assert_eq!(out[2].as_ref().ok(), Some(&(t0() + secs(35))));
+    assert_eq!(
+        engine.lease(&keys[2])?.and_then(|l| l.expires_at()),
+        Some(t0() + secs(35))
+    );
+
+    // A bad duration: the same refusal for every tenure, nothing written.
+    let out = engine.extend_all(&tenures, secs(0))?;
+    assert!(
+        out.iter()
+            .all(|r| matches!(r, Err(Error::InvalidArgument { .. })))
+    );
+    assert_eq!(
+        engine.lease(&keys[0])?.and_then(|l| l.expires_at()),
+        Some(t0() + secs(35))
+    );
+
+    // Claiming again afterwards says the renewed expiry.
+    let again = engine.claim(&keys[0], "h1", secs(1))?;
+    assert_eq!((again.epoch(), again.is_extension()), (1, true));
+    assert_eq!(again.expires_at(), t0() + secs(35));
+    Ok(())
+}
+
+#[test]
 fn another_holder_is_denied_by_name() -> R {
     let (_db, engine, _clock) = manual_engine();
     engine.claim(&key("a"), "h1", secs(10))?;
