@@ -980,15 +980,15 @@ impl Engine {
         tenures: &[Tenure],
         duration: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>>>> {
-        if duration_ms("duration", duration).is_err() {
-            // The same error for every tenure (errors are not Clone), and
+        let ms = match duration_ms("duration", duration) {
+            Ok(ms) => ms,
+            // The same refusal for every tenure (errors are not Clone), and
             // nothing read or written.
-            return Ok(tenures
-                .iter()
-                .filter_map(|_| duration_ms("duration", duration).err().map(Err))
-                .collect());
-        }
-        let ms = duration_ms("duration", duration)?;
+            Err(_) => {
+                let refusal = || duration_ms("duration", duration).map(from_ms);
+                return Ok(tenures.iter().map(|_| refusal()).collect());
+            }
+        };
         let untils = self.write(
             || Context::new("extend"),
             |tx| {

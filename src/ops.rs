@@ -111,6 +111,31 @@ impl<'c> InTxn<'c> {
         store.record_event(key, &event, self.engine.inner.event_retention)
     }
 
+    /// Logs a tenure's transition (`kind`: claimed, released, revoked,
+    /// lapsed) at `at_ms`.
+    fn tenure_event(
+        &self,
+        store: &DynStore<'_>,
+        key: &Key,
+        kind: &'static str,
+        holder: String,
+        epoch: u64,
+        at_ms: i64,
+    ) -> rusqlite::Result<()> {
+        self.event(
+            store,
+            key,
+            EventRecord {
+                at_ms,
+                kind,
+                holder: Some(holder),
+                epoch,
+                entity: None,
+                detail: None,
+            },
+        )
+    }
+
     /// Logs the end of a tenure that ran out, if `rec` holds one at `now`.
     fn note_lapse(
         &self,
@@ -120,17 +145,13 @@ impl<'c> InTxn<'c> {
         now: i64,
     ) -> rusqlite::Result<()> {
         match rec.lapsed(now) {
-            Some(holder) => self.event(
+            Some(holder) => self.tenure_event(
                 store,
                 key,
-                EventRecord {
-                    at_ms: rec.expiry_ms.max(rec.pinned_until_ms),
-                    kind: "lapsed",
-                    holder: Some(holder.to_owned()),
-                    epoch: rec.epoch,
-                    entity: None,
-                    detail: None,
-                },
+                "lapsed",
+                holder.to_owned(),
+                rec.epoch,
+                rec.expiry_ms.max(rec.pinned_until_ms),
             ),
             None => Ok(()),
         }
@@ -143,7 +164,7 @@ impl<'c> InTxn<'c> {
     /// As [`Engine::claim`]. After an error, roll your transaction back: a
     /// failed statement may have left part of its work.
     pub fn claim(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
-        self.claim_as(key, holder, duration, false)
+        self.claim_as(key, holder, duration, false, None)
     }
 
     /// As [`InTxn::claim`], trying first to extend `known`, the tenure of
@@ -157,24 +178,7 @@ impl<'c> InTxn<'c> {
         duration: Duration,
         known: Option<Known>,
     ) -> Result<Tenure> {
-        let Some(known) = known else {
-            return self.claim(key, holder, duration);
-        };
-        let ms = duration_ms("duration", duration)?;
-        let fail = self.fail(|| Context::new("claim").key(key).holder(holder));
-        let store_ref = self.store();
-        let store: &DynStore<'_> = &*store_ref;
-        let (now, fraction) = self.engine.now_reading();
-        let ms = ms + i64::from(fraction);
-        if !store
-            .extend_known(key, holder, known, now, ms)
-            .map_err(&fail)?
-        {
-            return self.claim(key, holder, duration);
-        }
-        self.finish_write(store, now).map_err(&fail)?;
-        let expiry_ms = known.expiry_ms.max(now.saturating_add(ms));
-        Ok(self.tenure(key, holder, Known { expiry_ms, ..known }, true))
+        self.claim_as(key, holder, duration, false, known)
     }
 
     /// The [`Tenure`] of `holder` that the row now shows as `row`.
@@ -196,7 +200,7 @@ impl<'c> InTxn<'c> {
     ///
     /// As [`Engine::claim_new`]; after an error, roll your transaction back.
     pub fn claim_new(&self, key: &Key, holder: &str, duration: Duration) -> Result<Tenure> {
-        self.claim_as(key, holder, duration, true)
+        self.claim_as(key, holder, duration, true, None)
     }
 
     fn claim_as(
@@ -205,6 +209,7 @@ impl<'c> InTxn<'c> {
         holder: &str,
         duration: Duration,
         new_only: bool,
+        known: Option<Known>,
     ) -> Result<Tenure> {
         validate_name("holder", holder)?;
         let ms = duration_ms("duration", duration)?;
@@ -215,6 +220,15 @@ impl<'c> InTxn<'c> {
         // The guarantee runs from the instant of the call, which may lie up to
         // a millisecond after `now`: round the expiry up.
         let ms = ms + i64::from(fraction);
+        if let Some(known) = known.filter(|_| !new_only)
+            && store
+                .extend_known(key, holder, known, now, ms)
+                .map_err(&fail)?
+        {
+            self.finish_write(store, now).map_err(&fail)?;
+            let expiry_ms = known.expiry_ms.max(now.saturating_add(ms));
+            return Ok(self.tenure(key, holder, Known { expiry_ms, ..known }, true));
+        }
         let current = store.load(key).map_err(&fail)?;
         let decided = if new_only {
             Record::claim_new(current.as_ref(), holder, now, ms).map(|r| (r, Claimed::New))
@@ -230,17 +244,13 @@ impl<'c> InTxn<'c> {
             if let Some(old) = &current {
                 self.note_lapse(store, key, old, now).map_err(&fail)?;
             }
-            self.event(
+            self.tenure_event(
                 store,
                 key,
-                EventRecord {
-                    at_ms: rec.started_ms,
-                    kind: "claimed",
-                    holder: Some(holder.to_owned()),
-                    epoch: rec.epoch,
-                    entity: None,
-                    detail: None,
-                },
+                "claimed",
+                holder.to_owned(),
+                rec.epoch,
+                rec.started_ms,
             )
             .map_err(&fail)?;
         }
@@ -347,17 +357,13 @@ impl<'c> InTxn<'c> {
             .map_err(&fail)?
             .ok_or_else(|| not_held(None))?;
         let rec = current.release(holder, now).map_err(not_held)?;
-        self.event(
+        self.tenure_event(
             store,
             key,
-            EventRecord {
-                at_ms: rec.updated_ms,
-                kind: "released",
-                holder: Some(holder.to_owned()),
-                epoch: rec.epoch,
-                entity: None,
-                detail: None,
-            },
+            "released",
+            holder.to_owned(),
+            rec.epoch,
+            rec.updated_ms,
         )
         .map_err(&fail)?;
         store.save_same_epoch(key, &rec).map_err(&fail)?;
@@ -381,19 +387,8 @@ impl<'c> InTxn<'c> {
         let before = match ended {
             Some((holder, epoch)) => {
                 let pins = live_pins(&store.pins(key).map_err(&fail)?, rec.updated_ms);
-                self.event(
-                    store,
-                    key,
-                    EventRecord {
-                        at_ms: rec.updated_ms,
-                        kind: "revoked",
-                        holder: Some(holder),
-                        epoch,
-                        entity: None,
-                        detail: None,
-                    },
-                )
-                .map_err(&fail)?;
+                self.tenure_event(store, key, "revoked", holder, epoch, rec.updated_ms)
+                    .map_err(&fail)?;
                 Some(Lease::from_record(key.clone(), &current, pins, now))
             }
             None => {
@@ -516,18 +511,7 @@ impl<'c> InTxn<'c> {
         let Some(holder) = ended else {
             return Ok(());
         };
-        self.event(
-            store,
-            key,
-            EventRecord {
-                at_ms: t,
-                kind: "lapsed",
-                holder: Some(holder),
-                epoch,
-                entity: None,
-                detail: None,
-            },
-        )
+        self.tenure_event(store, key, "lapsed", holder, epoch, t)
     }
 
     /// Deletes pins that have expired by `t`; returns the live ones.

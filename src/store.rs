@@ -254,6 +254,22 @@ macro_rules! extend_sql {
     };
 }
 
+/// A lease row's values in the order `save` and `save_same_epoch` number
+/// them: namespace, name, holder, epoch, started, expiry, pinned until,
+/// updated.
+fn row_values<'a>(key: &'a Key, rec: &'a Record) -> impl rusqlite::Params + 'a {
+    (
+        key.namespace(),
+        key.name(),
+        rec.holder.as_deref(),
+        rec.epoch,
+        rec.started_ms,
+        rec.expiry_ms,
+        rec.pinned_until_ms,
+        rec.updated_ms,
+    )
+}
+
 macro_rules! record_columns {
     () => {
         "holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms"
@@ -280,28 +296,18 @@ impl Store for SqliteStore<'_> {
     fn save(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
         // Existing keys take an UPDATE (the common case: no insert trigger to
         // run); a key's first row takes an INSERT.
-        let values = params![
-            key.namespace(),
-            key.name(),
-            rec.holder,
-            rec.epoch,
-            rec.started_ms,
-            rec.expiry_ms,
-            rec.pinned_until_ms,
-            rec.updated_ms,
-        ];
         let updated = self.with(
             "UPDATE main.leasehold_leases SET holder = ?3, epoch = ?4, started_ms = ?5,
                 expiry_ms = ?6, pinned_until_ms = ?7, updated_ms = ?8
              WHERE namespace = ?1 AND name = ?2",
-            |st| st.execute(values),
+            |st| st.execute(row_values(key, rec)),
         )?;
         if updated == 0 {
             self.with(
                 "INSERT INTO main.leasehold_leases
                     (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                |st| st.execute(values),
+                |st| st.execute(row_values(key, rec)),
             )?;
         }
         Ok(())
@@ -312,18 +318,7 @@ impl Store for SqliteStore<'_> {
             "UPDATE main.leasehold_leases SET holder = ?3, started_ms = ?5, expiry_ms = ?6,
                 pinned_until_ms = ?7, updated_ms = ?8
              WHERE namespace = ?1 AND name = ?2 AND epoch = ?4",
-            |st| {
-                st.execute(params![
-                    key.namespace(),
-                    key.name(),
-                    rec.holder,
-                    rec.epoch,
-                    rec.started_ms,
-                    rec.expiry_ms,
-                    rec.pinned_until_ms,
-                    rec.updated_ms,
-                ])
-            },
+            |st| st.execute(row_values(key, rec)),
         )?;
         // No row yet (a first pin), or (never, from our callers) another
         // epoch stored: the full save inserts, or lets the trigger judge.
@@ -394,21 +389,22 @@ impl Store for SqliteStore<'_> {
     }
 
     fn record_event(&self, key: &Key, e: &EventRecord, retention: u64) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO main.leasehold_events (at_ms, namespace, name, kind, holder, epoch, entity, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                e.at_ms,
-                key.namespace(),
-                key.name(),
-                e.kind,
-                e.holder,
-                e.epoch,
-                e.entity,
-                e.detail
-            ])?;
+        self.with(
+            "INSERT INTO main.leasehold_events (at_ms, namespace, name, kind, holder, epoch, entity, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            |st| {
+                st.execute(params![
+                    e.at_ms,
+                    key.namespace(),
+                    key.name(),
+                    e.kind,
+                    e.holder,
+                    e.epoch,
+                    e.entity,
+                    e.detail
+                ])
+            },
+        )?;
         // Trim the history every 64 events rather than at each one, so that
         // most events write one page, not two.
         let newest = self.conn.last_insert_rowid();

@@ -106,11 +106,26 @@ pub(crate) fn install(conn: &Connection, limit_bytes: u64, restart: bool) -> rus
 /// statement's, although the commit happened; so a checkpoint that could
 /// not finish (busy) is left to a later commit.
 fn after_commit(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    checkpoint(wal, frames, true);
+    Ok(())
+}
+
+/// [`after_commit`] without `RESTART`: for connections whose busy handler
+/// cannot be capped.
+fn after_commit_passive(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    checkpoint(wal, frames, false);
+    Ok(())
+}
+
+/// The checkpoint, if any, due after a commit that left `frames` in the
+/// WAL: `RESTART` (when `restart`) past the size limit, else `PASSIVE`.
+fn checkpoint(wal: &Wal, frames: c_int, restart: bool) {
     if frames < PASSIVE_FROM {
-        return Ok(());
+        return;
     }
     let n = LARGE.fetch_add(1, Ordering::Relaxed);
-    if i64::from(frames) > LIMIT_FRAMES.load(Ordering::Relaxed)
+    if restart
+        && i64::from(frames) > LIMIT_FRAMES.load(Ordering::Relaxed)
         && n % (CHECK_EVERY / 4) == 0
         && millis_since_epoch() >= RESTART_AFTER_MS.load(Ordering::Relaxed)
     {
@@ -126,14 +141,4 @@ fn after_commit(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
     } else if n % CHECK_EVERY == 0 {
         let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
     }
-    Ok(())
-}
-
-/// [`after_commit`] without `RESTART`: for connections whose busy handler
-/// cannot be capped.
-fn after_commit_passive(wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
-    if frames >= PASSIVE_FROM && LARGE.fetch_add(1, Ordering::Relaxed) % CHECK_EVERY == 0 {
-        let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
-    }
-    Ok(())
 }
