@@ -225,9 +225,13 @@ fn claim_batch(
     started: i64,
     budget: Duration,
 ) -> Result<Vec<(u64, i64, Outcome)>, Error> {
+    let only = match items {
+        [(_, key, holder, ..)] => Some((key, holder.as_str())),
+        _ => None,
+    };
     engine.write_within(
         budget,
-        || Context::new("renew"),
+        || batch_context("renew", only),
         |tx| {
             let mut done = Vec::with_capacity(items.len());
             for (id, key, holder, duration_ms, epoch) in items.iter().copied() {
@@ -250,6 +254,15 @@ fn claim_batch(
             Ok(done)
         },
     )
+}
+
+/// The context of a batch's own transaction (beginning, committing): the
+/// key and holder when the batch holds only one, as it usually does.
+fn batch_context(operation: &'static str, only: Option<(&Key, &str)>) -> Context {
+    match only {
+        Some((key, holder)) => Context::new(operation).key(key).holder(holder),
+        None => Context::new(operation),
+    }
 }
 
 /// The outcome of one planned write.
@@ -1047,9 +1060,13 @@ impl Driver {
             let result = loop {
                 let left = give_up.saturating_duration_since(std::time::Instant::now());
                 let budget = self.io_budget(engine, engine.now_ms()).min(left);
+                let only = match chunk {
+                    [(_, key, holder)] => Some((key, holder.as_str())),
+                    _ => None,
+                };
                 let result = engine.write_within(
                     budget,
-                    || Context::new("release on stop"),
+                    || batch_context("release on stop", only),
                     |tx| {
                         for (_, key, holder) in chunk {
                             match tx.release(key, holder) {

@@ -304,6 +304,34 @@ fn renewals_that_keep_failing_give_up_leadership_while_the_lease_is_still_held()
     Ok(())
 }
 
+#[test]
+fn a_renewal_kept_from_the_write_lock_is_reported_with_its_lease() -> R {
+    let db = TempDb::new();
+    let clock = ManualClock::new(t0());
+    let errors = Errors::default();
+    let engine = Engine::builder(&db.path)
+        .clock(clock.clone())
+        .busy_timeout(Duration::from_millis(50))
+        .error_handler(errors.clone())
+        .build()?;
+    let t = tracker(&engine, "locked", "u0");
+    assert!(t.wait_leader().wait());
+    // Another connection holds the write lock while the renewal falls due.
+    let mut other = leasehold::rusqlite::Connection::open(&db.path)?;
+    let lock = other.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    clock.advance(secs(31)); // renewal due
+    engine.settle();
+    lock.rollback()?;
+    let seen = errors.seen();
+    assert!(
+        seen.iter()
+            .any(|e| e.contains("renew") && e.contains("test/locked") && e.contains("u0")),
+        "the failure names the lease and holder: {seen:?}"
+    );
+    t.stop();
+    Ok(())
+}
+
 // Minions
 
 #[test]
