@@ -203,6 +203,8 @@ pub(crate) struct TrackSpec {
 /// A snapshot of a tracker, for its handle.
 pub(crate) struct TrackStatus {
     pub leader_epoch: Option<u64>,
+    /// While leading: until when (engine ms) the lease is guaranteed.
+    pub lease_until: Option<i64>,
     pub last_error: Option<String>,
 }
 
@@ -538,10 +540,15 @@ impl Driver {
                     Role::Leader { epoch, .. } if track.is_leading(now) => Some(epoch),
                     _ => None,
                 },
+                lease_until: match track.role {
+                    Role::Leader { until, .. } if track.is_leading(now) => Some(until),
+                    _ => None,
+                },
                 last_error: track.last_error.clone(),
             },
             None => TrackStatus {
                 leader_epoch: None,
+                lease_until: None,
                 last_error: None,
             },
         }

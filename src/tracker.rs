@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::driver::TrackSpec;
 use crate::engine::Engine;
 use crate::error::{Context, Error, Result};
@@ -215,6 +217,22 @@ impl LeaseTracker {
             .driver()
             .status(self.id, self.engine.now_ms())
             .leader_epoch
+    }
+
+    /// While the tracker leads: the instant, in engine time (see
+    /// [`Engine::now`]), until which its lease is guaranteed held — the
+    /// start of its latest successful claim or renewal plus the duration it
+    /// claimed (twice the guarantee). The tracker steps down a safety margin
+    /// before it. `None` unless leading.
+    ///
+    /// For a supervisor that must stop work before the lease could lapse
+    /// even if this process freezes (what `leasehold run` hands its watcher).
+    pub fn lease_until(&self) -> Option<DateTime<Utc>> {
+        self.engine
+            .driver()
+            .status(self.id, self.engine.now_ms())
+            .lease_until
+            .map(crate::clock::from_ms)
     }
 
     /// A token fixed to the current tenure, if the tracker leads.
