@@ -55,6 +55,10 @@ const RECHECK_FIRST: Duration = Duration::from_micros(250);
 /// The longest pause between looks again after a nudge.
 const RECHECK_LAST: Duration = Duration::from_millis(64);
 
+/// How often, at most, a pass checks that the database file is still the
+/// one the engine opened.
+const REPLACED_CHECK: Duration = Duration::from_millis(200);
+
 /// Receives errors from background work, which has no caller to return them
 /// to (a failed renewal, a failed release on stop). Set with
 /// [`EngineBuilder::error_handler`](crate::EngineBuilder::error_handler).
@@ -138,6 +142,8 @@ struct State {
     idle_pass: u64,
     /// Threads blocked in `settle`.
     settlers: usize,
+    /// The database file was deleted or replaced (reported once).
+    file_lost: bool,
     /// Engine handles kept alive by stop requests, dropped outside the lock
     /// (dropping the last one stops the driver, which takes the lock).
     graveyard: Vec<Engine>,
@@ -705,6 +711,11 @@ impl Driver {
         } else {
             self.lock().recheck = None;
         }
+        if engine.file_replaced(REPLACED_CHECK) {
+            self.file_lost(engine);
+        } else {
+            engine.persist_after_step_back();
+        }
         let now = engine.now_ms();
         let mut plan = self.plan(now);
         let worked = !plan.is_empty();
@@ -753,6 +764,38 @@ impl Driver {
 
     pub fn stats(&self) -> BackgroundStats {
         self.lock().stats
+    }
+
+    /// The database file was deleted or replaced: every tracker counts its
+    /// tenure as lost and stays a minion (nothing it could claim would be
+    /// seen by anyone), and waiters wake to fail. Reported once.
+    fn file_lost(&self, engine: &Engine) {
+        let mut st = self.lock();
+        if !st.file_lost {
+            st.file_lost = true;
+            let e = Error::DatabaseReplaced {
+                path: engine.path().to_path_buf(),
+            };
+            drop(st);
+            self.report(&e);
+            st = self.lock();
+        }
+        st.generation += 1;
+        let state = &mut *st;
+        for track in state.trackers.values_mut() {
+            track.become_minion(None);
+            track.role = Role::Minion { recheck_at: None };
+            track.dirty = false;
+            track.last_error = Some("the database file was deleted or replaced".into());
+        }
+        state.attention.retain(|id| {
+            state
+                .trackers
+                .get(id)
+                .is_some_and(|t| t.stop.is_some() || state.stopping)
+        });
+        drop(st);
+        self.changed.notify_all();
     }
 
     fn mark_changed(&self, changes: &Changes) {
@@ -1331,18 +1374,51 @@ enum Changes {
 struct Watch {
     conn: Option<Connection>,
     data_version: Option<i64>,
-    last_event: Option<i64>,
+    /// The newest event read, as read; `Some(None)` when the log was empty.
+    last_event: Option<Option<Seen>>,
 }
+
+/// An event as the watch last read it: its id and enough of its content to
+/// tell it from another event given the same id after rows were deleted by
+/// hand (SQLite then reuses ids).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    id: i64,
+    at_ms: i64,
+    namespace: String,
+    name: String,
+    kind: String,
+    epoch: i64,
+}
+
+impl Seen {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Seen> {
+        Ok(Seen {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            namespace: r.get(2)?,
+            name: r.get(3)?,
+            kind: r.get(4)?,
+            epoch: r.get(5)?,
+        })
+    }
+}
+
+/// The columns [`Seen::from_row`] reads.
+const SEEN_COLUMNS: &str = "id, at_ms, namespace, name, kind, epoch";
 
 impl Watch {
     fn changes(&mut self, engine: &Engine) -> Result<Changes, Error> {
         let fail = |e| Error::storage(Context::new("watch"), e, engine.busy_timeout());
         if self.conn.is_none() {
-            let conn = Connection::open_with_flags(
-                engine.path(),
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(fail)?;
+            let flags = if engine.is_read_only() {
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+            } else {
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+            };
+            let conn =
+                Connection::open_with_flags(engine.path(), flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .map_err(fail)?;
             conn.busy_timeout(engine.busy_timeout()).map_err(fail)?;
             self.conn = Some(conn);
         }
@@ -1354,43 +1430,73 @@ impl Watch {
         if self.data_version == Some(version) {
             return Ok(Changes::None);
         }
+        // One read transaction for the look, so that the rows agree.
+        conn.prepare_cached("BEGIN")
+            .and_then(|mut s| s.execute([]))
+            .map_err(fail)?;
+        let looked = Watch::look(&mut self.last_event, conn);
+        let _ = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        let changes = looked.map_err(fail)?;
         // The version is taken as seen only once the events are read: after
         // a failed read, the next look must still see a change.
-        let Some(last) = self.last_event else {
-            let newest: Option<i64> = conn
-                .query_row("SELECT max(id) FROM main.leasehold_events", [], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(fail)?
-                .flatten();
-            self.last_event = Some(newest.unwrap_or(0));
-            self.data_version = Some(version);
+        self.data_version = Some(version);
+        Ok(changes)
+    }
+
+    /// Reads the events logged since the last look.
+    fn look(last_event: &mut Option<Option<Seen>>, conn: &Connection) -> rusqlite::Result<Changes> {
+        const LIMIT: usize = 10_000;
+        let newest = || -> rusqlite::Result<Option<Seen>> {
+            conn.prepare_cached(&format!(
+                "SELECT {SEEN_COLUMNS} FROM main.leasehold_events ORDER BY id DESC LIMIT 1"
+            ))?
+            .query_row([], Seen::from_row)
+            .optional()
+        };
+        let Some(last) = last_event.clone() else {
+            *last_event = Some(newest()?);
             // Waiters that read a lease before the watch began may have
             // missed a change: have them read again.
             return Ok(Changes::All);
         };
-        const LIMIT: i64 = 10_000;
-        let rows: Vec<(i64, String, String)> = conn
-            .prepare_cached(
-                "SELECT id, namespace, name FROM main.leasehold_events WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map((last, LIMIT), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
-            })
-            .map_err(fail)?;
-        self.data_version = Some(version);
-        let Some(&(first, ..)) = rows.first() else {
+        // From the last event seen (which must still be there, unchanged)
+        // onwards; or, if the log was empty, from the first id.
+        let from = last.as_ref().map_or(1, |l| l.id);
+        let rows: Vec<Seen> = conn
+            .prepare_cached(&format!(
+                "SELECT {SEEN_COLUMNS} FROM main.leasehold_events WHERE id >= ?1 ORDER BY id LIMIT ?2"
+            ))?
+            .query_map((from, LIMIT as i64 + 1), Seen::from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        let new = match &last {
+            Some(l) => match rows.split_first() {
+                Some((first, rest)) if first == l => rest,
+                // The last event seen is gone or is another one: trimmed
+                // past it, or rows deleted by hand and ids reused. Anything
+                // may have changed.
+                _ => {
+                    *last_event = Some(newest()?);
+                    return Ok(Changes::All);
+                }
+            },
+            None => &rows[..],
+        };
+        let Some(latest) = new.last() else {
             return Ok(Changes::None);
         };
-        self.last_event = rows.last().map(|r| r.0);
-        if first != last + 1 || rows.len() as i64 == LIMIT {
+        let contiguous = new
+            .first()
+            .is_some_and(|f| f.id == from + i64::from(last.is_some()))
+            && new.len() < LIMIT;
+        *last_event = Some(Some(latest.clone()));
+        if !contiguous {
             return Ok(Changes::All);
         }
         Ok(Changes::Keys(
-            rows.into_iter()
-                .filter_map(|(_, ns, name)| Key::new(ns, name).ok())
+            new.iter()
+                .filter_map(|e| Key::new(e.namespace.clone(), e.name.clone()).ok())
                 .collect(),
         ))
     }

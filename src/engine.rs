@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -28,6 +28,14 @@ use crate::txn::Txn;
 /// How often (in engine time) a write transaction also persists the engine's
 /// clock high-water mark.
 const HIGH_WATER_PERSIST_MS: i64 = 1000;
+
+/// A clock reading this far (ms) behind the engine's high-water mark counts
+/// as the clock stepping back (less is two threads reading it in turn).
+const STEP_BACK_MS: i64 = 100;
+
+/// How often an operation checks that the file at the engine's path is
+/// still the one it opened.
+const IDENTITY_CHECK: Duration = Duration::from_secs(1);
 
 /// SQLite's `synchronous` setting for the engine's connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +78,7 @@ pub struct EngineBuilder {
     file_events: bool,
     lock_wait: LockWait,
     wal_limit: u64,
+    read_only: bool,
     errors: Box<dyn HandleError>,
 }
 
@@ -166,6 +175,18 @@ impl EngineBuilder {
         self
     }
 
+    /// Opens the database for reading only: nothing is ever written to it
+    /// or created beside it by this engine (no migration, no switch to WAL,
+    /// no clock mark, no `-lhwait` file), and it never waits for a writer's
+    /// lock. The schema must already be this build's, or the build fails
+    /// with [`Error::NotMigrated`]. Every operation that would write fails.
+    /// What the `leasehold` commands that only look (`list`, `show`,
+    /// `history`, `watch`, `export`) use. Default: `false`.
+    pub fn read_only(mut self, read_only: bool) -> EngineBuilder {
+        self.read_only = read_only;
+        self
+    }
+
     /// Where errors of background work go (renewals and releases that
     /// failed). Default: [`LogErrors`], which logs them with the `log` crate.
     pub fn error_handler(mut self, handler: impl HandleError) -> EngineBuilder {
@@ -179,16 +200,24 @@ impl EngineBuilder {
     /// # Errors
     ///
     /// - [`Error::InvalidArgument`] for an empty, in-memory or `file:` URI
-    ///   path, a zero pool size, a zero event retention, a watch interval of
-    ///   zero or over 60 s, or a busy timeout over an hour;
+    ///   path, a directory, a zero pool size, a zero event retention, a
+    ///   watch interval of zero or over 60 s, or a busy timeout over an hour;
     /// - [`Error::NotADatabase`] if the file is not a SQLite database;
     /// - [`Error::SchemaTooNew`] / [`Error::SchemaMismatch`] if another
     ///   leasehold build migrated it;
-    /// - [`Error::Open`] if it cannot be opened or written (missing directory,
-    ///   permissions, read-only or full disk), [`Error::Busy`] if it stays
-    ///   locked.
+    /// - [`Error::SchemaConflict`] if the database already holds a table
+    ///   (or index, trigger, view) of a name leasehold's schema needs;
+    /// - [`Error::NotMigrated`] for a read-only engine on a database without
+    ///   this build's schema;
+    /// - [`Error::DirectoryNotWritable`] if SQLite cannot create its `-wal`
+    ///   and `-shm` files (or a journal) beside the file;
+    /// - [`Error::Open`] if it cannot be opened or written otherwise (missing
+    ///   directory or file, permissions, full disk), [`Error::Busy`] if it
+    ///   stays locked while it must be migrated or switched to WAL.
     ///
-    /// A file that fails is left as it was.
+    /// A file that fails is left as it was. A database whose schema is
+    /// current and already in WAL mode is only read: opening it never
+    /// waits for a writer.
     pub fn build(self) -> Result<Engine> {
         let shown = self.path.to_string_lossy();
         if shown.is_empty() || shown == ":memory:" || shown.starts_with("file:") {
@@ -196,6 +225,13 @@ impl EngineBuilder {
                 "path",
                 &shown,
                 "must name a database file; pooled connections cannot share an in-memory database",
+            ));
+        }
+        if self.path.is_dir() {
+            return Err(Error::invalid(
+                "path",
+                &shown,
+                "is a directory; name a database file",
             ));
         }
         if self.pool_size == 0 {
@@ -219,12 +255,13 @@ impl EngineBuilder {
             ));
         }
         let (high_water, page_size) = self.prepare_file()?;
+        let read_only = self.read_only;
         let busy_timeout = self.busy_timeout;
         let synchronous = self.synchronous;
         let lock_wait = self.lock_wait;
         let wal_limit = self.wal_limit;
         let manager = SqliteConnectionManager::file(&self.path)
-            .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_flags(open_flags(read_only) | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(move |c| {
                 match lock_wait {
                     LockWait::Fair => c.busy_handler(Some(crate::busy::fair_handler))?,
@@ -245,10 +282,13 @@ impl EngineBuilder {
             .thread_pool(shared_reaper())
             .build_unchecked(manager);
         let canonical = std::fs::canonicalize(&self.path).ok();
+        let identity = FileIdentity::of(canonical.as_deref().unwrap_or(&self.path));
         crate::wal::limit(self.wal_limit, page_size);
         let lock_signal = match self.lock_wait {
-            LockWait::Fair => crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path)),
-            LockWait::SqliteDefault => None,
+            LockWait::Fair if !read_only => {
+                crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path))
+            }
+            _ => None,
         };
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -259,6 +299,12 @@ impl EngineBuilder {
                 high_water: AtomicI64::new(high_water),
                 persisted_high_water: AtomicI64::new(high_water),
                 unconfirmed_high_water: AtomicI64::new(high_water),
+                stepped_back_to: AtomicI64::new(0),
+                read_only,
+                identity,
+                opened: std::time::Instant::now(),
+                identity_checked_ms: AtomicU64::new(0),
+                replaced: AtomicBool::new(false),
                 busy_timeout,
                 event_retention: self.event_retention,
                 stopped: AtomicBool::new(false),
@@ -287,65 +333,91 @@ impl EngineBuilder {
         Ok(engine)
     }
 
-    /// WAL and migrations, on a connection of its own; returns the persisted
-    /// clock high-water mark and the page size.
+    /// Checks and, unless read-only, migrates the file and switches it to
+    /// WAL, on a connection of its own; returns the persisted clock
+    /// high-water mark and the page size. The version is read first: the
+    /// write lock is taken only to migrate, and the journal mode is changed
+    /// only when it is not WAL already, so opening a current database never
+    /// writes and never waits for a writer.
     fn prepare_file(&self) -> Result<(i64, u64)> {
-        let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) => Error::NotADatabase {
-                path: self.path.clone(),
-            },
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Busy {
-                context: Context::new("open"),
-                waited: self.busy_timeout,
-            },
-            _ => Error::Open {
-                path: self.path.clone(),
-                source,
-            },
-        };
+        let open_err = |source: rusqlite::Error| self.open_error(source);
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
+            open_flags(self.read_only)
+                | if self.read_only {
+                    OpenFlags::empty()
+                } else {
+                    OpenFlags::SQLITE_OPEN_CREATE
+                }
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
         conn.busy_timeout(self.busy_timeout).map_err(open_err)?;
-        // Refuse a newer schema before changing anything, journal mode included.
+        // Refuse a newer schema, or a conflicting one, before changing
+        // anything, journal mode included.
         let found = retry_busy(self.busy_timeout, || match schema::schema_version(&conn) {
-            Ok(v) => Ok(v),
+            Ok(v) => Ok(Ok(v)),
             Err(Error::Storage { source, .. }) => Err(source),
-            Err(_) => Ok(0),
+            Err(other) => Ok(Err(other)),
         })
-        .map_err(open_err)?;
+        .map_err(open_err)??;
         if found > schema::SCHEMA_VERSION {
             return Err(Error::SchemaTooNew {
                 found,
                 supported: schema::SCHEMA_VERSION,
             });
         }
-        // Switching a fresh file to WAL needs an exclusive lock, and SQLite
-        // answers SQLITE_BUSY at once (without its busy handler) when another
-        // process holds a lock at that moment: retry within the budget.
-        let mode: String = retry_busy(self.busy_timeout, || {
-            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        })
-        .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Open {
-                path: self.path.clone(),
-                source: rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                    Some(format!(
-                        "could not switch to WAL (journal mode stays {mode})"
-                    )),
-                ),
-            });
+        if found == schema::SCHEMA_VERSION {
+            retry_busy(self.busy_timeout, || match schema::verify(&conn) {
+                Ok(()) => Ok(Ok(())),
+                Err(Error::Storage { source, .. }) => Err(source),
+                Err(other) => Ok(Err(other)),
+            })
+            .map_err(open_err)??;
         }
-        schema::migrate(&conn).map_err(|e| match e {
-            Error::Storage { source, .. } => open_err(source),
-            other => other,
-        })?;
+        if found < schema::SCHEMA_VERSION {
+            if self.read_only {
+                return Err(Error::NotMigrated {
+                    path: self.path.clone(),
+                    found,
+                    expected: schema::SCHEMA_VERSION,
+                });
+            }
+            // Migrated in the file's own journal mode, so that a migration
+            // refused (a conflicting table of the application's) or failed
+            // (a full disk) leaves the file as it was, WAL switch included.
+            schema::migrate(&conn).map_err(|e| match e {
+                Error::Storage { source, .. } => open_err(source),
+                other => other,
+            })?;
+        }
+        if !self.read_only {
+            let mode: String = retry_busy(self.busy_timeout, || {
+                conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            })
+            .map_err(open_err)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                // Switching to WAL needs an exclusive lock, and SQLite
+                // answers SQLITE_BUSY at once (without its busy handler) when
+                // another process holds a lock at that moment: retry within
+                // the budget.
+                let mode: String = retry_busy(self.busy_timeout, || {
+                    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                })
+                .map_err(open_err)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(Error::Open {
+                        path: self.path.clone(),
+                        source: rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                            Some(format!(
+                                "could not switch to WAL (journal mode stays {mode})"
+                            )),
+                        ),
+                    });
+                }
+            }
+        }
         let high_water = SqliteStore::new(&conn).high_water().map_err(open_err)?;
         let clock = to_ms(self.clock.now());
         if high_water > clock + 24 * 3600 * 1000 {
@@ -360,6 +432,101 @@ impl EngineBuilder {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(open_err)?;
         Ok((high_water, page_size))
+    }
+
+    /// Says what went wrong opening or preparing the file, as precisely as
+    /// the file and its directory allow.
+    fn open_error(&self, source: rusqlite::Error) -> Error {
+        match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => {
+                return Error::NotADatabase {
+                    path: self.path.clone(),
+                };
+            }
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                return Error::Busy {
+                    context: Context::new("open"),
+                    waited: self.busy_timeout,
+                };
+            }
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen) => {
+                // SQLite creates `-wal`, `-shm` and journals beside the
+                // file; a writable file in a directory that is not says
+                // "attempt to write a readonly database", even for reads.
+                if let Some(directory) = unwritable_directory(&self.path) {
+                    return Error::DirectoryNotWritable {
+                        path: self.path.clone(),
+                        directory,
+                    };
+                }
+            }
+            _ => {}
+        }
+        Error::Open {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// The flags every connection of an engine opens with.
+fn open_flags(read_only: bool) -> OpenFlags {
+    if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    }
+}
+
+/// The directory of `path`, if this process cannot create files in it.
+#[cfg(unix)]
+fn unwritable_directory(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let writable = nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok();
+    (!writable && dir.is_dir()).then_some(dir)
+}
+
+#[cfg(not(unix))]
+fn unwritable_directory(_path: &Path) -> Option<PathBuf> {
+    None
+}
+
+/// Which file a path named when the engine opened it (device and inode),
+/// to notice it deleted or replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    #[cfg(unix)]
+    pub(crate) fn of(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileIdentity {
+            device: m.dev(),
+            inode: m.ino(),
+        })
+    }
+
+    /// Elsewhere, only whether the path still names a file of the same
+    /// creation time is known.
+    #[cfg(not(unix))]
+    pub(crate) fn of(path: &Path) -> Option<FileIdentity> {
+        let m = std::fs::metadata(path).ok()?;
+        let created = m
+            .created()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(FileIdentity {
+            device: 0,
+            inode: created.as_nanos() as u64,
+        })
     }
 }
 
@@ -433,6 +600,21 @@ pub(crate) struct Inner {
     /// The latest engine time written to `leasehold_clock` in a caller's
     /// transaction, which may yet roll back.
     unconfirmed_high_water: AtomicI64,
+    /// The high-water mark when the clock was last seen stepping back (0:
+    /// never): persisted at the next chance, so that an engine opened later
+    /// does not start behind it (see [`Engine::now_reading`]).
+    stepped_back_to: AtomicI64,
+    /// Opened with [`EngineBuilder::read_only`]: never writes.
+    read_only: bool,
+    /// The file opened, to notice it deleted or replaced; `None` if it
+    /// could not be read.
+    identity: Option<FileIdentity>,
+    /// When the engine was opened, and when (ms after that) the file's
+    /// identity was last checked.
+    opened: std::time::Instant,
+    identity_checked_ms: AtomicU64,
+    /// The file at the path is no longer the one opened.
+    replaced: AtomicBool,
     busy_timeout: Duration,
     pub(crate) event_retention: u64,
     stopped: AtomicBool,
@@ -471,6 +653,8 @@ impl Inner {
         let now = self.high_water.load(Ordering::Acquire);
         if now <= self.persisted_high_water.load(Ordering::Acquire)
             || self.stopped.load(Ordering::Acquire)
+            || self.read_only
+            || self.replaced.load(Ordering::Acquire)
         {
             return;
         }
@@ -514,6 +698,7 @@ impl Engine {
             file_events: true,
             lock_wait: LockWait::Fair,
             wal_limit: 16 << 20,
+            read_only: false,
             errors: Box::new(LogErrors),
         }
     }
@@ -551,10 +736,76 @@ impl Engine {
         let fraction = clock.timestamp_subsec_nanos() % 1_000_000 != 0;
         let before = self.inner.high_water.fetch_max(read, Ordering::AcqRel);
         if before > read {
+            if before - read > STEP_BACK_MS {
+                // The clock stepped back past what this engine already
+                // used: persist that at once (a rare write), so that an
+                // engine opened later on a clock as far behind cannot see
+                // a lease this engine saw expire as held again.
+                self.inner
+                    .stepped_back_to
+                    .fetch_max(before, Ordering::AcqRel);
+            }
             (before, false)
         } else {
             (read, fraction)
         }
+    }
+
+    /// Persists the high-water mark now if the clock was seen stepping back
+    /// since it was last persisted: in a write transaction of its own,
+    /// waiting at most 10 ms for the write lock (a reader must not wait for
+    /// writers; the next operation, or the background thread, tries again).
+    /// Nothing for a read-only engine.
+    pub(crate) fn persist_after_step_back(&self) {
+        let inner = &self.inner;
+        let due = inner.stepped_back_to.load(Ordering::Acquire);
+        if inner.read_only || due <= inner.persisted_high_water.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.write_within(
+            Duration::from_millis(10),
+            || Context::new("persist clock"),
+            |tx| tx.persist_high_water(),
+        );
+    }
+
+    /// Whether the file at the engine's path is still the one it opened,
+    /// checked at most once per `every`; once it is not, the engine counts
+    /// every tenure as lost and fails every operation with
+    /// [`Error::DatabaseReplaced`].
+    pub(crate) fn file_replaced(&self, every: Duration) -> bool {
+        let inner = &self.inner;
+        if inner.replaced.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(identity) = inner.identity else {
+            return false;
+        };
+        let now = u64::try_from(inner.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = inner.identity_checked_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < every.as_millis() as u64
+            || inner
+                .identity_checked_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        let path = inner.canonical.as_deref().unwrap_or(&inner.path);
+        if FileIdentity::of(path) == Some(identity) {
+            return false;
+        }
+        log::warn!(
+            "leasehold: {} was deleted or replaced since it was opened; its tenures count as lost",
+            inner.path.display()
+        );
+        inner.replaced.store(true, Ordering::Release);
+        inner.driver.poke();
+        true
+    }
+
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 
     pub(crate) fn busy_timeout(&self) -> Duration {
@@ -574,6 +825,7 @@ impl Engine {
             last = last.max(self.inner.unconfirmed_high_water.load(Ordering::Acquire));
         }
         now - last >= HIGH_WATER_PERSIST_MS
+            || self.inner.stepped_back_to.load(Ordering::Acquire) > last
     }
 
     /// Records that a caller's transaction wrote `ms` (it may roll back).
@@ -640,6 +892,10 @@ impl Engine {
     pub(crate) fn ensure_running(&self, ctx: &impl Fn() -> Context) -> Result<()> {
         if self.inner.stopped.load(Ordering::Acquire) {
             Err(Error::Stopped { context: ctx() })
+        } else if self.file_replaced(IDENTITY_CHECK) {
+            Err(Error::DatabaseReplaced {
+                path: self.inner.path.clone(),
+            })
         } else {
             Ok(())
         }
@@ -721,8 +977,11 @@ impl Engine {
             .prepare_cached("COMMIT")
             .and_then(|mut s| s.execute([]))
             .map_err(storage);
+        drop(store);
+        drop(conn);
         let value = result?;
         end?;
+        self.persist_after_step_back();
         Ok(value)
     }
 

@@ -141,6 +141,68 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The database has no leasehold schema, or an older one, and the
+    /// engine was opened read-only
+    /// ([`EngineBuilder::read_only`](crate::EngineBuilder::read_only)), so it
+    /// cannot apply it; nothing was changed.
+    #[error("{}", not_migrated(.path, *.found, *.expected))]
+    NotMigrated {
+        /// The file.
+        path: PathBuf,
+        /// The leasehold schema version it holds (0: none).
+        found: u32,
+        /// The version this build needs.
+        expected: u32,
+    },
+
+    /// leasehold's schema cannot be applied because the database already
+    /// holds an object of the same name that leasehold did not create (an
+    /// application's own `leasehold_leases` table, say); nothing was changed.
+    #[error(
+        "cannot apply leasehold's schema to {}: {kind} {name} already exists and was not created \
+         by leasehold; rename it or use another database",
+        .path.display()
+    )]
+    SchemaConflict {
+        /// The file.
+        path: PathBuf,
+        /// The conflicting object's name.
+        name: String,
+        /// Its kind: `table`, `index`, `trigger` or `view`.
+        kind: String,
+    },
+
+    /// The database's directory cannot be written: SQLite keeps a WAL
+    /// database's `-wal` and `-shm` files (and a rollback journal) beside
+    /// the file, and must create them there, even to read; nothing was
+    /// changed.
+    #[error(
+        "cannot use {}: SQLite must create {}-wal and {}-shm beside it, in {}, a directory this \
+         process cannot write (read-only file system or permissions)",
+        .path.display(), file_name(.path), file_name(.path), .directory.display()
+    )]
+    DirectoryNotWritable {
+        /// The database file.
+        path: PathBuf,
+        /// Its directory.
+        directory: PathBuf,
+    },
+
+    /// The file this engine opened is no longer the file at its path: it
+    /// was deleted, moved, or replaced by another. Every tenure the engine
+    /// held counts as lost (trackers step down) and every later operation
+    /// fails with this error, since its connections still write to the old
+    /// file, which nobody else sees.
+    #[error(
+        "{} was deleted or replaced since this engine opened it: its tenures count as lost; \
+         open the database again",
+        .path.display()
+    )]
+    DatabaseReplaced {
+        /// The path the engine opened.
+        path: PathBuf,
+    },
+
     /// The database could not be opened or prepared (missing directory,
     /// permissions, read-only file system, full disk, …).
     #[error("cannot open {}: {source}", .path.display())]
@@ -270,6 +332,21 @@ impl Error {
     }
 }
 
+/// Errors from your own statements in a guarded transaction
+/// (`tx.execute`, `tx.commit`), so that one `?` and one type serve the
+/// whole transaction: an [`Error::Storage`] (context `transaction`) whose
+/// [`Error::is_transient`] and [`Error::sqlite_error_code`] classify it as
+/// this crate's own errors are (a lock wait, or `SQLITE_BUSY_SNAPSHOT` in
+/// a deferred transaction, is transient: retry the whole transaction).
+impl From<rusqlite::Error> for Error {
+    fn from(source: rusqlite::Error) -> Error {
+        Error::Storage {
+            context: Context::new("transaction"),
+            source,
+        }
+    }
+}
+
 pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -387,6 +464,28 @@ impl fmt::Display for Context {
         }
         Ok(())
     }
+}
+
+fn not_migrated(path: &std::path::Path, found: u32, expected: u32) -> String {
+    if found == 0 {
+        format!(
+            "no leasehold schema in {}; run `leasehold migrate` (or open it read-write) to apply it",
+            path.display()
+        )
+    } else {
+        format!(
+            "{} has leasehold schema version {found}, older than this build's {expected}; \
+             run `leasehold migrate` (or open it read-write) to upgrade it",
+            path.display()
+        )
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn held_by(holder: Option<&str>) -> String {
@@ -549,6 +648,48 @@ mod tests {
                 "/tmp/notes.txt is not a SQLite database",
             ),
             (
+                Error::NotMigrated {
+                    path: "/srv/app.db".into(),
+                    found: 0,
+                    expected: 3,
+                },
+                "no leasehold schema in /srv/app.db; run `leasehold migrate` (or open it read-write) \
+                 to apply it",
+            ),
+            (
+                Error::NotMigrated {
+                    path: "/srv/app.db".into(),
+                    found: 2,
+                    expected: 3,
+                },
+                "/srv/app.db has leasehold schema version 2, older than this build's 3; run \
+                 `leasehold migrate` (or open it read-write) to upgrade it",
+            ),
+            (
+                Error::SchemaConflict {
+                    path: "/srv/app.db".into(),
+                    name: "leasehold_leases".into(),
+                    kind: "table".into(),
+                },
+                "cannot apply leasehold's schema to /srv/app.db: table leasehold_leases already \
+                 exists and was not created by leasehold; rename it or use another database",
+            ),
+            (
+                Error::DirectoryNotWritable {
+                    path: "/ro/app.db".into(),
+                    directory: "/ro".into(),
+                },
+                "cannot use /ro/app.db: SQLite must create app.db-wal and app.db-shm beside it, in \
+                 /ro, a directory this process cannot write (read-only file system or permissions)",
+            ),
+            (
+                Error::DatabaseReplaced {
+                    path: "/srv/app.db".into(),
+                },
+                "/srv/app.db was deleted or replaced since this engine opened it: its tenures \
+                 count as lost; open the database again",
+            ),
+            (
                 Error::Open {
                     path: "/ro/app.db".into(),
                     source: sqlite(8, "attempt to write a readonly database"),
@@ -604,6 +745,34 @@ mod tests {
         for (error, text) in cases {
             assert_eq!(error.to_string(), text);
         }
+    }
+
+    #[test]
+    fn sqlite_errors_convert_with_the_same_classification() {
+        let locked: Error = sqlite(5, "database is locked").into();
+        assert!(locked.is_transient());
+        assert_eq!(
+            locked.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy)
+        );
+        let stale: Error = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error {
+                code: rusqlite::ErrorCode::DatabaseBusy,
+                extended_code: 517,
+            },
+            None,
+        )
+        .into();
+        assert!(
+            stale.is_transient(),
+            "SQLITE_BUSY_SNAPSHOT: retry the transaction"
+        );
+        let constraint: Error = sqlite(19, "UNIQUE constraint failed: t.id").into();
+        assert!(!constraint.is_transient());
+        assert_eq!(
+            constraint.to_string(),
+            "transaction: UNIQUE constraint failed: t.id"
+        );
     }
 
     #[test]

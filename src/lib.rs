@@ -123,7 +123,7 @@ pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
 pub use crate::error::{Context, Error, Found, Result};
-pub use crate::event::{Event, EventKind};
+pub use crate::event::{Event, EventKind, Events, Gap};
 pub use crate::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
 pub use crate::lease::{Lease, Pin, Tenure};
 pub use crate::ops::InTxn;

@@ -107,6 +107,17 @@ impl<'c> InTxn<'c> {
         Ok(())
     }
 
+    /// Persists the engine's high-water mark (after the clock stepped back).
+    pub(crate) fn persist_high_water(&self) -> Result<()> {
+        let now = self.engine.now_ms();
+        let store_ref = self.store();
+        store_ref
+            .persist_high_water(now)
+            .map_err(self.fail(|| Context::new("persist clock")))?;
+        self.persisted.set(Some(now));
+        Ok(())
+    }
+
     fn event(&self, store: &DynStore<'_>, key: &Key, event: EventRecord) -> rusqlite::Result<()> {
         store.record_event(key, &event, self.engine.inner.event_retention)
     }

@@ -152,10 +152,56 @@ pub fn schema_version(conn: &Connection) -> Result<u32> {
         [],
         |row| row.get(0),
     )
-    .map_err(|source| Error::Storage {
-        context: ctx(),
-        source,
+    .map_err(|source| match source {
+        // A table of that name without our columns: an application's.
+        rusqlite::Error::SqlInputError { .. } => Error::SchemaConflict {
+            path: conn.path().unwrap_or("").into(),
+            name: "leasehold_schema".into(),
+            kind: "table".into(),
+        },
+        source => Error::Storage {
+            context: ctx(),
+            source,
+        },
     })
+}
+
+/// Checks, reading only, that the migrations recorded on `conn` are this
+/// build's (same checksums) and none is newer.
+pub(crate) fn verify(conn: &Connection) -> Result<()> {
+    let applied: Vec<(u32, String, String)> = conn
+        .prepare("SELECT version, name, checksum FROM leasehold_schema ORDER BY version")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(|source| Error::Storage {
+            context: Context::new("read schema version"),
+            source,
+        })?;
+    check_applied(&applied)
+}
+
+/// Refuses recorded migrations newer than this build, or whose SQL differs
+/// from this build's copy.
+fn check_applied(applied: &[(u32, String, String)]) -> Result<()> {
+    let found = applied.last().map_or(0, |a| a.0);
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, name, checksum) in applied {
+        let known = MIGRATIONS.iter().find(|m| m.version == *version);
+        if known.is_none_or(|m| m.checksum() != *checksum) {
+            return Err(Error::SchemaMismatch {
+                version: *version,
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Brings the leasehold tables on `conn` up to [`SCHEMA_VERSION`] and returns
@@ -218,7 +264,19 @@ pub fn migrate(conn: &Connection) -> Result<u32> {
 }
 
 fn apply_pending(conn: &Connection) -> Result<u32> {
-    let storage = |source| Error::storage(Context::new("migrate"), source, busy_budget(conn));
+    let storage = |source| {
+        Error::storage(
+            Context::new("migrate"),
+            without_sql(source),
+            busy_budget(conn),
+        )
+    };
+    // Refuse an application's own object in our way before writing
+    // anything (the bookkeeping table included).
+    let found = schema_version(conn)?;
+    if found < SCHEMA_VERSION {
+        check_conflicts(conn, found)?;
+    }
     conn.execute_batch(BOOKKEEPING).map_err(storage)?;
     let applied: Vec<(u32, String, String)> = conn
         .prepare("SELECT version, name, checksum FROM leasehold_schema ORDER BY version")
@@ -227,22 +285,8 @@ fn apply_pending(conn: &Connection) -> Result<u32> {
                 .collect()
         })
         .map_err(storage)?;
+    check_applied(&applied)?;
     let found = applied.last().map_or(0, |a| a.0);
-    if found > SCHEMA_VERSION {
-        return Err(Error::SchemaTooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    for (version, name, checksum) in &applied {
-        let known = MIGRATIONS.iter().find(|m| m.version == *version);
-        if known.is_none_or(|m| m.checksum() != *checksum) {
-            return Err(Error::SchemaMismatch {
-                version: *version,
-                name: name.clone(),
-            });
-        }
-    }
     for m in MIGRATIONS.iter().filter(|m| m.version > found) {
         conn.execute_batch(m.sql).map_err(storage)?;
         conn.execute(
@@ -257,6 +301,92 @@ fn apply_pending(conn: &Connection) -> Result<u32> {
         .map_err(storage)?;
     }
     Ok(SCHEMA_VERSION)
+}
+
+/// The names of the tables, indexes, triggers and views `sql` creates
+/// (`CREATE [UNIQUE|TEMP] KIND [IF NOT EXISTS] name`), lowercased.
+fn created_objects(sql: &str) -> Vec<String> {
+    let words: Vec<String> = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .flat_map(|line| {
+            line.split(|c: char| c.is_whitespace() || c == '(' || c == ';')
+                .filter(|w| !w.is_empty())
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut names = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        if w != "create" {
+            continue;
+        }
+        let mut rest = words[i + 1..]
+            .iter()
+            .skip_while(|w| matches!(w.as_str(), "unique" | "temp" | "temporary"));
+        if !matches!(
+            rest.next().map(String::as_str),
+            Some("table" | "index" | "trigger" | "view")
+        ) {
+            continue;
+        }
+        let mut name = rest.next();
+        if name.map(String::as_str) == Some("if") {
+            name = rest.nth(2); // "not", "exists", name
+        }
+        if let Some(name) = name {
+            names.push(name.trim_matches('"').to_owned());
+        }
+    }
+    names
+}
+
+/// Refuses, before anything is written, a database holding an object
+/// that a pending migration (after version `found`) would create, or a
+/// `leasehold_schema` table that is not ours.
+fn check_conflicts(conn: &Connection, found: u32) -> Result<()> {
+    let path = conn.path().unwrap_or("").into();
+    let storage = |source| Error::Storage {
+        context: Context::new("migrate"),
+        source,
+    };
+    let existing = |name: &str| -> Result<Option<String>> {
+        conn.query_row(
+            "SELECT type FROM sqlite_schema WHERE lower(name) = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(storage)
+    };
+    let pending = MIGRATIONS.iter().filter(|m| m.version > found);
+    for name in pending.flat_map(|m| created_objects(m.sql)) {
+        if let Some(kind) = existing(&name)? {
+            return Err(Error::SchemaConflict { path, name, kind });
+        }
+    }
+    if found == 0
+        && let Some(kind) = existing("leasehold_schema")?
+    {
+        return Err(Error::SchemaConflict {
+            path,
+            name: "leasehold_schema".into(),
+            kind,
+        });
+    }
+    Ok(())
+}
+
+/// SQLite's error without the statement text some errors carry (a
+/// migration's whole script, thousands of characters, is no help in a
+/// one-line message).
+fn without_sql(e: rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqlInputError { error, msg, .. } => {
+            rusqlite::Error::SqliteFailure(error, Some(msg))
+        }
+        other => other,
+    }
 }
 
 /// The connection's busy timeout, for error messages.
@@ -433,6 +563,63 @@ mod tests {
                 m.name()
             );
         }
+    }
+
+    #[test]
+    fn every_object_a_migration_creates_is_found_by_the_conflict_scan() {
+        let created: Vec<String> = migrations()
+            .iter()
+            .flat_map(|m| created_objects(m.sql))
+            .collect();
+        for name in [
+            "leasehold_leases",
+            "leasehold_pins",
+            "leasehold_clock",
+            "leasehold_leases_keep_rows",
+            "leasehold_leases_epoch_never_decreases",
+            "leasehold_leases_no_replacement_downwards",
+            "leasehold_events",
+            "leasehold_events_v3",
+        ] {
+            assert!(
+                created.iter().any(|c| c == name),
+                "{name} not in {created:?}"
+            );
+        }
+        assert_eq!(
+            created_objects("create unique index if not exists \"x\" on t (a); -- create table y"),
+            vec!["x"]
+        );
+    }
+
+    #[test]
+    fn an_applications_table_in_the_way_is_refused_before_anything_is_written() {
+        let conn = Connection::open_in_memory().expect("memory db");
+        conn.execute_batch("CREATE TABLE leasehold_leases (id INTEGER PRIMARY KEY, mine TEXT)")
+            .expect("the application's table");
+        let err = migrate(&conn).unwrap_err();
+        assert!(
+            matches!(&err, Error::SchemaConflict { name, kind, .. }
+                if name == "leasehold_leases" && kind == "table"),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.len() < 300 && !message.contains("CREATE"),
+            "{message}"
+        );
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(objects, 1, "nothing of leasehold's was created");
+
+        let conn = Connection::open_in_memory().expect("memory db");
+        conn.execute_batch("CREATE TABLE leasehold_schema (x TEXT)")
+            .expect("the application's table");
+        assert!(matches!(
+            migrate(&conn),
+            Err(Error::SchemaConflict { name, .. }) if name == "leasehold_schema"
+        ));
     }
 
     #[test]

@@ -108,6 +108,50 @@ impl LeaseToken {
     /// [`Error::InvalidArgument`] if `conn` is not in a transaction or is
     /// connected to another database; [`Error::Storage`].
     ///
+    /// # Retrying a deferred transaction
+    ///
+    /// A stale snapshot surfaces at your first write or at `COMMIT`, as a
+    /// [`rusqlite::Error`]; `?` turns it into this crate's [`Error`] (see
+    /// `From<rusqlite::Error>`), whose [`Error::is_transient`] says to retry.
+    /// Retry the *whole* transaction, guard included: the guard's answer
+    /// belonged to the old snapshot.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use leasehold::{Engine, Key, LeaseToken};
+    ///
+    /// /// Records a run, in a deferred transaction, retried whole when a
+    /// /// commit by another connection made its snapshot stale.
+    /// fn record_run(engine: &Engine, token: &LeaseToken, day: &str) -> leasehold::Result<()> {
+    ///     let mut attempt = 0;
+    ///     loop {
+    ///         let mut conn = engine.connection()?;
+    ///         let mut once = || -> leasehold::Result<()> {
+    ///             let tx = conn.transaction()?; // deferred: reads first
+    ///             token.check_in(&tx)?;
+    ///             tx.execute("INSERT INTO runs (day) VALUES (?1)", [day])?;
+    ///             tx.commit()?;
+    ///             Ok(())
+    ///         };
+    ///         match once() {
+    ///             Err(e) if e.is_transient() && attempt < 8 => {
+    ///                 attempt += 1;
+    ///                 std::thread::sleep(Duration::from_millis(1 << attempt));
+    ///             }
+    ///             done => return done,
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let engine = Engine::open(dir.path().join("app.db"))?;
+    /// engine.connection()?.execute_batch("CREATE TABLE runs (day TEXT)")?;
+    /// let key = Key::new("jobs", "nightly")?;
+    /// let token = engine.claim(&key, "worker-1", Duration::from_secs(30))?.token();
+    /// record_run(&engine, &token, "2026-11-30")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
     /// use std::time::Duration;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use crate::clock::to_ms;
 use crate::engine::Engine;
 use crate::error::{Context, Error, Result};
+use crate::event::Events;
 use crate::key::Key;
 
 /// The longest a waiter sleeps without re-reading its lease. Waiters are
@@ -94,14 +95,19 @@ impl Engine {
         }
     }
 
-    /// Events (of any key, or of `namespace`) logged after event `after`,
-    /// by any process, oldest first: at once if there are some, else as soon
-    /// as one is logged, or an empty list after `timeout`. Start with
-    /// `after = 0` for the whole retained history.
+    /// Events (of any key, or of `namespace`) logged after position
+    /// `after`, by any process, oldest first: at once if there are some
+    /// (or some were missed), else as soon as one is logged, or none after
+    /// `timeout`. Start with `after = 0` for the whole retained history, and
+    /// go on from [`Events::cursor`].
     ///
     /// Events mark claims of new tenures, releases, revokes, pins and
     /// unpins; a tenure that merely runs out is logged (as `lapsed`) only
-    /// when a later write notices it.
+    /// when a later write notices it. The history keeps the newest
+    /// [event retention](crate::EngineBuilder::event_retention) events: a
+    /// reader that falls further behind, or whose position was cut from
+    /// the history by hand, is told so by [`Events::gap`] — read the leases
+    /// it follows again.
     ///
     /// # Errors
     ///
@@ -112,13 +118,14 @@ impl Engine {
         namespace: Option<&str>,
         after: i64,
         timeout: Duration,
-    ) -> Result<Vec<(Key, crate::Event)>> {
+    ) -> Result<Events> {
         // A timeout too long to express waits for good.
         let deadline = Instant::now().checked_add(timeout);
         let ctx = || Context::new("wait for events");
         let driver = self.driver();
         driver.add_waiter(self);
         let _registered = Registered(self);
+        let mut after = after;
         loop {
             self.ensure_running(&ctx)?;
             if driver.is_stopping() {
@@ -130,9 +137,11 @@ impl Engine {
                     .map_err(|e| Error::storage(ctx(), e, self.busy_timeout()))
             })?;
             let now = Instant::now();
-            if !events.is_empty() || deadline.is_some_and(|d| now >= d) {
+            if !events.is_empty() || events.gap().is_some() || deadline.is_some_and(|d| now >= d) {
                 return Ok(events);
             }
+            // Other namespaces' events, skipped: no need to read them again.
+            after = events.cursor();
             let left = deadline.map_or(BACKSTOP, |d| d - now);
             driver.wait_change(seen, left.min(BACKSTOP));
         }

@@ -309,11 +309,27 @@ fn a_read_only_directory_is_an_open_error_and_leases_survive() -> R {
     assert!(!db.path.with_extension("db-wal").exists());
     {
         let _ro = ReadOnlyDir::new(db.dir.path());
+        // Issue 12: the error names the directory and why SQLite needs it,
+        // not "attempt to write a readonly database" — for reads too.
         let err = Engine::open(&db.path).unwrap_err();
-        assert!(matches!(err, Error::Open { .. }), "{err:?}");
-        assert!(err.to_string().contains("test.db"), "{err}");
+        assert!(matches!(err, Error::DirectoryNotWritable { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("test.db-wal")
+                && text.contains("test.db-shm")
+                && text.contains("directory"),
+            "{text}"
+        );
+        let err = Engine::builder(&db.path)
+            .read_only(true)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, Error::DirectoryNotWritable { .. }), "{err:?}");
         let fresh = db.dir.path().join("new.db");
-        assert!(matches!(Engine::open(&fresh), Err(Error::Open { .. })));
+        assert!(matches!(
+            Engine::open(&fresh),
+            Err(Error::DirectoryNotWritable { .. })
+        ));
         assert!(!fresh.exists());
     }
     let engine = Engine::open(&db.path)?;

@@ -515,6 +515,27 @@ fn a_new_engine_never_starts_behind_the_persisted_time() -> R {
 }
 
 #[test]
+fn a_clock_step_back_is_persisted_at_once_for_engines_opened_later() -> R {
+    // Issue 11: A claims for 10 s and reads the lease after it expired; the
+    // host clock then steps back an hour. B, opened after that on the same
+    // file, must not see the lease held again: A persists the time it had
+    // used as soon as it sees its clock behind it, even on a read.
+    let (db, a, clock) = manual_engine();
+    a.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(11));
+    assert!(!a.lease(&key("a"))?.expect("lease").is_held());
+    clock.step_back(secs(3600));
+    assert!(!a.lease(&key("a"))?.expect("lease").is_held());
+    let b = Engine::builder(&db.path)
+        .clock(ManualClock::new(t0() + secs(11) - secs(3600)))
+        .build()?;
+    assert_eq!(b.now(), t0() + secs(11));
+    assert!(!b.lease(&key("a"))?.expect("lease").is_held());
+    assert_eq!(b.claim(&key("a"), "h2", secs(10))?.epoch(), 2);
+    Ok(())
+}
+
+#[test]
 fn each_lease_row_remembers_its_last_write_time() -> R {
     let (db, engine, clock) = manual_engine();
     clock.advance(secs(100));

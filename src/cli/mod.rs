@@ -215,9 +215,10 @@ impl CliError {
             CliError::Failed(_) => 1,
             CliError::Lease(e) => match e {
                 Error::ClaimDenied { .. } => 3,
-                Error::NotHeld { .. } | Error::GuardFailed { .. } => 4,
+                Error::NotHeld { .. } | Error::GuardFailed { .. } | Error::NotMigrated { .. } => 4,
                 Error::InvalidArgument { .. }
                 | Error::NotADatabase { .. }
+                | Error::SchemaConflict { .. }
                 | Error::ImportRefused { .. } => 5,
                 Error::Busy { .. } | Error::PoolTimeout { .. } | Error::Timeout { .. } => 6,
                 Error::SchemaTooNew { .. } | Error::SchemaMismatch { .. } => 8,
@@ -227,6 +228,12 @@ impl CliError {
     }
 
     fn kind(&self) -> &'static str {
+        match self {
+            CliError::Lease(Error::SchemaMismatch { .. }) => return "schema_mismatch",
+            CliError::Lease(Error::NotMigrated { .. }) => return "no_schema",
+            CliError::Lease(Error::DatabaseReplaced { .. }) => return "database_replaced",
+            _ => {}
+        }
         match self.code() {
             1 => "failed",
             2 => "usage",
@@ -370,7 +377,8 @@ fn open(db: Option<&PathBuf>) -> Result<Engine, CliError> {
 }
 
 /// For commands that only read: a missing file is a mistake, not a new
-/// database.
+/// database, and the file is opened read-only: it is never migrated,
+/// switched to WAL or written, and nothing waits for a writer.
 fn open_existing(db: Option<&PathBuf>) -> Result<Engine, CliError> {
     let path = db_path(db)?;
     if !path.exists() {
@@ -379,7 +387,7 @@ fn open_existing(db: Option<&PathBuf>) -> Result<Engine, CliError> {
             path.display()
         )));
     }
-    Ok(Engine::open(path)?)
+    Ok(Engine::builder(path).read_only(true).build()?)
 }
 
 fn dispatch(cli: Cli) -> Result<u8, CliError> {
@@ -391,9 +399,14 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Migrate { print_sql: true } => leases::print_sql(out),
         Command::Migrate { print_sql: false } => leases::migrate(&open(db)?, out),
-        Command::List { namespace, all } => {
-            leases::list(&open_existing(db)?, namespace.as_deref(), all, out)
-        }
+        Command::List { namespace, all } => match open_existing(db) {
+            // A database without leases: nothing to list.
+            Err(CliError::Lease(Error::NotMigrated { found: 0, .. })) => {
+                out.json(&serde_json::Value::Array(Vec::new()));
+                Ok(0)
+            }
+            engine => leases::list(&engine?, namespace.as_deref(), all, out),
+        },
         Command::Show(k) => leases::show(&open_existing(db)?, &k.key()?, out),
         Command::History { key, limit } => {
             leases::history(&open_existing(db)?, &key.key()?, limit, out)

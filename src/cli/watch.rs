@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use leasehold::{Engine, EventKind, Key};
+use leasehold::{Engine, EventKind, Gap, Key};
 
 use super::leases::{event_json, event_line, time};
 use super::{CliError, Output};
@@ -26,26 +26,15 @@ pub fn watch(
     let mut last = 0;
     loop {
         let past = engine.wait_for_events(namespace, last, Duration::ZERO)?;
-        match past.last() {
-            Some((_, e)) => last = e.id(),
-            None => break,
+        last = past.cursor();
+        if past.is_empty() {
+            break;
         }
     }
-    let mut held: HashMap<Key, Seen> = HashMap::new();
     // Per key, the epoch whose lapse was said when it ran out; its logged
     // event, when a write notices the lapse, is then not said twice.
     let mut lapse_said: HashMap<Key, u64> = HashMap::new();
-    let namespaces = match namespace {
-        Some(ns) => vec![ns.to_owned()],
-        None => engine.namespaces()?,
-    };
-    for ns in namespaces {
-        for lease in engine.leases(&ns)? {
-            if let (Some(h), Some(e)) = (lease.holder(), lease.expires_at()) {
-                held.insert(lease.key().clone(), (h.to_owned(), lease.epoch(), e));
-            }
-        }
-    }
+    let mut held = held_leases(engine, namespace)?;
     let until = match duration {
         Some(d) => format!("for {}", super::leases::human(d)),
         None => "Ctrl-C to stop".to_owned(),
@@ -69,9 +58,25 @@ pub fn watch(
         if let Some(t) = stop_at {
             timeout = timeout.min(t - now);
         }
-        let events = engine.wait_for_events(namespace, last, timeout)?;
-        for (key, event) in &events {
-            last = event.id();
+        let batch = engine.wait_for_events(namespace, last, timeout)?;
+        last = batch.cursor();
+        if let Some(gap) = batch.gap() {
+            // Transitions were lost to the history's retention (or to rows
+            // deleted by hand): say so, and start again from the leases.
+            out.json(&serde_json::json!({
+                "kind": "gap",
+                "at": time(engine.now()),
+                "missed": gap.missed(),
+                "first_missing_id": match gap { Gap::Missed { from, .. } => Some(from), _ => None },
+                "message": gap.to_string(),
+            }));
+            out.say(format!(
+                "{}  gap: {gap}; what follows starts again from the leases held now",
+                time(engine.now())
+            ));
+            held = held_leases(engine, namespace)?;
+        }
+        for (key, event) in batch.events() {
             match event.kind() {
                 EventKind::Claimed => {
                     if let Some(lease) = engine.lease(key)?
@@ -139,4 +144,21 @@ pub fn watch(
             }
         }
     }
+}
+
+/// Every lease held now (of `namespace`, or of all).
+fn held_leases(engine: &Engine, namespace: Option<&str>) -> Result<HashMap<Key, Seen>, CliError> {
+    let namespaces = match namespace {
+        Some(ns) => vec![ns.to_owned()],
+        None => engine.namespaces()?,
+    };
+    let mut held = HashMap::new();
+    for ns in namespaces {
+        for lease in engine.leases(&ns)? {
+            if let (Some(h), Some(e)) = (lease.holder(), lease.expires_at()) {
+                held.insert(lease.key().clone(), (h.to_owned(), lease.epoch(), e));
+            }
+        }
+    }
+    Ok(held)
 }
