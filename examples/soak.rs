@@ -107,16 +107,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ] {
         println!("{phase} …");
         let dir = tempfile::tempdir()?;
-        let report = Workload {
-            workers,
-            duration: half,
-            lease: Duration::from_millis(lease_ms),
-            guard,
-            nemeses,
-            seed,
-            verbose: true,
-        }
-        .run(dir.path(), &command)?;
+        let report = Workload::builder()
+            .workers(workers)
+            .duration(half)
+            .lease(Duration::from_millis(lease_ms))
+            .guard(guard)
+            .nemeses(nemeses)
+            .seed(seed)
+            .verbose(true)
+            .build()?
+            .run(dir.path(), &command)?;
         print(phase, &report);
         total += report.check.violations.len();
         if !report.check.passed() {
