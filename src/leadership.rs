@@ -186,6 +186,9 @@ impl Tracker for LeaseTracker {
     }
 }
 
+/// `block_until_leadership_released` panics as
+/// [`Engine::block_until_released`] does, if the background thread cannot
+/// be started.
 impl Claimer for Engine {
     fn claim_leadership(
         &self,

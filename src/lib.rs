@@ -64,11 +64,23 @@
 //!   pauses, because the guard is evaluated inside the same SQLite write
 //!   transaction as the write, and SQLite commits one writer at a time.
 //! - **Liveness depends on time.** When a lapsed lease may be taken over is
-//!   decided by the engine's clock ([`Clock`]). Engine time never runs
-//!   backwards: each engine keeps a high-water mark, each lease row records
-//!   the time of its last write, and the mark is persisted about once a
-//!   second, so a clock stepped back cannot revive an expired lease or
-//!   lengthen a tenure.
+//!   decided by the engine's clock ([`Clock`]). Within an engine, time never
+//!   runs backwards: each engine keeps a high-water mark of the instants it
+//!   has used, and each lease row records the time of its last write, so a
+//!   clock stepped back cannot revive an expired lease or lengthen a tenure
+//!   for that engine, or for any engine judging that row.
+//! - **Clock steps across processes.** An engine opened later starts no
+//!   earlier than the mark persisted in the database. An engine persists
+//!   the time it has used with its write transactions (at most a second
+//!   behind) and, when it sees its clock more than 100 ms behind that time
+//!   (a step back), at once — after a read too, in a write of its own that
+//!   waits at most 10 ms for the lock (else its next operation or its
+//!   background thread tries again). Not covered: a step back that no
+//!   engine able to write saw before the next engine opened — a read-only
+//!   engine's time, or time a process used only in reads in the second
+//!   before it was killed. A lease that expired in that window may then
+//!   look held to the newcomer until its clock catches up: later, never
+//!   unsafe.
 //! - **Processes.** Any number of processes may open the same file. Engines
 //!   are `Clone + Send + Sync`; clones share a connection pool.
 //! - **Blocking.** Operations block for at most the busy timeout waiting for
@@ -85,7 +97,23 @@
 //! Tables and indexes are named `leasehold_*`; `PRAGMA user_version` is left
 //! to your application. The database is switched to WAL. Migrations are
 //! embedded ([`migrations`]) and applied on open, or by your own migration
-//! tool through [`migrate`].
+//! tool through [`migrate`]; a table of yours with a name leasehold needs is
+//! refused ([`Error::SchemaConflict`]) before anything is written.
+//!
+//! - **Opening reads first.** The schema version is read, and the write
+//!   lock taken only to migrate; a current database in WAL mode is opened
+//!   without writing or waiting for a writer.
+//!   [`EngineBuilder::read_only`] never writes at all (nor creates files
+//!   beside the database): what tools that only look should use.
+//! - **The file must stay the file.** An engine notices, within about a
+//!   second, that the file at its path was deleted or replaced: every
+//!   operation then fails with [`Error::DatabaseReplaced`] and trackers
+//!   step down, since its connections would keep writing to a file nobody
+//!   else sees (where a fresh file would start epochs at 1 again).
+//! - **History is bounded.** The newest [`EngineBuilder::event_retention`]
+//!   events are kept; [`Engine::wait_for_events`] tells a reader that fell
+//!   further behind (or whose position was cut by hand) through
+//!   [`Events::gap`].
 //!
 //! What each operation writes: an extension (a renewal, or a claim by the
 //! current holder) updates the key's one row, the single page a raw upsert

@@ -155,6 +155,15 @@ impl LeaseTicket {
     }
 }
 
+/// Awaiting a ticket resolves to its answer.
+///
+/// # Cancel safety
+///
+/// Cancel-safe: dropping the future (in a `select!`, on a timeout) before
+/// it completes loses nothing. The answer is kept in the ticket, not in the
+/// future, so awaiting a clone of it, or the same ticket again, later
+/// resolves to the same answer; a dropped future's waker is at most woken
+/// once, for nothing. Awaiting neither claims nor renews anything.
 impl Future for LeaseTicket {
     type Output = bool;
 

@@ -75,6 +75,12 @@ impl TrackerBuilder {
     /// margin is under 1 ms or not shorter than the guarantee;
     /// [`Error::Stopped`] after
     /// [`Engine::shutdown`].
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the engine's background thread,
+    /// which the first tracker or waiter of an engine starts (as
+    /// `std::thread::spawn` panics).
     pub fn build(self) -> Result<LeaseTracker> {
         validate_name("holder", &self.holder)?;
         let guarantee_ms = duration_ms("guarantee", self.guarantee)?;

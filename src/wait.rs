@@ -30,6 +30,12 @@ impl Engine {
     ///
     /// [`Error::Stopped`] when the engine is shut down; storage errors as for
     /// [`Engine::lease`].
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the engine's background thread,
+    /// which the first tracker or waiter of an engine starts (as
+    /// `std::thread::spawn` panics).
     pub fn block_until_released(&self, key: &Key) -> Result<()> {
         self.wait_released(key, None)
     }
@@ -40,6 +46,12 @@ impl Engine {
     ///
     /// [`Error::Timeout`] if the key is still held after `timeout`; otherwise
     /// as [`Engine::block_until_released`].
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the engine's background thread,
+    /// which the first tracker or waiter of an engine starts (as
+    /// `std::thread::spawn` panics).
     pub fn block_until_released_timeout(&self, key: &Key, timeout: Duration) -> Result<()> {
         // A timeout too long to express waits for good.
         self.wait_released(key, Instant::now().checked_add(timeout))
@@ -51,6 +63,12 @@ impl Engine {
     ///
     /// [`Error::Timeout`] if the key is still held at `deadline`; otherwise
     /// as [`Engine::block_until_released`].
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the engine's background thread,
+    /// which the first tracker or waiter of an engine starts (as
+    /// `std::thread::spawn` panics).
     pub fn block_until_released_deadline(&self, key: &Key, deadline: Instant) -> Result<()> {
         self.wait_released(key, Some(deadline))
     }
@@ -113,6 +131,12 @@ impl Engine {
     ///
     /// [`Error::Stopped`] when the engine is shut down; storage errors as for
     /// [`Engine::lease`].
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the engine's background thread,
+    /// which the first tracker or waiter of an engine starts (as
+    /// `std::thread::spawn` panics).
     pub fn wait_for_events(
         &self,
         namespace: Option<&str>,

@@ -101,6 +101,10 @@ impl Span {
 
 /// The key workers contend for unless [`WorkloadBuilder::key`] says
 /// otherwise: `checker/leader`.
+///
+/// # Panics
+///
+/// Never: the key is a constant that passes validation.
 pub fn workload_key() -> Key {
     Key::new("checker", "leader").expect("a valid key")
 }
