@@ -345,7 +345,7 @@ impl Driver {
         let driver = Arc::clone(self);
         let weak = Arc::downgrade(&engine.inner);
         st.fs_events = self.file_events
-            && crate::fswatch::subscribe(&engine.watch_path(), Arc::downgrade(self));
+            && crate::sqlite::fswatch::subscribe(&engine.watch_path(), Arc::downgrade(self));
         // Like std::thread::spawn, fail loudly if the OS cannot give us a
         // thread: nothing would renew the trackers' leases.
         let handle = std::thread::Builder::new()

@@ -13,14 +13,14 @@ use chrono::{DateTime, Utc};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::busy::LockWait;
+use crate::sqlite::busy::LockWait;
 use crate::clock::{Clock, SystemClock, from_ms, to_ms};
 use crate::driver::{BackgroundStats, Driver, HandleError, LogErrors};
 use crate::error::{Context, Error, Result};
 use crate::key::{Key, duration_ms};
 use crate::lease::{Lease, Tenure};
 use crate::ops::InTxn;
-use crate::schema;
+use crate::sqlite::schema;
 use crate::store::{Known, SqliteStore, Store};
 use crate::token::LeaseToken;
 use crate::txn::Txn;
@@ -264,13 +264,13 @@ impl EngineBuilder {
             .with_flags(open_flags(read_only) | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(move |c| {
                 match lock_wait {
-                    LockWait::Fair => c.busy_handler(Some(crate::busy::fair_handler))?,
+                    LockWait::Fair => c.busy_handler(Some(crate::sqlite::busy::fair_handler))?,
                     LockWait::SqliteDefault => c.busy_timeout(busy_timeout)?,
                 }
                 c.pragma_update(None, "synchronous", synchronous.pragma())?;
                 c.pragma_update(None, "foreign_keys", true)?;
                 // Checkpoints are ours (see `wal.rs`).
-                crate::wal::install(c, wal_limit, lock_wait == LockWait::Fair)?;
+                crate::sqlite::wal::install(c, wal_limit, lock_wait == LockWait::Fair)?;
                 c.set_prepared_statement_cache_capacity(64);
                 Ok(())
             });
@@ -283,10 +283,10 @@ impl EngineBuilder {
             .build_unchecked(manager);
         let canonical = std::fs::canonicalize(&self.path).ok();
         let identity = FileIdentity::of(canonical.as_deref().unwrap_or(&self.path));
-        crate::wal::limit(self.wal_limit, page_size);
+        crate::sqlite::wal::limit(self.wal_limit, page_size);
         let lock_signal = match self.lock_wait {
             LockWait::Fair if !read_only => {
-                crate::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path))
+                crate::sqlite::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path))
             }
             _ => None,
         };
@@ -620,7 +620,7 @@ pub(crate) struct Inner {
     stopped: AtomicBool,
     /// Commits made through the engine, to pace WAL size checks.
     /// "Someone waits for the write lock" (see `busy.rs`).
-    lock_signal: Option<Arc<crate::busy::Signal>>,
+    lock_signal: Option<Arc<crate::sqlite::busy::Signal>>,
     /// Whether connections wait with SQLite's own handler, whose timeout
     /// is then set at each checkout.
     sqlite_handler: bool,
@@ -866,7 +866,7 @@ impl Engine {
     ) -> Result<PooledConnection> {
         self.ensure_running(&ctx)?;
         let budget = budget.min(self.inner.busy_timeout);
-        crate::busy::set_context(budget, self.inner.lock_signal.as_ref());
+        crate::sqlite::busy::set_context(budget, self.inner.lock_signal.as_ref());
         match self
             .inner
             .pool
@@ -989,7 +989,7 @@ impl Engine {
     /// turns for the write lock (see `busy.rs`). The WAL's checkpoints
     /// happen in SQLite's WAL hook (see `wal.rs`).
     pub(crate) fn after_commit(&self) {
-        crate::busy::after_commit();
+        crate::sqlite::busy::after_commit();
     }
 
     /// Tells waiters and trackers that this engine committed a change.

@@ -123,18 +123,16 @@
 //! page. A guard only reads. `cargo bench --bench report` measures each
 //! next to raw SQLite doing the same write.
 
-mod busy;
 mod clock;
 mod driver;
 mod engine;
 mod error;
 mod event;
-mod fswatch;
 mod key;
 pub mod leadership;
 mod lease;
 mod ops;
-mod schema;
+mod sqlite;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -144,9 +142,8 @@ mod tracker;
 mod transfer;
 mod txn;
 mod wait;
-mod wal;
 
-pub use crate::busy::LockWait;
+pub use crate::sqlite::busy::LockWait;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
@@ -155,7 +152,7 @@ pub use crate::event::{Event, EventKind, Events, Gap};
 pub use crate::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
 pub use crate::lease::{Lease, Pin, Tenure};
 pub use crate::ops::InTxn;
-pub use crate::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
+pub use crate::sqlite::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
 pub use crate::ticket::LeaseTicket;
 pub use crate::token::{Guard, LeaseToken};
 pub use crate::tracker::{Leading, LeaseTracker, TrackerBuilder};

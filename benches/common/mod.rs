@@ -117,7 +117,7 @@ fn token(engine: &Engine) -> LeaseToken {
 // Each side writes its own file and keeps its WAL bounded its own way: the
 // baseline with SQLite's automatic checkpoints (a PASSIVE one after each
 // commit once the WAL passes 1,000 frames), leasehold with its WAL hook
-// (see `src/wal.rs`). Both checkpoint about as often, and a checkpoint's
+// (see `src/sqlite/wal.rs`). Both checkpoint about as often, and a checkpoint's
 // fsyncs are a large part of the average cost of a write, so sharing one
 // file would charge them to whichever side happened to cross the line.
 

@@ -29,7 +29,7 @@ macro_rules! now_ms_sql {
     };
 }
 
-/// One embedded migration: `migrations/NNNN_name.sql`.
+/// One embedded migration: `migrations/sqlite/NNNN_name.sql`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Migration {
     version: u32,
@@ -41,17 +41,17 @@ static MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "leases",
-        sql: include_str!("../migrations/0001_leases.sql"),
+        sql: include_str!("../../migrations/sqlite/0001_leases.sql"),
     },
     Migration {
         version: 2,
         name: "events",
-        sql: include_str!("../migrations/0002_events.sql"),
+        sql: include_str!("../../migrations/sqlite/0002_events.sql"),
     },
     Migration {
         version: 3,
         name: "events_cheap_check",
-        sql: include_str!("../migrations/0003_events_cheap_check.sql"),
+        sql: include_str!("../../migrations/sqlite/0003_events_cheap_check.sql"),
     },
 ];
 
@@ -82,7 +82,7 @@ impl Migration {
         self.name
     }
 
-    /// The migration's SQL, exactly as in `migrations/`.
+    /// The migration's SQL, exactly as in `migrations/sqlite/`.
     pub fn sql(&self) -> &'static str {
         self.sql
     }
@@ -410,7 +410,7 @@ mod tests {
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
         let mut files: Vec<String> =
-            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
                 .expect("migrations dir")
                 .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
                 .collect();
