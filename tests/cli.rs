@@ -242,8 +242,8 @@ fn bad_input_gets_a_clear_error_and_its_exit_code() -> R {
         .arg(OsString::from_vec(vec![b'a', 0xff, b'b']))
         .args(["h", "--for", "1s"])
         .output()?;
-    let err = fails(&raw, 2);
-    assert!(err.contains("UTF-8"), "{err}");
+    let err = fails(&raw, 5);
+    assert!(err.contains("NAME is not valid UTF-8"), "{err}");
     // Nothing was written by any of these.
     assert!(ok(&lh(p, &["list", "--all"])).contains("no leases"));
     let err = fails(&lh(p, &["claim", "a/b", "c", "h", "--for", "1s"]), 5);
@@ -833,5 +833,291 @@ fn the_demo_passes_its_own_verdict() -> R {
     );
     let picture = std::fs::read_to_string(&svg)?;
     assert!(picture.starts_with("<svg") && picture.contains("refused"));
+    Ok(())
+}
+
+// bytes that are not UTF-8
+
+#[test]
+fn an_argument_that_is_not_utf8_is_invalid_input_and_named() -> R {
+    let db = TempDb::new();
+    let bad = || OsString::from_vec(vec![b'm', 0xff, b'0']);
+    let o = on(&db.path)
+        .args(["pin", "ops", "k", "--entity"])
+        .arg(bad())
+        .output()?;
+    let err = fails(&o, 5);
+    assert!(err.contains("--entity is not valid UTF-8"), "{err}");
+    let mut joined = OsString::from("--reason=");
+    joined.push(bad());
+    let o = on(&db.path)
+        .args(["pin", "ops", "k", "--entity", "e"])
+        .arg(joined)
+        .output()?;
+    let err = fails(&o, 5);
+    assert!(err.contains("--reason is not valid UTF-8"), "{err}");
+    let o = on(&db.path)
+        .args(["--json", "claim", "ops", "k"])
+        .arg(bad())
+        .args(["--for", "1s"])
+        .output()?;
+    let e: Value = serde_json::from_str(fails(&o, 5).trim())?;
+    assert_eq!(e["error"]["kind"], "invalid_input", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HOLDER")),
+        "{e}"
+    );
+    Ok(())
+}
+
+// a closed pipe
+
+/// Runs `cmd` with standard output a pipe whose reader is already closed.
+fn into_a_closed_pipe(cmd: &mut Command) -> Output {
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    cmd.stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run leasehold")
+}
+
+#[track_caller]
+fn ended_by_sigpipe(o: &Output) {
+    use std::os::unix::process::ExitStatusExt;
+    let err = stderr(o);
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    assert_eq!(
+        o.status.signal(),
+        Some(nix::sys::signal::Signal::SIGPIPE as i32),
+        "{:?} {err}",
+        o.status
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_every_printing_command_quietly() -> R {
+    let db = TempDb::new();
+    let p = &db.path;
+    for i in 0..50 {
+        ok(&lh(
+            p,
+            &["claim", "ops", &format!("k{i}"), "h", "--for", "1h"],
+        ));
+    }
+    let commands: &[&[&str]] = &[
+        &["list"],
+        &["--json", "list"],
+        &["show", "ops", "k1"],
+        &["history", "ops", "k1"],
+        &["export"],
+        &["migrate", "--print-sql"],
+        &["watch", "--duration", "10s"],
+    ];
+    for args in commands {
+        let o = into_a_closed_pipe(on(p).args(*args));
+        ended_by_sigpipe(&o);
+    }
+    // The demo cleans up after itself on its way out: no workers, no
+    // temporary directory left.
+    let tmp = tempfile::tempdir()?;
+    let o = into_a_closed_pipe(bin().env("TMPDIR", tmp.path()).args([
+        "demo",
+        "--short",
+        "--workers",
+        "2",
+    ]));
+    ended_by_sigpipe(&o);
+    assert_eq!(std::fs::read_dir(tmp.path())?.count(), 0, "temp dir left");
+    Ok(())
+}
+
+// output files
+
+/// Whether `dir` holds a file whose name ends with `.tmp`.
+fn temp_files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn export_refuses_to_write_over_the_database_or_its_side_files() -> R {
+    let db = TempDb::new();
+    let dir = db.dir.path();
+    ok(&lh(&db.path, &["claim", "ops", "a", "h", "--for", "1h"]));
+    let before = std::fs::read(&db.path)?;
+    std::os::unix::fs::symlink(&db.path, dir.join("link.db"))?;
+    std::fs::hard_link(&db.path, dir.join("hard.db"))?;
+    std::fs::create_dir(dir.join("sub"))?;
+    let targets = [
+        "test.db",
+        "./test.db",
+        "sub/../test.db",
+        "link.db",
+        "hard.db",
+        "test.db-wal",
+        "test.db-shm",
+        "test.db-journal",
+    ];
+    for target in targets {
+        let o = on(Path::new("test.db"))
+            .current_dir(dir)
+            .args(["export", "-o", target])
+            .output()?;
+        let err = fails(&o, 5);
+        assert!(err.contains("refusing to write"), "{target}: {err}");
+    }
+    // Through a symlink to the database, the side files are the target's.
+    let o = on(&dir.join("link.db"))
+        .args(["export", "-o"])
+        .arg(dir.join("test.db-wal"))
+        .output()?;
+    fails(&o, 5);
+    assert_eq!(
+        std::fs::read(&db.path)?,
+        before,
+        "the database is unchanged"
+    );
+    assert!(!dir.join("test.db-journal").exists());
+    assert!(ok(&lh(&db.path, &["list"])).contains("ops/a"));
+    // The demo's picture too, before it starts anything.
+    let o = bin()
+        .current_dir(dir)
+        .args(["demo", "--short", "--db", "test.db", "--svg", "./link.db"])
+        .output()?;
+    let err = fails(&o, 5);
+    assert!(err.contains("refusing to write"), "{err}");
+    let o = bin()
+        .current_dir(dir)
+        .args(["demo", "--short", "--db", "new.db", "--svg", "new.db-wal"])
+        .output()?;
+    fails(&o, 5);
+    assert!(!dir.join("new.db").exists(), "nothing was started");
+    Ok(())
+}
+
+#[test]
+fn export_replaces_its_file_whole_keeping_its_mode() -> R {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let db = TempDb::new();
+    let dir = db.dir.path();
+    ok(&lh(&db.path, &["claim", "ops", "a", "h", "--for", "1h"]));
+    let dump = dir.join("dump.jsonl");
+    std::fs::write(&dump, "old")?;
+    std::fs::set_permissions(&dump, std::fs::Permissions::from_mode(0o640))?;
+    ok(&lh(
+        &db.path,
+        &["export", "-o", dump.to_str().expect("utf8")],
+    ));
+    let text = std::fs::read_to_string(&dump)?;
+    assert!(text.starts_with("{\"leasehold_export\""), "{text}");
+    assert_eq!(
+        std::fs::metadata(&dump)?.permissions().mode() & 0o7777,
+        0o640
+    );
+    // Through a symlink: the target is replaced, the link stays a link.
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&dump, &link)?;
+    std::fs::write(&dump, "old")?;
+    ok(&lh(
+        &db.path,
+        &["export", "-o", link.to_str().expect("utf8")],
+    ));
+    assert!(std::fs::symlink_metadata(&link)?.file_type().is_symlink());
+    assert!(std::fs::read_to_string(&dump)?.contains("\"lease\""));
+    assert!(temp_files_in(dir).is_empty(), "{:?}", temp_files_in(dir));
+    // What is not a regular file is written in place.
+    ok(&lh(&db.path, &["export", "-o", "/dev/null"]));
+    assert!(std::fs::metadata("/dev/null")?.file_type().is_char_device());
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo))
+    };
+    ok(&lh(
+        &db.path,
+        &["export", "-o", fifo.to_str().expect("utf8")],
+    ));
+    assert!(reader.join().expect("reader")?.contains("\"lease\""));
+    assert!(std::fs::metadata(&fifo)?.file_type().is_fifo());
+    // A write that fails says so.
+    let err = fails(&lh(&db.path, &["export", "-o", "/dev/full"]), 1);
+    assert!(err.contains("cannot write /dev/full"), "{err}");
+    Ok(())
+}
+
+/// A 64 KiB tmpfs, unmounted on drop; `None` (after a loud message) where
+/// mounting is not permitted.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount() -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if mounted {
+            Some(SmallDisk(dir))
+        } else {
+            eprintln!(
+                "\n*** SKIPPED: cannot mount a small tmpfs here (needs root); the full-disk case is untested ***\n"
+            );
+            None
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn export_onto_a_full_disk_leaves_the_old_file_whole() -> R {
+    let Some(disk) = SmallDisk::mount() else {
+        return Ok(());
+    };
+    let db = TempDb::new();
+    {
+        let engine = leasehold::Engine::open(&db.path)?;
+        for i in 0..600 {
+            let key = leasehold::Key::new("ops", format!("a-rather-long-lease-name-{i:04}"))?;
+            engine.claim(&key, "a-holder-with-a-long-name", Duration::from_secs(3600))?;
+        }
+    }
+    let dump = disk.0.path().join("dump.jsonl");
+    let small = TempDb::new();
+    ok(&lh(&small.path, &["claim", "ops", "a", "h", "--for", "1h"]));
+    ok(&lh(
+        &small.path,
+        &["export", "-o", dump.to_str().expect("utf8")],
+    ));
+    let good = std::fs::read(&dump)?;
+    // The big export (about 70 KB) does not fit.
+    let err = fails(
+        &lh(&db.path, &["export", "-o", dump.to_str().expect("utf8")]),
+        1,
+    );
+    assert!(err.contains("cannot write"), "{err}");
+    assert_eq!(std::fs::read(&dump)?, good, "the old file is whole");
+    assert!(
+        temp_files_in(disk.0.path()).is_empty(),
+        "{:?}",
+        temp_files_in(disk.0.path())
+    );
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 mod demo;
 mod leases;
+mod output;
+mod print;
 mod run;
 mod svg;
 mod transfer;
@@ -262,7 +264,7 @@ impl Output {
     /// Prints a human line (unless quiet or JSON).
     pub fn say(&self, line: impl AsRef<str>) {
         if !self.quiet && !self.json {
-            println!("{}", line.as_ref());
+            print::line(line.as_ref());
         }
     }
 
@@ -276,7 +278,7 @@ impl Output {
     /// Prints a JSON value (when JSON was asked for, unless quiet).
     pub fn json(&self, value: &serde_json::Value) {
         if self.json && !self.quiet {
-            println!("{value}");
+            print::line(&value.to_string());
         }
     }
 }
@@ -296,12 +298,12 @@ fn report(e: &CliError, json: bool) {
 /// One error line on stderr: JSON with `--json`.
 fn print_error(kind: &str, code: u8, message: &str, json: bool) {
     if json {
-        eprintln!(
-            "{}",
-            serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
+        print::err_line(
+            &serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
+                .to_string(),
         );
     } else {
-        eprintln!("leasehold: {}", one_line(message));
+        print::err_line(&format!("leasehold: {}", one_line(message)));
     }
 }
 
@@ -330,6 +332,10 @@ fn main_with(args: Vec<OsString>) -> ExitCode {
             // input, as one that parses but is out of range (`0s`) is.
             let failure = if e.kind() == clap::error::ErrorKind::ValueValidation {
                 CliError::Invalid(message.to_owned())
+            } else if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
+                // Bad input (exit 5) like any other bad name, not a usage
+                // error.
+                CliError::Invalid(not_utf8(&args_for_json))
             } else {
                 CliError::Usage(format!("{message} (see --help)"))
             };
@@ -348,6 +354,66 @@ fn main_with(args: Vec<OsString>) -> ExitCode {
             ExitCode::from(e.code())
         }
     }
+}
+
+/// Says which argument is not UTF-8. clap does not name it, so the
+/// arguments are parsed again with a UTF-8 marker in its place, and the
+/// argument that received the marker is named.
+fn not_utf8(args: &[OsString]) -> String {
+    use clap::CommandFactory;
+    const MARKER: &str = "\u{1}leasehold: not UTF-8\u{1}";
+    let Some((index, bad)) = args
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, a)| a.to_str().is_none())
+    else {
+        return "an argument is not valid UTF-8".into();
+    };
+    // `--entity=VALUE`: only the value is replaced.
+    let bytes = bad.as_encoded_bytes();
+    let (replacement, value) = match bytes.iter().position(|b| *b == b'=') {
+        Some(eq) if bytes.starts_with(b"--") && std::str::from_utf8(&bytes[..eq]).is_ok() => (
+            format!("{}={MARKER}", String::from_utf8_lossy(&bytes[..eq])),
+            String::from_utf8_lossy(&bytes[eq + 1..]).into_owned(),
+        ),
+        _ => (MARKER.to_owned(), bad.to_string_lossy().into_owned()),
+    };
+    let mut replaced = args.to_vec();
+    replaced[index] = replacement.into();
+    let cmd = Cli::command();
+    let name = cmd
+        .clone()
+        .try_get_matches_from(replaced)
+        .ok()
+        .and_then(|m| marked_arg(&cmd, &m, MARKER));
+    let value = one_line(&value);
+    match name {
+        Some(name) => format!("{name} is not valid UTF-8: {value:?}"),
+        None => format!("argument {index} is not valid UTF-8: {value:?}"),
+    }
+}
+
+/// The argument (`NAME`, `--entity`) whose value is `marker`, searching
+/// subcommands too.
+fn marked_arg(cmd: &clap::Command, m: &clap::ArgMatches, marker: &str) -> Option<String> {
+    for id in m.ids() {
+        let Ok(Some(mut values)) = m.try_get_raw(id.as_str()) else {
+            continue;
+        };
+        if values.any(|v| v == marker) {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id)?;
+            return Some(match arg.get_long() {
+                Some(long) => format!("--{long}"),
+                None => arg
+                    .get_value_names()
+                    .and_then(|n| n.first())
+                    .map_or_else(|| id.to_string().to_uppercase(), ToString::to_string),
+            });
+        }
+    }
+    let (name, sub) = m.subcommand()?;
+    marked_arg(cmd.find_subcommand(name)?, sub, marker)
 }
 
 /// Keeps error output to one line whatever a message contains.

@@ -11,7 +11,7 @@
 //! One record per line, so that an error can name its line; the `end` line
 //! catches a file cut short at a line boundary.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -67,6 +67,9 @@ enum Line {
 }
 
 pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
+    if let Some(path) = output {
+        super::output::not_the_database(path, engine.path())?;
+    }
     let snapshot = engine.export()?;
     let mut text = String::new();
     let mut push = |value: &dyn erased::Line| {
@@ -102,9 +105,8 @@ pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
         pins: snapshot.pins.len(),
     }));
     match output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?,
-        None => std::io::stdout().write_all(text.as_bytes())?,
+        Some(path) => super::output::write(path, text.as_bytes())?,
+        None => super::print::out(&text),
     }
     Ok(0)
 }
