@@ -720,6 +720,154 @@ fn import_refuses_bad_input_whole() -> R {
     Ok(())
 }
 
+/// Runs `import` with `input` on stdin (written from a thread, whose write
+/// may fail once the import has refused and gone).
+fn import_with(db: &Path, input: Vec<u8>) -> Output {
+    let mut child = on(db)
+        .arg("import")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer");
+    out
+}
+
+const HEADER: &str = r#"{"leasehold_export":1,"schema":3,"taken_at":"2026-11-25T00:00:00.000Z"}"#;
+
+#[test]
+fn import_bounds_every_line_and_names_the_one_too_long() -> R {
+    let db = TempDb::new();
+    ok(&lh(&db.path, &["migrate"]));
+    // A line of 8 MiB with no end, after a good header.
+    let mut input = format!("{HEADER}\n").into_bytes();
+    input.resize(input.len() + (8 << 20), b'x');
+    let err = fails(&import_with(&db.path, input), 5);
+    assert!(
+        err.contains("line 2") && err.contains("1 MiB") && err.contains("1048576"),
+        "{err}"
+    );
+    // The header itself.
+    let err = fails(&import_with(&db.path, vec![b'{'; 3 << 20]), 5);
+    assert!(err.contains("line 1") && err.contains("1 MiB"), "{err}");
+    // A line of exactly 1 MiB is read (and refused for what it says).
+    let mut input = format!("{HEADER}\n").into_bytes();
+    input.resize(input.len() + (1 << 20), b' ');
+    input.push(b'\n');
+    let err = fails(&import_with(&db.path, input), 5);
+    assert!(err.contains("line 2") && !err.contains("1 MiB"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn import_skips_identical_duplicate_lines_and_refuses_conflicting_ones() -> R {
+    let db = TempDb::new();
+    let lease =
+        r#"{"lease":{"namespace":"ops","name":"a","holder":"h1","epoch":4,"expires_in_ms":1000}}"#;
+    let vacant =
+        r#"{"lease":{"namespace":"ops","name":"b","holder":null,"epoch":2,"expires_in_ms":null}}"#;
+    let pin = r#"{"pin":{"namespace":"ops","name":"a","entity":"m0","reason":"upgrade","expires_in_ms":null}}"#;
+    let input = format!(
+        "{HEADER}\n{lease}\n{vacant}\n{lease}\n{pin}\n{pin}\n{{\"end\":{{\"leases\":3,\"pins\":2}}}}\n"
+    );
+    let said = ok(&import_with(&db.path, input.into_bytes()));
+    assert!(
+        said.contains("imported 1 held lease, 1 vacant key and 1 pin")
+            && said.contains(
+                "skipped 2 duplicate lines repeating an earlier line exactly (lines 4, 6)"
+            ),
+        "{said}"
+    );
+    let shown = json(&lh(&db.path, &["--json", "show", "ops", "a"]));
+    assert_eq!(shown["pins"].as_array().map(Vec::len), Some(1), "{shown}");
+
+    let other = TempDb::new();
+    ok(&lh(&other.path, &["migrate"]));
+    let conflict =
+        r#"{"lease":{"namespace":"ops","name":"a","holder":"h2","epoch":4,"expires_in_ms":1000}}"#;
+    let err = import_refused(
+        &other.path,
+        format!("{HEADER}\n{lease}\n{conflict}\n{{\"end\":{{\"leases\":2,\"pins\":0}}}}\n"),
+    );
+    assert!(
+        err.contains("line 3: ops/a is on line 2 already")
+            && err.contains("held by h1 in epoch 4")
+            && err.contains("held by h2 in epoch 4"),
+        "{err}"
+    );
+    let pin2 = pin.replace("upgrade", "other reason");
+    let err = import_refused(
+        &other.path,
+        format!("{HEADER}\n{lease}\n{pin}\n{pin2}\n{{\"end\":{{\"leases\":1,\"pins\":2}}}}\n"),
+    );
+    assert!(
+        err.contains("line 4: the pin of ops/a by m0 is on line 3 already"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn import_says_whose_epoch_it_refuses() -> R {
+    let db = TempDb::new();
+    let p = &db.path;
+    ok(&lh(p, &["claim", "ops", "ended", "h1", "--for", "1h"]));
+    ok(&lh(p, &["release", "ops", "ended", "h1"]));
+    ok(&lh(p, &["claim", "ops", "held", "h1", "--for", "1h"]));
+    let one = |name: &str| {
+        format!(
+            "{HEADER}\n{{\"lease\":{{\"namespace\":\"ops\",\"name\":\"{name}\",\"holder\":\"h2\",\"epoch\":1,\"expires_in_ms\":5}}}}\n{{\"end\":{{\"leases\":1,\"pins\":0}}}}\n"
+        )
+    };
+    let err = import_refused(p, one("ended"));
+    assert!(
+        err.contains("line 2, field epoch")
+            && err.contains("whose tenure ended (a re-import would revive its tokens)")
+            && !err.contains("someone else"),
+        "{err}"
+    );
+    let err = import_refused(p, one("held"));
+    assert!(err.contains("held here by h1"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn import_refuses_a_header_it_cannot_vouch_for() -> R {
+    let db = TempDb::new();
+    ok(&lh(&db.path, &["migrate"]));
+    let body = "{\"end\":{\"leases\":0,\"pins\":0}}\n";
+    let header = |schema: &str, taken_at: &str| {
+        format!(
+            "{{\"leasehold_export\":1,\"schema\":{schema},\"taken_at\":\"{taken_at}\"}}\n{body}"
+        )
+    };
+    let err = import_refused(&db.path, header("99", "2026-11-25T00:00:00.000Z"));
+    assert!(
+        err.contains("line 1, field schema") && err.contains("99 is newer"),
+        "{err}"
+    );
+    let err = import_refused(&db.path, header("0", "2026-11-25T00:00:00.000Z"));
+    assert!(err.contains("line 1, field schema"), "{err}");
+    let err = import_refused(&db.path, header("3", "last tuesday"));
+    assert!(
+        err.contains("line 1, field taken_at") && err.contains("\"last tuesday\""),
+        "{err}"
+    );
+    // An older schema's export is fine.
+    ok(&import_with(
+        &db.path,
+        header("1", "2026-11-25T00:00:00Z").into_bytes(),
+    ));
+    Ok(())
+}
+
 // watch
 
 #[test]
@@ -813,15 +961,22 @@ fn watch_says_each_lapse_once_even_when_it_saw_the_lease_already_lapsed() -> R {
 // demo
 
 #[test]
-fn the_demo_passes_its_own_verdict() -> R {
+fn the_demo_passes_its_own_verdict_in_json_lines() -> R {
     let dir = tempfile::tempdir()?;
     let svg = dir.path().join("timeline.svg");
     let out = bin()
         .args(["--json", "demo", "--short", "--workers", "3", "--svg"])
         .arg(&svg)
         .output()?;
-    let verdict: Value = serde_json::from_str(stdout(&out).lines().last().unwrap_or("{}"))?;
+    let text = stdout(&out);
+    // Nothing but JSON lines: one object per moment, then the verdict.
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let (verdict, timeline) = lines.split_last().expect("output");
     assert!(out.status.success(), "{verdict} {}", stderr(&out));
+    assert_eq!(verdict["kind"], "verdict", "{verdict}");
     assert_eq!(verdict["pass"], true);
     assert!(
         verdict["epochs"].as_u64().is_some_and(|e| e >= 3),
@@ -831,8 +986,206 @@ fn the_demo_passes_its_own_verdict() -> R {
         verdict["refused"].as_u64().is_some_and(|r| r >= 1),
         "the paused leader's write was refused: {verdict}"
     );
+    let kinds: Vec<&str> = timeline.iter().filter_map(|m| m["kind"].as_str()).collect();
+    assert_eq!(kinds.len(), timeline.len(), "every moment has a kind");
+    for kind in ["joined", "leads", "wrote", "killed", "paused", "refused"] {
+        assert!(kinds.contains(&kind), "{kind}: {kinds:?}");
+    }
     let picture = std::fs::read_to_string(&svg)?;
     assert!(picture.starts_with("<svg") && picture.contains("refused"));
+    Ok(())
+}
+
+/// The names of `db`'s tables, read without leasehold.
+fn tables(db: &Path) -> Vec<String> {
+    let conn = leasehold::rusqlite::Connection::open(db).expect("open");
+    let mut st = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .expect("prepare");
+    st.query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn the_demo_refuses_a_database_it_would_have_to_change() -> R {
+    let dir = tempfile::tempdir()?;
+    let demo_on = |db: &Path| {
+        bin()
+            .args(["demo", "--short", "--workers", "2", "--db"])
+            .arg(db)
+            .output()
+            .expect("run demo")
+    };
+    // The user's own table named demo_writes, in a database without
+    // leasehold: kept, and leasehold's tables are not even created.
+    let users = dir.path().join("users.db");
+    {
+        let conn = leasehold::rusqlite::Connection::open(&users)?;
+        conn.execute_batch(
+            "CREATE TABLE demo_writes (what TEXT); INSERT INTO demo_writes VALUES ('precious');",
+        )?;
+    }
+    let before = std::fs::read(&users)?;
+    let err = fails(&demo_on(&users), 5);
+    assert!(err.contains("demo_writes"), "{err}");
+    assert_eq!(std::fs::read(&users)?, before, "the file is unchanged");
+    assert_eq!(tables(&users), ["demo_writes"]);
+
+    // The demo's lease held by someone else: said, not "no worker became
+    // leader", and nothing changed.
+    let held = dir.path().join("held.db");
+    ok(&lh(
+        &held,
+        &[
+            "claim",
+            "application-leadership",
+            "demo-app",
+            "prod",
+            "--for",
+            "1h",
+        ],
+    ));
+    let err = fails(&demo_on(&held), 5);
+    assert!(err.contains("held by prod"), "{err}");
+    assert!(!tables(&held).contains(&"demo_writes".to_owned()));
+    ok(&lh(
+        &held,
+        &["release", "application-leadership", "demo-app", "prod"],
+    ));
+    ok(&lh(
+        &held,
+        &[
+            "pin",
+            "application-leadership",
+            "demo-app",
+            "--entity",
+            "ops",
+            "--reason",
+            "freeze",
+        ],
+    ));
+    let err = fails(&demo_on(&held), 5);
+    assert!(err.contains("pinned by ops"), "{err}");
+
+    // Not a database at all: refused, untouched, no side files.
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "my notes, not a database\n".repeat(200))?;
+    let before = std::fs::read(&notes)?;
+    let err = fails(&demo_on(&notes), 5);
+    assert!(err.contains("not a SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&notes)?, before);
+    let names: Vec<_> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("notes"))
+        .collect();
+    assert_eq!(names, ["notes.txt"]);
+
+    // A picture that could not be written is refused before the demo starts.
+    let fresh = dir.path().join("fresh.db");
+    let o = bin()
+        .args(["demo", "--short", "--svg", "/nonexistent/x.svg", "--db"])
+        .arg(&fresh)
+        .output()?;
+    let err = fails(&o, 5);
+    assert!(err.contains("/nonexistent/x.svg"), "{err}");
+    assert!(!fresh.exists(), "nothing was started");
+    let o = bin()
+        .args(["demo", "--short", "--svg"])
+        .arg(dir.path())
+        .output()?;
+    let err = fails(&o, 5);
+    assert!(err.contains("is a directory"), "{err}");
+
+    // A fresh file gets the demo's table; a second demo on it refuses.
+    let out = demo_on(&fresh);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tables(&fresh).contains(&"demo_writes".to_owned()));
+    let err = fails(&demo_on(&fresh), 5);
+    assert!(err.contains("demo_writes"), "{err}");
+    Ok(())
+}
+
+/// The demo's worker processes still running (by their database path,
+/// which names the demo's temporary directory): pid and state.
+fn demo_workers(tmp: &Path) -> Vec<(u32, char)> {
+    let needle = tmp.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("__demo-worker") && cmdline.contains(&needle) {
+            let state = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next()?.trim_start().chars().next())
+                .unwrap_or('?');
+            if state != 'Z' && state != 'X' {
+                found.push((pid, state));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_demo_stopped_by_a_signal_stops_its_workers_and_removes_its_files() -> R {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for (signal, wait_for_pause) in [(Signal::SIGTERM, true), (Signal::SIGINT, false)] {
+        let tmp = tempfile::tempdir()?;
+        let mut demo = bin()
+            .env("TMPDIR", tmp.path())
+            .args(["demo", "--workers", "3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Stop it once its workers run, or once one of them is paused
+        // (SIGSTOP: a worker nobody resumes would stay forever).
+        loop {
+            let workers = demo_workers(tmp.path());
+            let ready = if wait_for_pause {
+                workers.iter().any(|(_, state)| *state == 'T')
+            } else {
+                workers.len() == 3
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the demo did not get there: {workers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        kill(Pid::from_raw(demo.id() as i32), signal)?;
+        let status = demo.wait()?;
+        let mut err = String::new();
+        use std::io::Read;
+        demo.stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)?;
+        assert_eq!(
+            status.code(),
+            Some(128 + signal as i32),
+            "{signal}: {status:?} {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(demo_workers(tmp.path()), [], "{signal}: workers left");
+        let left: Vec<_> = std::fs::read_dir(tmp.path())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{signal}: left behind {left:?}");
+    }
     Ok(())
 }
 
