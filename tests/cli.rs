@@ -298,10 +298,18 @@ fn run_hands_the_child_its_lease_and_exits_with_its_status() -> R {
         ],
     );
     assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
-    let line = stdout(&o).lines().last().unwrap_or_default().to_owned();
+    // Its stdout is the command's alone.
     assert_eq!(
-        line,
-        format!("ops migration host-1 1 {}", db.path.display())
+        stdout(&o),
+        format!(
+            "ops migration host-1 1 {}\n",
+            std::fs::canonicalize(&db.path)?.display()
+        )
+    );
+    assert!(
+        stderr(&o).contains("holding ops/migration"),
+        "{}",
+        stderr(&o)
     );
     // The lease was released when the command ended.
     assert!(ok(&lh(&db.path, &["list"])).contains("no held leases"));
@@ -359,13 +367,15 @@ fn run_stops_the_child_when_the_lease_is_revoked_elsewhere() -> R {
     support::wait_for_file(&marker, Duration::from_secs(30));
     ok(&lh(&db.path, &["revoke", "ops", "m"]));
     let out = child.wait_with_output()?;
-    assert_eq!(
-        out.status.code(),
-        Some(128 + 15),
-        "SIGTERM: {}",
+    // Lost: 4, whatever the command's own status; the notice says how it
+    // ended.
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lost ops/m"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("it was stopped by SIGTERM"),
+        "{}",
         stderr(&out)
     );
-    assert!(stderr(&out).contains("lost ops/m"), "{}", stderr(&out));
     // It did not take the revoked lease back while stopping its command.
     let history = ok(&lh(&db.path, &["history", "ops", "m"]));
     assert_eq!(history.matches("claimed").count(), 1, "{history}");
@@ -506,33 +516,247 @@ fn run_stops_everything_its_command_started_when_the_lease_is_lost() -> R {
     assert!(running(sleeper));
     ok(&lh(&db.path, &["revoke", "ops", "m"]));
     let out = child.wait_with_output()?;
-    assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(!running(sleeper), "the command's child outlived the lease");
     Ok(())
 }
 
 #[test]
-fn run_reports_a_lease_lost_just_before_a_clean_exit() -> R {
-    // The command ignores SIGTERM and exits 0 right after the revoke:
-    // whether or not `run` noticed the loss first, it must not report 0.
+fn run_reports_a_lease_lost_just_before_the_command_exits() -> R {
+    // The command ignores SIGTERM and exits right after the revoke:
+    // whether or not `run` noticed the loss first, it reports 4 (lost),
+    // not the command's status, and says how the command ended.
+    for status in [0, 3] {
+        let db = TempDb::new();
+        let started = db.dir.path().join("started");
+        let go = db.dir.path().join("go");
+        let script = format!(
+            "trap '' TERM; touch {}; while [ ! -e {} ]; do sleep 0.01; done; exit {status}",
+            started.display(),
+            go.display()
+        );
+        let child = on(&db.path)
+            .args(["run", "ops", "m", "host-1", "--", "sh", "-c", &script])
+            .stderr(Stdio::piped())
+            .spawn()?;
+        support::wait_for_file(&started, Duration::from_secs(30));
+        ok(&lh(&db.path, &["revoke", "ops", "m"]));
+        std::fs::write(&go, "")?;
+        let out = child.wait_with_output()?;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains("lost ops/m"), "{err}");
+        assert!(
+            err.contains(&format!("it exited with status {status}")),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn run_keeps_stdout_for_its_command_and_hands_it_an_absolute_database() -> R {
     let db = TempDb::new();
-    let started = db.dir.path().join("started");
-    let go = db.dir.path().join("go");
-    let script = format!(
-        "trap '' TERM; touch {}; while [ ! -e {} ]; do sleep 0.01; done; exit 0",
-        started.display(),
-        go.display()
+    // A relative --db, and a command that changes directory.
+    let o = bin()
+        .current_dir(db.dir.path())
+        .args([
+            "--db", "test.db", "run", "ops", "dump", "h", "--", "sh", "-c",
+        ])
+        .arg("cd / && test -f \"$LEASEHOLD_DB\" && printf '%s' \"$LEASEHOLD_DB\"")
+        .output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        std::fs::canonicalize(&db.path)?.display().to_string(),
+        "stdout holds the command's output and nothing else"
     );
-    let child = on(&db.path)
-        .args(["run", "ops", "m", "host-1", "--", "sh", "-c", &script])
+    assert!(
+        stderr(&o).contains("holding ops/dump as h (epoch 1)"),
+        "{}",
+        stderr(&o)
+    );
+    Ok(())
+}
+
+#[test]
+fn run_states_the_shortest_lease_it_accepts() -> R {
+    let db = TempDb::new();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "ops", "short", "h"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "true"]);
+        lh(&db.path, &args)
+    };
+    for (args, floor) in [
+        (&["--for", "600ms"][..], "600ms"),
+        (&["--for", "1ms"], "600ms"),
+        (&["--for", "200ms", "--grace", "0s"], "200ms"),
+        (&["--for", "2200ms", "--grace", "1s"], "2s 200ms"),
+    ] {
+        let err = fails(&run(args), 5);
+        assert!(
+            err.contains(&format!("must be longer than {floor}")),
+            "{args:?}: {err}"
+        );
+    }
+    // Just above the floor, the duration is accepted (the lease may still
+    // be lost on a busy machine: that is exit 4, not a refusal).
+    for args in [
+        &["--for", "601ms"][..],
+        &["--for", "201ms", "--grace", "0s"],
+        &["--for", "2201ms", "--grace", "1s"],
+    ] {
+        let o = run(args);
+        assert!(
+            matches!(o.status.code(), Some(0 | 4)),
+            "{args:?}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+    }
+    Ok(())
+}
+
+/// The lease's expiry, read from the database.
+fn expiry(db: &Path) -> leasehold::chrono::DateTime<leasehold::chrono::Utc> {
+    let shown = json(&lh(db, &["--json", "show", "ops", "m"]));
+    let at = shown["expires_at"].as_str().expect("held");
+    leasehold::chrono::DateTime::parse_from_rfc3339(at)
+        .expect("a time")
+        .with_timezone(&leasehold::chrono::Utc)
+}
+
+/// Starts `run` with a shell that starts a grandchild, and returns it with
+/// the shell's and the grandchild's pids, once both run.
+fn run_a_shell_with_a_grandchild(db: &TempDb, lease: &str) -> (std::process::Child, u32, u32) {
+    let dir = db.dir.path();
+    let script = format!(
+        "echo $$ > {0}/shell.tmp; mv {0}/shell.tmp {0}/shell; sleep 300 & echo $! > {0}/child.tmp; mv {0}/child.tmp {0}/child; wait",
+        dir.display()
+    );
+    let run = on(&db.path)
+        .args([
+            "run", "ops", "m", "host-1", "--for", lease, "--grace", "100ms", "--", "sh", "-c",
+            &script,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    support::wait_for_file(&dir.join("child"), Duration::from_secs(30));
+    let pid = |name: &str| -> u32 {
+        std::fs::read_to_string(dir.join(name))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
+    };
+    let (shell, child) = (pid("shell"), pid("child"));
+    assert!(running(shell) && running(child));
+    (run, shell, child)
+}
+
+/// Asserts that none of `pids` runs by the time the lease expires (polling
+/// until they are gone, failing if the expiry passes first).
+#[track_caller]
+fn none_survives_the_lease(db: &Path, pids: &[u32]) {
+    let expires = expiry(db);
+    loop {
+        // Read the time before looking: a process seen gone is gone then.
+        let now = leasehold::chrono::Utc::now();
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| running(*p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            now < expires,
+            "{alive:?} still running at {now}, past the lease's expiry {expires}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_killed_run_leaves_nothing_of_its_command_running_past_the_lease() -> R {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let db = TempDb::new();
+    let (mut run, shell, child) = run_a_shell_with_a_grandchild(&db, "1s");
+    // Renewals come when half the lease (500ms) is left: kill `run` a
+    // little before the next one.
+    loop {
+        let kill_at = expiry(&db.path) - leasehold::chrono::Duration::milliseconds(560);
+        let now = leasehold::chrono::Utc::now();
+        if now < kill_at {
+            std::thread::sleep((kill_at - now).to_std()?);
+            break;
+        }
+        // Too late for this one (a slow machine): the next renewal.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL)?;
+    run.wait()?;
+    none_survives_the_lease(&db.path, &[shell, child]);
+    Ok(())
+}
+
+#[test]
+fn a_stopped_run_leaves_nothing_of_its_command_running_past_the_lease() -> R {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let db = TempDb::new();
+    let (run, shell, child) = run_a_shell_with_a_grandchild(&db, "1s");
+    let pid = Pid::from_raw(run.id() as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    let checked = std::panic::catch_unwind(|| none_survives_the_lease(&db.path, &[shell, child]));
+    kill(pid, Signal::SIGCONT)?;
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+    // Resumed, it finds its command stopped and its lease lost.
+    let out = run.wait_with_output()?;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("ops/m (epoch 1)"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn run_stops_what_its_command_left_behind_and_passes_signals_on() -> R {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // The command exits at once, leaving a child behind in its group.
+    let db = TempDb::new();
+    let pid_file = db.dir.path().join("pid");
+    let script = format!(
+        "sleep 300 & echo $! > {0}.tmp; mv {0}.tmp {0}",
+        pid_file.display()
+    );
+    let o = lh(
+        &db.path,
+        &[
+            "run", "ops", "m", "h", "--grace", "1s", "--", "sh", "-c", &script,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let sleeper: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    assert!(!running(sleeper), "left running after run ended");
+    assert!(ok(&lh(&db.path, &["list"])).contains("no held leases"));
+
+    // SIGTERM to run reaches the command (and not run's watcher alone).
+    let started = db.dir.path().join("started");
+    let script = format!(
+        "trap 'exit 42' TERM; touch {}; while :; do sleep 0.01; done",
+        started.display()
+    );
+    let run = on(&db.path)
+        .args(["run", "ops", "m", "h", "--", "sh", "-c", &script])
         .stderr(Stdio::piped())
         .spawn()?;
     support::wait_for_file(&started, Duration::from_secs(30));
-    ok(&lh(&db.path, &["revoke", "ops", "m"]));
-    std::fs::write(&go, "")?;
-    let out = child.wait_with_output()?;
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(stderr(&out).contains("lost ops/m"), "{}", stderr(&out));
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGTERM)?;
+    let out = run.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(42), "{}", stderr(&out));
     Ok(())
 }
 

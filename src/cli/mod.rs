@@ -8,6 +8,7 @@ mod run;
 mod svg;
 mod transfer;
 mod watch;
+mod watcher;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -25,12 +26,13 @@ Exit codes:
   3  claim denied: someone else holds the lease
   4  not held: the holder named does not hold the lease (or no such pin;
      or, for show and history, no such key)
-  5  invalid input: a bad name, duration, database file or import
+  5  invalid input: a bad name, duration, database file, output file or
+     import; an argument that is not UTF-8
   6  busy: the database stayed locked; retrying later may succeed
   7  storage error
   8  the database was migrated by a newer leasehold
-  run exits with its command's status (128 + N if killed by signal N), or 4
-  if the lease was lost and the command still exited 0.";
+  run exits with its command's status (128 + N if killed by signal N), or
+  4 if the lease was lost while it ran, however the command ended.";
 
 /// Leadership leases in SQLite: see, steer and use them from the shell.
 #[derive(Debug, Parser)]
@@ -124,12 +126,20 @@ enum Command {
     /// Run a command while holding a lease; stop it if the lease is lost.
     ///
     /// The command gets LEASEHOLD_NAMESPACE, LEASEHOLD_NAME, LEASEHOLD_HOLDER,
-    /// LEASEHOLD_EPOCH and LEASEHOLD_DB, so it can guard its own writes with
-    /// its tenure's token. A tracker keeps the lease meanwhile; if it is lost
-    /// the command gets SIGTERM, then SIGKILL after the grace period. The
-    /// command runs in a process group of its own, which signals reach
-    /// whole. Denied (or, with --wait, waiting) while anyone holds the lease,
-    /// even the same holder: a tenure is never shared.
+    /// LEASEHOLD_EPOCH and LEASEHOLD_DB (an absolute path), so it can guard
+    /// its own writes with its tenure's token. Its standard output is its
+    /// own: leasehold's messages go to stderr. A tracker keeps the lease
+    /// meanwhile; if it is lost the command gets SIGTERM, then SIGKILL after
+    /// the grace period, and run exits 4 however the command ended. Denied
+    /// (or, with --wait, waiting) while anyone holds the lease, even the
+    /// same holder: a tenure is never shared.
+    ///
+    /// The command runs in a process group led by a small watcher process,
+    /// which signals to run (INT, TERM, HUP) reach whole. The watcher is
+    /// told each renewal and stops the whole group before the lease could
+    /// lapse even if run is killed (at once), stopped or wedged. What
+    /// escapes it: a process that leaves the group (setsid, setpgid), and
+    /// a SIGSTOP or SIGKILL of the watcher itself.
     Run(run::RunArgs),
     /// Write every lease, pin and epoch as JSON lines.
     Export {
@@ -160,10 +170,14 @@ enum Command {
     /// leader paused, guarded writes, a timeline and a verdict.
     ///
     /// Runs on --db if given, else on a fresh temporary file ($LEASEHOLD_DB
-    /// is not used: the demo rewrites its table).
+    /// is not used). It changes nothing it did not create: it refuses a
+    /// --db that is not a SQLite database, has a demo_writes table, or
+    /// whose demo lease is held or pinned.
     Demo(demo::DemoArgs),
     #[command(hide = true, name = "__demo-worker")]
     DemoWorker(demo::WorkerArgs),
+    #[command(hide = true, name = "__run-watcher")]
+    RunWatcher(watcher::WatcherArgs),
 }
 
 #[derive(Debug, Args)]
@@ -489,5 +503,6 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         } => watch::watch(&open_existing(db)?, namespace.as_deref(), duration, out),
         Command::Demo(args) => demo::demo(db, args, out),
         Command::DemoWorker(args) => demo::worker(args),
+        Command::RunWatcher(args) => watcher::watcher(args),
     }
 }
