@@ -1578,6 +1578,13 @@ fn export_refuses_to_write_over_the_database_or_its_side_files() -> R {
         .args(["demo", "--short", "--db", "new.db", "--svg", "new.db-wal"])
         .output()?;
     fails(&o, 5);
+    // A dangling symlink to the database the demo is about to create.
+    std::os::unix::fs::symlink("sub/../new.db", dir.join("dangling.svg"))?;
+    let o = bin()
+        .current_dir(dir)
+        .args(["demo", "--short", "--db", "new.db", "--svg", "dangling.svg"])
+        .output()?;
+    fails(&o, 5);
     assert!(!dir.join("new.db").exists(), "nothing was started");
     Ok(())
 }
@@ -1611,6 +1618,19 @@ fn export_replaces_its_file_whole_keeping_its_mode() -> R {
     ));
     assert!(std::fs::symlink_metadata(&link)?.file_type().is_symlink());
     assert!(std::fs::read_to_string(&dump)?.contains("\"lease\""));
+    // Through a dangling symlink: its target is created.
+    let dangling = dir.join("dangling.jsonl");
+    std::os::unix::fs::symlink("new.jsonl", &dangling)?;
+    ok(&lh(
+        &db.path,
+        &["export", "-o", dangling.to_str().expect("utf8")],
+    ));
+    assert!(
+        std::fs::symlink_metadata(&dangling)?
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read_to_string(dir.join("new.jsonl"))?.contains("\"lease\""));
     assert!(temp_files_in(dir).is_empty(), "{:?}", temp_files_in(dir));
     // What is not a regular file is written in place.
     ok(&lh(&db.path, &["export", "-o", "/dev/null"]));

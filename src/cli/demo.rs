@@ -479,6 +479,12 @@ fn inspect(db: &Path) -> Result<(), CliError> {
     if !db.exists() {
         return Ok(());
     }
+    if db.is_dir() {
+        return Err(CliError::Invalid(format!(
+            "refusing to run the demo on {}: it is a directory",
+            db.display()
+        )));
+    }
     let refuse = |why: String| {
         CliError::Invalid(format!(
             "refusing to run the demo on {}: {why}; the demo changes nothing it did not create (pass another --db, or none for a temporary file)",
@@ -794,6 +800,8 @@ fn play(
         .filter(|m| matches!(m.what, What::Refused(..)))
         .count();
     if let Some(path) = &args.svg {
+        // Checked again: the file system may have changed meanwhile.
+        output::not_the_database(path, db)?;
         output::write(path, super::svg::timeline(&moments, elapsed).as_bytes())?;
     }
     if out.quiet {

@@ -21,15 +21,26 @@ use super::CliError;
 /// The files SQLite keeps beside a database.
 const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
-/// Where `path` lives: its directory, canonical, joined with its name.
-/// `None` if the directory does not exist (or the path has no name).
+/// Where `path` lives: its directory, canonical, joined with its name
+/// (following a symlink, even one whose target does not exist yet: writing
+/// through it creates the target). `None` if the directory does not exist
+/// (or the path has no name).
 fn place(path: &Path) -> Option<PathBuf> {
-    let name = path.file_name()?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    Some(fs::canonicalize(parent).ok()?.join(name))
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        let name = path.file_name()?.to_owned();
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let here = fs::canonicalize(parent).ok()?.join(name);
+        match fs::read_link(&here) {
+            // A relative target is relative to the link's directory.
+            Ok(target) => path = here.parent().unwrap_or(Path::new("/")).join(target),
+            Err(_) => return Some(here),
+        }
+    }
+    None
 }
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -140,7 +151,11 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
             let target = fs::canonicalize(path).map_err(failed)?;
             replace(&target, bytes, Some(m.permissions().mode() & 0o7777)).map_err(failed)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => replace(path, bytes, None).map_err(failed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A new file (through a dangling symlink: its target).
+            let target = place(path).unwrap_or_else(|| path.to_path_buf());
+            replace(&target, bytes, None).map_err(failed)
+        }
         Err(e) => Err(failed(e)),
     }
 }
