@@ -204,6 +204,14 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
         }
     };
     watcher.update(&tracker, &engine);
+    if watcher.sent.is_none() {
+        // No guarantee to give the watcher: the lease was just lost.
+        watcher.finish(timing);
+        tracker.stop();
+        return Err(CliError::NotHeld(format!(
+            "lost {key} (epoch {epoch}) before the command could start"
+        )));
+    }
     let group = Group(watcher.pgid);
 
     let (program, rest) = args.command.split_first().expect("clap requires a command");
