@@ -346,16 +346,13 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
             break status;
         }
     };
+    // Whether run itself saw the loss and stopped the command.
+    let run_acted = stopping && !by_watcher;
     // What was noticed by the time the command ended counts (a `run` that
-    // was stopped finds all of it at once); it is told in the last notice.
-    let acted = stopping;
+    // was stopped finds all of it at once).
     while let Ok(Ok(event)) = events.try_recv() {
         match event {
-            Happened::Lost => stopping = true,
-            Happened::WatcherStopped => {
-                by_watcher |= !acted;
-                stopping = true;
-            }
+            Happened::Lost | Happened::WatcherStopped => stopping = true,
             Happened::Exited(_) | Happened::Signal(_) => {}
         }
     }
@@ -376,19 +373,27 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     // Whatever the command left running in its group must not outlive the
     // lease: the watcher stops it and exits; then, belt and braces, what
     // is still there is stopped here, before the lease is given back.
-    watcher.finish(timing);
+    // Once it has exited, all it said has been read: whether it stopped the
+    // command at a deadline run did not move in time (run was paused or
+    // slow), even if the lease was still held when run looked.
+    let watcher_stopped = watcher.finish(timing);
     group.end(grace);
     signal_handle.close();
     tracker.stop();
+    let how = how_it_ended(status);
     if lost {
         return Err(CliError::NotHeld(format!(
-            "lost {key} (epoch {epoch}) while the command ran; {}{}",
-            how_it_ended(status),
-            if by_watcher {
+            "lost {key} (epoch {epoch}) while the command ran; {how}{}",
+            if watcher_stopped && !run_acted {
                 " (the watcher stopped it: the lease was not confirmed in time)"
             } else {
                 ""
             }
+        )));
+    }
+    if watcher_stopped {
+        return Err(CliError::NotHeld(format!(
+            "{key} (epoch {epoch}) was not confirmed in time (was run paused?), so the watcher stopped the command before the lease could lapse; {how}"
         )));
     }
     Ok(exit_code(status))
@@ -423,6 +428,9 @@ struct Watcher {
     pgid: Pid,
     /// The last `lease_until` sent.
     sent: Option<DateTime<Utc>>,
+    /// Reads what the watcher says; ends when it exits, with whether it
+    /// stopped the command at a deadline.
+    reader: Option<std::thread::JoinHandle<bool>>,
 }
 
 impl Watcher {
@@ -452,18 +460,22 @@ impl Watcher {
             let _ = child.wait();
             return Err(std::io::Error::other("it did not start"));
         }
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
+            let mut stopped = false;
             for line in stdout.lines().map_while(Result::ok) {
-                if line.trim() == "deadline" && events.send(Ok(Happened::WatcherStopped)).is_err() {
-                    return;
+                if line.trim() == "deadline" {
+                    stopped = true;
+                    let _ = events.send(Ok(Happened::WatcherStopped));
                 }
             }
+            stopped
         });
         Ok(Watcher {
             child,
             stdin,
             pgid,
             sent: None,
+            reader: Some(reader),
         })
     }
 
@@ -495,18 +507,23 @@ impl Watcher {
 
     /// Closes the pipe, so that the watcher stops what is left of the
     /// group and exits, and waits for it, at most the grace and slack and
-    /// a second; a watcher still there is killed.
-    fn finish(&mut self, timing: Timing) {
+    /// a second; a watcher still there is killed. Returns whether it had
+    /// stopped the command at a deadline.
+    fn finish(&mut self, timing: Timing) -> bool {
         drop(self.stdin.take());
         let until = Instant::now() + timing.margin_total() + Duration::from_secs(1);
-        while Instant::now() < until {
-            if self.has_exited() {
-                return;
+        while !self.has_exited() {
+            if Instant::now() >= until {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Its stdout is closed now: the reader ends.
+        self.reader
+            .take()
+            .is_some_and(|r| r.join().unwrap_or(false))
     }
 }
 
