@@ -722,6 +722,23 @@ fn a_stopped_run_leaves_nothing_of_its_command_running_past_the_lease() -> R {
 }
 
 #[test]
+fn run_tells_its_watcher_every_renewal() -> R {
+    // Without the renewals' deadlines the watcher would stop the command
+    // 200ms before the first lease's end, at 1.8s.
+    let db = TempDb::new();
+    let o = lh(
+        &db.path,
+        &[
+            "run", "ops", "m", "h", "--for", "2s", "--grace", "100ms", "--", "sleep", "4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let history = ok(&lh(&db.path, &["history", "ops", "m"]));
+    assert_eq!(history.matches("claimed").count(), 1, "{history}");
+    Ok(())
+}
+
+#[test]
 fn run_stops_what_its_command_left_behind_and_passes_signals_on() -> R {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;

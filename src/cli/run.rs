@@ -276,16 +276,16 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
         }
     });
 
-    // Each renewal moves the watcher's deadline: look for one this often.
-    let poll = (guarantee / 10).clamp(Duration::from_millis(1), Duration::from_secs(1));
-    // Whether the loss was noticed (and the command told to stop), and
-    // whether the watcher noticed it first.
-    let mut stopping = false;
-    let mut by_watcher = false;
-    let handle = |event: Happened,
-                  stopping: &mut bool,
-                  by_watcher: &mut bool|
-     -> Option<ExitStatus> {
+    // Each renewal moves the watcher's deadline: look for one this often,
+    // and often enough that it reaches the watcher well before the
+    // watcher would act (its SIGTERM comes guarantee - margin after the
+    // renewal was due).
+    let gap = guarantee.saturating_sub(timing.margin_total());
+    let poll = (guarantee / 10)
+        .min(gap / 4)
+        .clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut seen = Seen::default();
+    let handle = |event: Happened, seen: &mut Seen| -> Option<ExitStatus> {
         match event {
             Happened::Exited(status) => return Some(status),
             Happened::Signal(sig) => {
@@ -293,8 +293,10 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
                     group.signal(sig);
                 }
             }
-            Happened::Lost if !*stopping => {
-                *stopping = true;
+            Happened::Lost if !seen.stopping => {
+                seen.stopping = true;
+                seen.loss = true;
+                seen.run_acted = true;
                 out.notice(
                     "not_held",
                     4,
@@ -311,19 +313,19 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
                     group.signal(Signal::SIGKILL);
                 });
             }
-            Happened::WatcherStopped if !*stopping => {
-                *stopping = true;
-                *by_watcher = true;
+            Happened::WatcherStopped if !seen.stopping => {
+                seen.stopping = true;
                 out.notice(
                     "not_held",
                     4,
                     &format!(
-                        "the lease on {key} (epoch {epoch}) was not confirmed in time; the watcher is stopping the command (SIGTERM, SIGKILL after {})",
+                        "the lease on {key} (epoch {epoch}) was not confirmed to the watcher in time; it is stopping the command (SIGTERM, SIGKILL after {})",
                         super::leases::human(grace)
                     ),
                 );
             }
-            Happened::Lost | Happened::WatcherStopped => {}
+            Happened::Lost => seen.loss = true,
+            Happened::WatcherStopped => {}
         }
         None
     };
@@ -342,24 +344,21 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
             }
         };
         watcher.update(&tracker, &engine);
-        if let Some(status) = event.and_then(|e| handle(e, &mut stopping, &mut by_watcher)) {
+        if let Some(status) = event.and_then(|e| handle(e, &mut seen)) {
             break status;
         }
     };
-    // Whether run itself saw the loss and stopped the command.
-    let run_acted = stopping && !by_watcher;
     // What was noticed by the time the command ended counts (a `run` that
     // was stopped finds all of it at once).
     while let Ok(Ok(event)) = events.try_recv() {
-        match event {
-            Happened::Lost | Happened::WatcherStopped => stopping = true,
-            Happened::Exited(_) | Happened::Signal(_) => {}
+        if let Happened::Lost = event {
+            seen.loss = true;
         }
     }
     // Lost while it ran? Decided now, before the rest of its group is
     // stopped (meanwhile the lease is still renewed). Whatever its status,
     // a command that lost its lease did not finish its job under it.
-    let lost = stopping
+    let lost = seen.loss
         || match token.check() {
             Ok(()) => false,
             Err(Error::GuardFailed { .. }) => true,
@@ -384,7 +383,7 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     if lost {
         return Err(CliError::NotHeld(format!(
             "lost {key} (epoch {epoch}) while the command ran; {how}{}",
-            if watcher_stopped && !run_acted {
+            if watcher_stopped && !seen.run_acted {
                 " (the watcher stopped it: the lease was not confirmed in time)"
             } else {
                 ""
@@ -393,10 +392,21 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
     }
     if watcher_stopped {
         return Err(CliError::NotHeld(format!(
-            "{key} (epoch {epoch}) was not confirmed in time (was run paused?), so the watcher stopped the command before the lease could lapse; {how}"
+            "{key} (epoch {epoch}) was not confirmed to the watcher in time (was run paused or slow?), so it stopped the command before the lease could lapse; {how}"
         )));
     }
     Ok(exit_code(status))
+}
+
+/// What `run` saw while its command ran.
+#[derive(Default)]
+struct Seen {
+    /// The command was told to stop (by run or by the watcher).
+    stopping: bool,
+    /// The tracker lost the lease.
+    loss: bool,
+    /// Run saw the loss before the watcher stopped the command.
+    run_acted: bool,
 }
 
 /// Begins a new tenure for the holder ([`Engine::claim_new`]). Refused —
