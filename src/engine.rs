@@ -13,13 +13,13 @@ use chrono::{DateTime, Utc};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::sqlite::busy::LockWait;
 use crate::clock::{Clock, SystemClock, from_ms, to_ms};
 use crate::driver::{BackgroundStats, Driver, HandleError, LogErrors};
 use crate::error::{Context, Error, Result};
 use crate::key::{Key, duration_ms};
 use crate::lease::{Lease, Tenure};
 use crate::ops::InTxn;
+use crate::sqlite::busy::LockWait;
 use crate::sqlite::schema;
 use crate::store::{Known, SqliteStore, Store};
 use crate::token::LeaseToken;

@@ -143,7 +143,6 @@ mod transfer;
 mod txn;
 mod wait;
 
-pub use crate::sqlite::busy::LockWait;
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
@@ -152,6 +151,7 @@ pub use crate::event::{Event, EventKind, Events, Gap};
 pub use crate::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
 pub use crate::lease::{Lease, Pin, Tenure};
 pub use crate::ops::InTxn;
+pub use crate::sqlite::busy::LockWait;
 pub use crate::sqlite::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
 pub use crate::ticket::LeaseTicket;
 pub use crate::token::{Guard, LeaseToken};

@@ -192,10 +192,15 @@ impl Engine {
                             let same_tenure = lease.epoch == target_epoch
                                 && rec.holder_at(t) == Some(holder.as_str());
                             if lease.epoch == target_epoch && target_epoch > 0 && !same_tenure {
+                                let whose = match rec.holder_at(t) {
+                                    Some(other) => format!("held here by {other}"),
+                                    None => "whose tenure ended (a re-import would revive its tokens)"
+                                        .to_owned(),
+                                };
                                 return Err(refuse(
                                     "epoch",
                                     format!(
-                                        "{} is already this database's epoch for {}, held by someone else",
+                                        "{} is already this database's epoch for {}, {whose}",
                                         lease.epoch, lease.key
                                     ),
                                 ));

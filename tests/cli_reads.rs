@@ -246,3 +246,47 @@ fn database_files_that_cannot_serve_say_what_is_wrong() -> R {
     assert_eq!(e["error"]["kind"], "schema_mismatch", "{e}");
     Ok(())
 }
+
+/// Whether process `pid` still runs (a zombie does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or_default().trim_start();
+        !state.starts_with('Z') && !state.starts_with('X')
+    })
+}
+
+#[test]
+fn run_stops_its_command_when_the_database_file_is_deleted_or_replaced() -> R {
+    for replace in [false, true] {
+        let db = TempDb::new();
+        let pid_file = db.dir.path().join("pid");
+        let script = format!(
+            "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 300",
+            pid_file.display()
+        );
+        let child = on(&db.path)
+            .args([
+                "run", "ops", "m", "host-1", "--for", "60s", "--grace", "1s", "--", "sh", "-c",
+                &script,
+            ])
+            .stderr(Stdio::piped())
+            .spawn()?;
+        support::wait_for_file(&pid_file, Duration::from_secs(30));
+        let command: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        if replace {
+            // A fresh database moved over the path: its epoch 1 must not sit
+            // beside the run's own epoch 1.
+            let other = db.dir.path().join("other.db");
+            exits(&lh(&other, &["migrate"]), 0);
+            std::fs::rename(&other, &db.path)?;
+        } else {
+            std::fs::remove_file(&db.path)?;
+        }
+        let out = child.wait_with_output()?;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains("lost ops/m"), "{err}");
+        assert!(!running(command), "the command outlived the lost lease");
+    }
+    Ok(())
+}

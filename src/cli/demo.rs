@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -15,8 +15,11 @@ use leasehold::{Engine, Key, Txn};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
-use super::{CliError, Output};
+use super::{CliError, Output, output, print};
 
 const APP: &str = "demo-app";
 
@@ -189,8 +192,15 @@ fn spawn_worker(
     guarantee: Duration,
     interval: Duration,
     tx: &mpsc::Sender<(String, Instant, Report)>,
+    leftovers: &Leftovers,
 ) -> Result<Worker, CliError> {
     let exe = std::env::current_exe()?;
+    // Spawned and registered under the lock: a signal's clean-up either
+    // sees the worker or stops the demo before it exists.
+    let mut state = leftovers.lock();
+    if state.abandoned {
+        return Err(CliError::Failed("the demo was stopped".into()));
+    }
     let mut child = Command::new(exe)
         .arg("__demo-worker")
         .arg("--database")
@@ -202,6 +212,8 @@ fn spawn_worker(
         .stdout(Stdio::piped())
         .env_remove("LEASEHOLD_DB")
         .spawn()?;
+    state.workers.push(child.id());
+    drop(state);
     let stdout = child.stdout.take().expect("piped");
     let stdin = child.stdin.take();
     let tx = tx.clone();
@@ -222,6 +234,46 @@ fn spawn_worker(
     })
 }
 
+/// What a demo stopped early (by a signal, a closed stdout or an error)
+/// must undo: its worker processes (one may be paused) and its temporary
+/// directory.
+#[derive(Clone, Default)]
+struct Leftovers(Arc<Mutex<LeftoverState>>);
+
+#[derive(Default)]
+struct LeftoverState {
+    workers: Vec<u32>,
+    dir: Option<PathBuf>,
+    abandoned: bool,
+}
+
+impl Leftovers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeftoverState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets a worker about to be waited for (its pid may be reused).
+    fn forget(&self, pid: u32) {
+        self.lock().workers.retain(|p| *p != pid);
+    }
+
+    /// Kills every worker, waits for them, and removes the temporary
+    /// directory. Later spawns are refused.
+    fn abandon(&self) {
+        let mut state = self.lock();
+        state.abandoned = true;
+        for pid in state.workers.drain(..) {
+            let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits"));
+            // SIGKILL ends a stopped process too.
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        if let Some(dir) = state.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn pid(w: &Worker) -> Pid {
     Pid::from_raw(i32::try_from(w.child.id()).expect("pid fits"))
 }
@@ -233,9 +285,9 @@ fn who_replaces(moments: &[Moment], who: &str) -> bool {
         .any(|m| m.who == who && matches!(m.what, What::Replaces(_)))
 }
 
-/// The table workers write to (recreated for each run).
-const DEMO_TABLE: &str = "DROP TABLE IF EXISTS demo_writes;
-     CREATE TABLE demo_writes (
+/// The table workers write to. Plain `CREATE TABLE`: the demo refuses a
+/// database that has one already, and never drops anything.
+const DEMO_TABLE: &str = "CREATE TABLE demo_writes (
          worker TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
          lease_holder TEXT, lease_epoch INTEGER, lease_until_ms INTEGER, began_ms INTEGER);";
 
@@ -387,20 +439,193 @@ fn print_moment(m: &Moment) {
         What::Joined => "starts".into(),
         What::Replaces(w) => format!("joins, replacing {w}"),
     };
-    println!("{}  {:<9} {what}", secs(m.at), m.who);
+    print::line(&format!("{}  {:<9} {what}", secs(m.at), m.who));
+}
+
+/// One moment as a JSON object, with its `kind`.
+fn moment_json(m: &Moment) -> serde_json::Value {
+    let mut v = json!({
+        "at_ms": m.at.as_micros() as f64 / 1000.0,
+        "worker": m.who,
+    });
+    let (kind, extra) = match &m.what {
+        What::Leads(e) => ("leads", json!({ "epoch": e })),
+        What::StepsDown => ("steps_down", json!({})),
+        What::Wrote(e) => ("wrote", json!({ "epoch": e })),
+        What::Refused(e, why) => ("refused", json!({ "epoch": e, "reason": why })),
+        What::Killed => ("killed", json!({ "signal": "SIGKILL" })),
+        What::Paused(d) => (
+            "paused",
+            json!({ "signal": "SIGSTOP", "for_ms": d.as_millis() as u64 }),
+        ),
+        What::Resumed => ("resumed", json!({ "signal": "SIGCONT" })),
+        What::Joined => ("joined", json!({})),
+        What::Replaces(w) => ("replaces", json!({ "replaced": w })),
+    };
+    v["kind"] = json!(kind);
+    if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+        v.extend(extra.clone());
+    }
+    v
+}
+
+/// Refuses (before anything is changed) an existing `--db` the demo could
+/// only run on by changing what it did not create: a file that is not a
+/// SQLite database, one with a `demo_writes` table of its own, one whose
+/// demo lease someone holds or pins, one whose leasehold schema is older
+/// (the demo would migrate it). Read through a read-only connection.
+fn inspect(db: &Path) -> Result<(), CliError> {
+    use leasehold::rusqlite::{self, Connection, OpenFlags, OptionalExtension};
+    if !db.exists() {
+        return Ok(());
+    }
+    if db.is_dir() {
+        return Err(CliError::Invalid(format!(
+            "refusing to run the demo on {}: it is a directory",
+            db.display()
+        )));
+    }
+    let refuse = |why: String| {
+        CliError::Invalid(format!(
+            "refusing to run the demo on {}: {why}; the demo changes nothing it did not create (pass another --db, or none for a temporary file)",
+            db.display()
+        ))
+    };
+    let failed = |e: rusqlite::Error| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) {
+            refuse("it is not a SQLite database".into())
+        } else {
+            CliError::Failed(format!("cannot read {}: {e}", db.display()))
+        }
+    };
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(failed)?;
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(failed)?;
+    if let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case("demo_writes")) {
+        return Err(refuse(format!(
+            "it already has {name:?} (the demo's table, from an earlier demo? drop it if it is not yours)"
+        )));
+    }
+    let version = leasehold::schema_version(&conn)?;
+    if version == 0 || version > leasehold::SCHEMA_VERSION {
+        // No leasehold tables yet (the demo creates them), or a newer
+        // schema (refused by the engine before it changes anything).
+        return Ok(());
+    }
+    if version < leasehold::SCHEMA_VERSION {
+        return Err(refuse(format!(
+            "its leasehold schema is version {version}, and the demo would migrate it to {} (`leasehold migrate` does that, if you mean to)",
+            leasehold::SCHEMA_VERSION
+        )));
+    }
+    let key = leasehold::leadership::key(APP)?;
+    let (ns, name) = (key.namespace(), key.name());
+    let wall = leasehold::chrono::Utc::now().timestamp_millis();
+    let high_water: i64 = conn
+        .query_row("SELECT max(high_water_ms) FROM leasehold_clock", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .map_err(failed)?
+        .unwrap_or(0);
+    let row: Option<(Option<String>, i64, i64, i64)> = conn
+        .query_row(
+            "SELECT holder, expiry_ms, pinned_until_ms, updated_ms FROM leasehold_leases
+             WHERE namespace = ?1 AND name = ?2",
+            [ns, name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()
+        .map_err(failed)?;
+    let Some((holder, expiry, pinned_until, updated)) = row else {
+        return Ok(());
+    };
+    let now = wall.max(high_water).max(updated);
+    if let Some(holder) = holder.filter(|_| expiry.max(pinned_until) > now) {
+        return Err(refuse(format!(
+            "{key} is held by {holder}, so no worker of the demo could lead"
+        )));
+    }
+    let pinners: Vec<String> = conn
+        .prepare(
+            "SELECT entity FROM leasehold_pins WHERE namespace = ?1 AND name = ?2
+             AND (expires_ms IS NULL OR expires_ms > ?3) ORDER BY entity",
+        )
+        .and_then(|mut st| {
+            st.query_map((ns, name, now), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(failed)?;
+    if !pinners.is_empty() {
+        return Err(refuse(format!(
+            "{key} is pinned by {}, so its leaders' leases would not lapse",
+            pinners.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Runs the demo on `db` (from an explicit `--db`; `LEASEHOLD_DB` is not
-/// used, since the demo rewrites its table), or on a fresh temporary file.
+/// used: the demo writes a table of its own), or on a fresh temporary file.
 pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<u8, CliError> {
+    // Everything that can refuse, before anything starts or changes.
+    if let Some(svg) = &args.svg {
+        output::writable(svg)?;
+        if let Some(db) = global_db {
+            output::not_the_database(svg, db)?;
+        }
+    }
+    if let Some(db) = global_db {
+        inspect(db)?;
+    }
+    let leftovers = Leftovers::default();
     let tmp;
     let (db, temporary) = match global_db {
         Some(p) => (p.clone(), false),
         None => {
             tmp = tempfile::tempdir()?;
+            leftovers.lock().dir = Some(tmp.path().to_path_buf());
             (tmp.path().join("demo.db"), true)
         }
     };
+    // Stopped by a signal, or by a reader that went away: stop the workers
+    // (one may be paused) and remove the temporary directory.
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let signal_handle = signals.handle();
+    {
+        let leftovers = leftovers.clone();
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                leftovers.abandon();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
+    {
+        let leftovers = leftovers.clone();
+        print::on_exit(move || leftovers.abandon());
+    }
+    let played = play(&db, temporary, &args, out, &leftovers);
+    if played.is_err() {
+        leftovers.abandon();
+    }
+    print::clear_on_exit();
+    signal_handle.close();
+    played
+}
+
+fn play(
+    db: &Path,
+    temporary: bool,
+    args: &DemoArgs,
+    out: Output,
+    leftovers: &Leftovers,
+) -> Result<u8, CliError> {
     let (guarantee, interval, phase) = if args.short {
         (
             Duration::from_millis(150),
@@ -415,14 +640,14 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         )
     };
     let lease = guarantee * 2;
-    let engine = Engine::open(&db)?;
+    let engine = Engine::open(db)?;
     engine
         .connection()?
         .execute_batch(DEMO_TABLE)
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+        .map_err(|e| CliError::Failed(format!("cannot create the demo's table: {e}")))?;
     let key: Key = leasehold::leadership::key(APP)?;
-    if !out.quiet {
-        println!(
+    if !out.quiet && !out.json {
+        print::line(&format!(
             "leasehold demo: {} worker processes lead {key} in {}{}",
             args.workers,
             db.display(),
@@ -431,13 +656,13 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
             } else {
                 ""
             }
-        );
-        println!(
+        ));
+        print::line(&format!(
             "each claims {}ms leases renewed every {}ms, and writes a row every {}ms only through a guarded transaction\n",
             lease.as_millis(),
             guarantee.as_millis(),
             (interval * 2).as_millis()
-        );
+        ));
     }
     let (tx, reports) = mpsc::channel();
     let start = Instant::now();
@@ -447,7 +672,9 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     for _ in 0..args.workers {
         let name = format!("worker-{next_id}");
         next_id += 1;
-        workers.push(spawn_worker(&db, &name, guarantee, interval, &tx)?);
+        workers.push(spawn_worker(
+            db, &name, guarantee, interval, &tx, leftovers,
+        )?);
     }
     // Records reports until `until`, or until one from `stop_at` says it is
     // working (then returns true).
@@ -474,20 +701,27 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         }
         false
     };
-    let leader_of = |workers: &[Worker]| -> Result<Option<usize>, CliError> {
+    let leader_of = |workers: &[Worker]| -> Result<(Option<usize>, Option<String>), CliError> {
         let holder = engine
             .lease(&key)?
             .and_then(|l| l.holder().map(str::to_owned));
-        Ok(holder.and_then(|h| workers.iter().position(|w| w.name == h)))
+        let index = holder
+            .as_ref()
+            .and_then(|h| workers.iter().position(|w| w.name == *h));
+        Ok((index, holder))
     };
     let wait_for_leader = |workers: &[Worker]| -> Result<usize, CliError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(i) = leader_of(workers)? {
+            let (index, holder) = leader_of(workers)?;
+            if let Some(i) = index {
                 return Ok(i);
             }
             if Instant::now() > deadline {
-                return Err(CliError::Failed("no worker became leader".into()));
+                return Err(CliError::Failed(match holder {
+                    Some(h) => format!("no worker became leader in 10s: {key} is held by {h}"),
+                    None => "no worker became leader in 10s".into(),
+                }));
             }
             std::thread::sleep(interval);
         }
@@ -498,6 +732,7 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     let victim = wait_for_leader(&workers)?;
     let mut dead = workers.remove(victim);
     kill(pid(&dead), Signal::SIGKILL).map_err(|e| CliError::Failed(e.to_string()))?;
+    leftovers.forget(dead.child.id());
     let _ = dead.child.wait();
     moments.push(Moment {
         at: start.elapsed(),
@@ -505,7 +740,9 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         what: What::Killed,
     });
     let name = format!("worker-{next_id}");
-    workers.push(spawn_worker(&db, &name, guarantee, interval, &tx)?);
+    workers.push(spawn_worker(
+        db, &name, guarantee, interval, &tx, leftovers,
+    )?);
     moments.push(Moment {
         at: start.elapsed(),
         who: name,
@@ -541,6 +778,7 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         drop(w.stdin.take()); // closing stdin stops the worker
     }
     for w in &mut workers {
+        leftovers.forget(w.child.id());
         let _ = w.child.wait();
     }
     drop(tx);
@@ -557,61 +795,98 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         .iter()
         .filter(|m| matches!(m.what, What::Wrote(_)))
         .count();
-    let refused: Vec<&Moment> = moments
+    let refused = moments
         .iter()
         .filter(|m| matches!(m.what, What::Refused(..)))
-        .collect();
-    if !out.quiet {
-        println!("timeline (accepted writes are summarised per tenure below):");
-        for m in moments.iter().filter(|m| !matches!(m.what, What::Wrote(_))) {
-            print_moment(m);
-        }
-        println!("\nrows in the database, per epoch:");
-        for (epoch, writers) in &verdict.rows_per_epoch {
-            let holder = verdict
-                .holders_by_epoch
-                .get(epoch)
-                .map_or("?", String::as_str);
-            let list: Vec<String> = writers.iter().map(|(w, n)| format!("{n} by {w}")).collect();
-            println!(
-                "  epoch {epoch:>2}  held by {holder:<9}  rows: {}",
-                list.join(", ")
-            );
-        }
-        println!(
-            "\nwrites accepted: {accepted}; writes refused by guards: {} (in {:.1}s)",
-            refused.len(),
-            elapsed.as_secs_f64()
-        );
-        println!("checks, from the database:");
-        println!("  - every epoch's rows come from one writer");
-        println!("  - every row's writer held that epoch's tenure (per the lease history)");
-        println!(
-            "  - inside each writing transaction, the lease was the writer's, in that epoch, and had not run out"
-        );
-        println!("  - in commit order, no row of an older epoch follows a newer one");
-        if verdict.problems.is_empty() {
-            println!("verdict: PASS — no write landed outside its writer's tenure");
-        } else {
-            println!("verdict: FAIL");
-            for p in &verdict.problems {
-                println!("  - {p}");
-            }
-        }
-    }
-    out.json(&serde_json::json!({
-        "pass": verdict.problems.is_empty(),
-        "problems": verdict.problems,
-        "accepted": accepted,
-        "refused": refused.len(),
-        "epochs": verdict.rows_per_epoch.len(),
-        "seconds": elapsed.as_secs_f64(),
-    }));
+        .count();
     if let Some(path) = &args.svg {
-        std::fs::write(path, super::svg::timeline(&moments, elapsed))?;
-        out.say(format!("timeline drawn to {}", path.display()));
+        // Checked again: the file system may have changed meanwhile.
+        output::not_the_database(path, db)?;
+        output::write(path, super::svg::timeline(&moments, elapsed).as_bytes())?;
+    }
+    if out.quiet {
+    } else if out.json {
+        // One object per moment, then the verdict: JSON lines only.
+        for m in &moments {
+            print::line(&moment_json(m).to_string());
+        }
+        let rows: Vec<serde_json::Value> = verdict
+            .rows_per_epoch
+            .iter()
+            .map(|(epoch, writers)| {
+                json!({
+                    "epoch": epoch,
+                    "holder": verdict.holders_by_epoch.get(epoch),
+                    "rows": writers.iter().map(|(w, n)| json!({"worker": w, "rows": n})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print::line(
+            &json!({
+                "kind": "verdict",
+                "pass": verdict.problems.is_empty(),
+                "problems": verdict.problems,
+                "accepted": accepted,
+                "refused": refused,
+                "epochs": verdict.rows_per_epoch.len(),
+                "rows_per_epoch": rows,
+                "seconds": elapsed.as_secs_f64(),
+                "database": if temporary { None } else { Some(db.display().to_string()) },
+                "svg": args.svg.as_ref().map(|p| p.display().to_string()),
+            })
+            .to_string(),
+        );
+    } else {
+        print_report(&moments, &verdict, accepted, refused, elapsed);
+        if let Some(path) = &args.svg {
+            print::line(&format!("timeline drawn to {}", path.display()));
+        }
     }
     Ok(if verdict.problems.is_empty() { 0 } else { 1 })
+}
+
+fn print_report(
+    moments: &[Moment],
+    verdict: &Verdict,
+    accepted: usize,
+    refused: usize,
+    elapsed: Duration,
+) {
+    print::line("timeline (accepted writes are summarised per tenure below):");
+    for m in moments.iter().filter(|m| !matches!(m.what, What::Wrote(_))) {
+        print_moment(m);
+    }
+    print::line("\nrows in the database, per epoch:");
+    for (epoch, writers) in &verdict.rows_per_epoch {
+        let holder = verdict
+            .holders_by_epoch
+            .get(epoch)
+            .map_or("?", String::as_str);
+        let list: Vec<String> = writers.iter().map(|(w, n)| format!("{n} by {w}")).collect();
+        print::line(&format!(
+            "  epoch {epoch:>2}  held by {holder:<9}  rows: {}",
+            list.join(", ")
+        ));
+    }
+    print::line(&format!(
+        "\nwrites accepted: {accepted}; writes refused by guards: {refused} (in {:.1}s)",
+        elapsed.as_secs_f64()
+    ));
+    print::line("checks, from the database:");
+    print::line("  - every epoch's rows come from one writer");
+    print::line("  - every row's writer held that epoch's tenure (per the lease history)");
+    print::line(
+        "  - inside each writing transaction, the lease was the writer's, in that epoch, and had not run out",
+    );
+    print::line("  - in commit order, no row of an older epoch follows a newer one");
+    if verdict.problems.is_empty() {
+        print::line("verdict: PASS — no write landed outside its writer's tenure");
+    } else {
+        print::line("verdict: FAIL");
+        for p in &verdict.problems {
+            print::line(&format!("  - {p}"));
+        }
+    }
 }
 
 #[cfg(test)]

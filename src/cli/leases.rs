@@ -19,8 +19,12 @@ pub fn print_sql(out: Output) -> Result<u8, CliError> {
             out.json(&json!({ "migrations": all }));
         } else {
             for m in leasehold::migrations() {
-                println!("-- leasehold migration {:04}_{}", m.version(), m.name());
-                println!("{}", m.script());
+                super::print::line(&format!(
+                    "-- leasehold migration {:04}_{}",
+                    m.version(),
+                    m.name()
+                ));
+                super::print::line(&m.script());
             }
         }
     }
@@ -108,7 +112,7 @@ fn table(rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        super::print::line(cells.join("  ").trim_end());
     }
 }
 
@@ -138,7 +142,7 @@ pub fn list(
         return Ok(0);
     }
     if leases.is_empty() {
-        println!("no {}leases", if all { "" } else { "held " });
+        super::print::line(&format!("no {}leases", if all { "" } else { "held " }));
         return Ok(0);
     }
     let mut rows = vec![vec![

@@ -2,10 +2,13 @@
 
 mod demo;
 mod leases;
+mod output;
+mod print;
 mod run;
 mod svg;
 mod transfer;
 mod watch;
+mod watcher;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -22,13 +25,16 @@ Exit codes:
   2  usage error (bad arguments)
   3  claim denied: someone else holds the lease
   4  not held: the holder named does not hold the lease (or no such pin;
-     or, for show and history, no such key)
-  5  invalid input: a bad name, duration, database file or import
+     or, for show and history, no such key; or, for commands that only
+     read, no leasehold schema in the database)
+  5  invalid input: a bad name, duration, database file, output file or
+     import; an argument that is not UTF-8
   6  busy: the database stayed locked; retrying later may succeed
   7  storage error
-  8  the database was migrated by a newer leasehold
-  run exits with its command's status (128 + N if killed by signal N), or 4
-  if the lease was lost and the command still exited 0.";
+  8  the database's leasehold schema is not this build's: migrated by a
+     newer leasehold, or its recorded migrations were edited
+  run exits with its command's status (128 + N if killed by signal N), or
+  4 if the lease was lost while it ran, however the command ended.";
 
 /// Leadership leases in SQLite: see, steer and use them from the shell.
 #[derive(Debug, Parser)]
@@ -122,12 +128,20 @@ enum Command {
     /// Run a command while holding a lease; stop it if the lease is lost.
     ///
     /// The command gets LEASEHOLD_NAMESPACE, LEASEHOLD_NAME, LEASEHOLD_HOLDER,
-    /// LEASEHOLD_EPOCH and LEASEHOLD_DB, so it can guard its own writes with
-    /// its tenure's token. A tracker keeps the lease meanwhile; if it is lost
-    /// the command gets SIGTERM, then SIGKILL after the grace period. The
-    /// command runs in a process group of its own, which signals reach
-    /// whole. Denied (or, with --wait, waiting) while anyone holds the lease,
-    /// even the same holder: a tenure is never shared.
+    /// LEASEHOLD_EPOCH and LEASEHOLD_DB (an absolute path), so it can guard
+    /// its own writes with its tenure's token. Its standard output is its
+    /// own: leasehold's messages go to stderr. A tracker keeps the lease
+    /// meanwhile; if it is lost the command gets SIGTERM, then SIGKILL after
+    /// the grace period, and run exits 4 however the command ended. Denied
+    /// (or, with --wait, waiting) while anyone holds the lease, even the
+    /// same holder: a tenure is never shared.
+    ///
+    /// The command runs in a process group led by a small watcher process,
+    /// which signals to run (INT, TERM, HUP) reach whole. The watcher is
+    /// told each renewal and stops the whole group before the lease could
+    /// lapse even if run is killed (at once), stopped or wedged. What
+    /// escapes it: a process that leaves the group (setsid, setpgid), and
+    /// a SIGSTOP or SIGKILL of the watcher itself.
     Run(run::RunArgs),
     /// Write every lease, pin and epoch as JSON lines.
     Export {
@@ -158,10 +172,14 @@ enum Command {
     /// leader paused, guarded writes, a timeline and a verdict.
     ///
     /// Runs on --db if given, else on a fresh temporary file ($LEASEHOLD_DB
-    /// is not used: the demo rewrites its table).
+    /// is not used). It changes nothing it did not create: it refuses a
+    /// --db that is not a SQLite database, has a demo_writes table, or
+    /// whose demo lease is held or pinned.
     Demo(demo::DemoArgs),
     #[command(hide = true, name = "__demo-worker")]
     DemoWorker(demo::WorkerArgs),
+    #[command(hide = true, name = "__run-watcher")]
+    RunWatcher(watcher::WatcherArgs),
 }
 
 #[derive(Debug, Args)]
@@ -269,7 +287,7 @@ impl Output {
     /// Prints a human line (unless quiet or JSON).
     pub fn say(&self, line: impl AsRef<str>) {
         if !self.quiet && !self.json {
-            println!("{}", line.as_ref());
+            print::line(line.as_ref());
         }
     }
 
@@ -283,7 +301,7 @@ impl Output {
     /// Prints a JSON value (when JSON was asked for, unless quiet).
     pub fn json(&self, value: &serde_json::Value) {
         if self.json && !self.quiet {
-            println!("{value}");
+            print::line(&value.to_string());
         }
     }
 }
@@ -303,12 +321,12 @@ fn report(e: &CliError, json: bool) {
 /// One error line on stderr: JSON with `--json`.
 fn print_error(kind: &str, code: u8, message: &str, json: bool) {
     if json {
-        eprintln!(
-            "{}",
-            serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
+        print::err_line(
+            &serde_json::json!({"error": {"kind": kind, "code": code, "message": message}})
+                .to_string(),
         );
     } else {
-        eprintln!("leasehold: {}", one_line(message));
+        print::err_line(&format!("leasehold: {}", one_line(message)));
     }
 }
 
@@ -337,6 +355,10 @@ fn main_with(args: Vec<OsString>) -> ExitCode {
             // input, as one that parses but is out of range (`0s`) is.
             let failure = if e.kind() == clap::error::ErrorKind::ValueValidation {
                 CliError::Invalid(message.to_owned())
+            } else if e.kind() == clap::error::ErrorKind::InvalidUtf8 {
+                // Bad input (exit 5) like any other bad name, not a usage
+                // error.
+                CliError::Invalid(not_utf8(&args_for_json))
             } else {
                 CliError::Usage(format!("{message} (see --help)"))
             };
@@ -355,6 +377,66 @@ fn main_with(args: Vec<OsString>) -> ExitCode {
             ExitCode::from(e.code())
         }
     }
+}
+
+/// Says which argument is not UTF-8. clap does not name it, so the
+/// arguments are parsed again with a UTF-8 marker in its place, and the
+/// argument that received the marker is named.
+fn not_utf8(args: &[OsString]) -> String {
+    use clap::CommandFactory;
+    const MARKER: &str = "\u{1}leasehold: not UTF-8\u{1}";
+    let Some((index, bad)) = args
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, a)| a.to_str().is_none())
+    else {
+        return "an argument is not valid UTF-8".into();
+    };
+    // `--entity=VALUE`: only the value is replaced.
+    let bytes = bad.as_encoded_bytes();
+    let (replacement, value) = match bytes.iter().position(|b| *b == b'=') {
+        Some(eq) if bytes.starts_with(b"--") && std::str::from_utf8(&bytes[..eq]).is_ok() => (
+            format!("{}={MARKER}", String::from_utf8_lossy(&bytes[..eq])),
+            String::from_utf8_lossy(&bytes[eq + 1..]).into_owned(),
+        ),
+        _ => (MARKER.to_owned(), bad.to_string_lossy().into_owned()),
+    };
+    let mut replaced = args.to_vec();
+    replaced[index] = replacement.into();
+    let cmd = Cli::command();
+    let name = cmd
+        .clone()
+        .try_get_matches_from(replaced)
+        .ok()
+        .and_then(|m| marked_arg(&cmd, &m, MARKER));
+    let value = one_line(&value);
+    match name {
+        Some(name) => format!("{name} is not valid UTF-8: {value:?}"),
+        None => format!("argument {index} is not valid UTF-8: {value:?}"),
+    }
+}
+
+/// The argument (`NAME`, `--entity`) whose value is `marker`, searching
+/// subcommands too.
+fn marked_arg(cmd: &clap::Command, m: &clap::ArgMatches, marker: &str) -> Option<String> {
+    for id in m.ids() {
+        let Ok(Some(mut values)) = m.try_get_raw(id.as_str()) else {
+            continue;
+        };
+        if values.any(|v| v == marker) {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id)?;
+            return Some(match arg.get_long() {
+                Some(long) => format!("--{long}"),
+                None => arg
+                    .get_value_names()
+                    .and_then(|n| n.first())
+                    .map_or_else(|| id.to_string().to_uppercase(), ToString::to_string),
+            });
+        }
+    }
+    let (name, sub) = m.subcommand()?;
+    marked_arg(cmd.find_subcommand(name)?, sub, marker)
 }
 
 /// Keeps error output to one line whatever a message contains.
@@ -436,5 +518,6 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         } => watch::watch(&open_existing(db)?, namespace.as_deref(), duration, out),
         Command::Demo(args) => demo::demo(db, args, out),
         Command::DemoWorker(args) => demo::worker(args),
+        Command::RunWatcher(args) => watcher::watcher(args),
     }
 }

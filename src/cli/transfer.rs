@@ -11,10 +11,12 @@
 //! One record per line, so that an error can name its line; the `end` line
 //! catches a file cut short at a line boundary.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::Duration;
 
+use leasehold::chrono::Utc;
 use leasehold::{Engine, Error, ExportedLease, ExportedPin, Key, Snapshot};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -67,6 +69,9 @@ enum Line {
 }
 
 pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
+    if let Some(path) = output {
+        super::output::not_the_database(path, engine.path())?;
+    }
     let snapshot = engine.export()?;
     let mut text = String::new();
     let mut push = |value: &dyn erased::Line| {
@@ -102,9 +107,8 @@ pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
         pins: snapshot.pins.len(),
     }));
     match output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?,
-        None => std::io::stdout().write_all(text.as_bytes())?,
+        Some(path) => super::output::write(path, text.as_bytes())?,
+        None => super::print::out(&text),
     }
     Ok(0)
 }
@@ -155,12 +159,64 @@ fn from_line<T: serde::de::DeserializeOwned>(line: usize, text: &str) -> Result<
     Ok(value)
 }
 
-/// The text of line `n`, refused whole if it is not UTF-8.
-fn text_of(n: usize, text: std::io::Result<String>) -> Result<String, CliError> {
-    text.map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => bad(n, "not UTF-8 text"),
-        _ => CliError::Failed(format!("cannot read the import: {e}")),
-    })
+/// The longest line an import reads (a lease or pin line is a few hundred
+/// bytes at most).
+const MAX_LINE: usize = 1 << 20;
+
+/// The lines of an import, each read into a buffer of at most
+/// [`MAX_LINE`] bytes: memory stays bounded whatever the input, a line
+/// with no end included.
+struct Lines<R> {
+    input: R,
+    /// The number of the last line returned.
+    number: usize,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// The next line's number and text (without its line ending), or
+    /// `None` at the end of the input.
+    fn next_line(&mut self) -> Result<Option<(usize, String)>, CliError> {
+        let n = self.number + 1;
+        let mut line = Vec::new();
+        let mut any = false;
+        loop {
+            let chunk = match self.input.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CliError::Failed(format!("cannot read the import: {e}"))),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            any = true;
+            let newline = chunk.iter().position(|b| *b == b'\n');
+            let take = newline.unwrap_or(chunk.len());
+            if line.len() + take > MAX_LINE {
+                // Refused without reading the rest of it.
+                return Err(bad(
+                    n,
+                    format!(
+                        "longer than {MAX_LINE} bytes (1 MiB), the longest line an import reads"
+                    ),
+                ));
+            }
+            line.extend_from_slice(&chunk[..take]);
+            self.input.consume(take + usize::from(newline.is_some()));
+            if newline.is_some() {
+                break;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        self.number = n;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        String::from_utf8(line)
+            .map(|text| Some((n, text)))
+            .map_err(|_| bad(n, "not UTF-8 text"))
+    }
 }
 
 fn key_at(line: usize, namespace: &str, name: &str) -> Result<Key, CliError> {
@@ -170,14 +226,9 @@ fn key_at(line: usize, namespace: &str, name: &str) -> Result<Key, CliError> {
     })
 }
 
-/// Parses an export, checking every line before anything is written.
-fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
-    let mut lines = BufReader::new(input).lines().enumerate();
-    let (_, first) = lines
-        .next()
-        .ok_or_else(|| bad(1, "empty input: expected a leasehold export"))?;
-    let first = text_of(1, first)?;
-    let header: Header = from_line(1, &first)?;
+/// Checks the header: the format, a schema version this leasehold knows,
+/// and a time that is one.
+fn check_header(header: &Header) -> Result<leasehold::chrono::DateTime<Utc>, CliError> {
     if header.leasehold_export != FORMAT_VERSION {
         return Err(bad_field(
             1,
@@ -185,18 +236,79 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
             format!("format {} is not {FORMAT_VERSION}", header.leasehold_export),
         ));
     }
+    let newest = leasehold::SCHEMA_VERSION;
+    if header.schema == 0 {
+        return Err(bad_field(
+            1,
+            "schema",
+            "0 is not a leasehold schema version (they start at 1)",
+        ));
+    }
+    if header.schema > newest {
+        return Err(bad_field(
+            1,
+            "schema",
+            format!(
+                "{} is newer than this leasehold's schema version {newest}: import it with the leasehold that exported it",
+                header.schema
+            ),
+        ));
+    }
+    leasehold::chrono::DateTime::parse_from_rfc3339(&header.taken_at)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            bad_field(
+                1,
+                "taken_at",
+                format!(
+                    "{:?} is not an RFC 3339 date like 2026-11-25T14:00:00.000Z ({e})",
+                    header.taken_at
+                ),
+            )
+        })
+}
+
+/// A parsed export: the snapshot, the line of each of its entries (leases
+/// then pins), and the duplicate lines skipped.
+struct Parsed {
+    snapshot: Snapshot,
+    lines: Vec<usize>,
+    duplicates: Vec<usize>,
+}
+
+/// What a lease line says about its key.
+type LeaseSays = (Option<String>, u64, Option<u64>);
+/// What a pin line says about its key and entity.
+type PinSays = (String, Option<u64>);
+
+/// Parses an export, checking every line before anything is written.
+/// A line identical to an earlier one for the same key (or key and entity)
+/// is skipped and counted; one that differs is refused, naming both.
+fn parse(input: impl Read) -> Result<Parsed, CliError> {
+    let mut lines = Lines {
+        input: BufReader::new(input),
+        number: 0,
+    };
+    let Some((_, first)) = lines.next_line()? else {
+        return Err(bad(1, "empty input: expected a leasehold export"));
+    };
+    let header: Header = from_line(1, &first)?;
+    let taken_at = check_header(&header)?;
     let mut snapshot = Snapshot {
-        taken_at: leasehold::chrono::Utc::now(),
+        taken_at,
         leases: Vec::new(),
         pins: Vec::new(),
     };
     // The line number of each entry, leases then pins.
     let mut lease_lines = Vec::new();
     let mut pin_lines = Vec::new();
+    let mut duplicates = Vec::new();
+    let mut seen_leases: HashMap<Key, (usize, LeaseSays)> = HashMap::new();
+    let mut seen_pins: HashMap<(Key, String), (usize, PinSays)> = HashMap::new();
+    // Lines of each kind, duplicates included, for the end line's counts.
+    let (mut lease_count, mut pin_count) = (0, 0);
     let mut end = None;
-    for (i, text) in lines {
-        let n = i + 1;
-        let text = text_of(n, text)?;
+    while let Some((n, text)) = lines.next_line()? {
         if let Some(end_line) = end {
             return Err(bad(
                 n,
@@ -206,6 +318,7 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
         let line: Line = from_line(n, &text)?;
         match line {
             Line::Lease(l) => {
+                lease_count += 1;
                 if l.holder.is_none() && l.expires_in_ms.is_some() {
                     return Err(bad_field(
                         n,
@@ -213,8 +326,25 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
                         "a vacant lease has no expiry",
                     ));
                 }
+                let key = key_at(n, &l.namespace, &l.name)?;
+                let says = (l.holder.clone(), l.epoch, l.expires_in_ms);
+                if let Some((first, said)) = seen_leases.get(&key) {
+                    if *said == says {
+                        duplicates.push(n);
+                        continue;
+                    }
+                    return Err(bad(
+                        n,
+                        format!(
+                            "{key} is on line {first} already, differently ({} there, {} here); an export has one line per key",
+                            lease_words(said),
+                            lease_words(&says)
+                        ),
+                    ));
+                }
+                seen_leases.insert(key.clone(), (n, says));
                 snapshot.leases.push(ExportedLease {
-                    key: key_at(n, &l.namespace, &l.name)?,
+                    key,
                     holder: l.holder,
                     epoch: l.epoch,
                     remaining: l.expires_in_ms.map(Duration::from_millis),
@@ -222,8 +352,28 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
                 lease_lines.push(n);
             }
             Line::Pin(p) => {
+                pin_count += 1;
+                let key = key_at(n, &p.namespace, &p.name)?;
+                let says = (p.reason.clone(), p.expires_in_ms);
+                let id = (key.clone(), p.entity.clone());
+                if let Some((first, said)) = seen_pins.get(&id) {
+                    if *said == says {
+                        duplicates.push(n);
+                        continue;
+                    }
+                    return Err(bad(
+                        n,
+                        format!(
+                            "the pin of {key} by {} is on line {first} already, differently ({} there, {} here); an export has one line per pin",
+                            p.entity,
+                            pin_words(said),
+                            pin_words(&says)
+                        ),
+                    ));
+                }
+                seen_pins.insert(id, (n, says));
                 snapshot.pins.push(ExportedPin {
-                    key: key_at(n, &p.namespace, &p.name)?,
+                    key,
                     entity: p.entity,
                     reason: p.reason,
                     remaining: p.expires_in_ms.map(Duration::from_millis),
@@ -231,15 +381,12 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
                 pin_lines.push(n);
             }
             Line::End(e) => {
-                if e.leases != snapshot.leases.len() || e.pins != snapshot.pins.len() {
+                if e.leases != lease_count || e.pins != pin_count {
                     return Err(bad(
                         n,
                         format!(
-                            "the end line counts {} leases and {} pins, the file has {} and {}",
-                            e.leases,
-                            e.pins,
-                            snapshot.leases.len(),
-                            snapshot.pins.len()
+                            "the end line counts {} leases and {} pins, the file has {lease_count} and {pin_count}",
+                            e.leases, e.pins,
                         ),
                     ));
                 }
@@ -248,13 +395,27 @@ fn parse(input: impl Read) -> Result<(Snapshot, Vec<usize>), CliError> {
         }
     }
     if end.is_none() {
-        return Err(bad(
-            lease_lines.len() + pin_lines.len() + 2,
-            "truncated: the end line is missing",
-        ));
+        return Err(bad(lines.number + 1, "truncated: the end line is missing"));
     }
     lease_lines.extend(pin_lines);
-    Ok((snapshot, lease_lines))
+    Ok(Parsed {
+        snapshot,
+        lines: lease_lines,
+        duplicates,
+    })
+}
+
+fn lease_words((holder, epoch, expires): &LeaseSays) -> String {
+    let expires = expires.map_or("no expiry".to_owned(), |ms| format!("expires_in_ms {ms}"));
+    match holder {
+        Some(h) => format!("held by {h} in epoch {epoch}, {expires}"),
+        None => format!("vacant at epoch {epoch}"),
+    }
+}
+
+fn pin_words((reason, expires): &PinSays) -> String {
+    let expires = expires.map_or("no expiry".to_owned(), |ms| format!("expires_in_ms {ms}"));
+    format!("reason {reason:?}, {expires}")
 }
 
 pub fn import(
@@ -263,27 +424,51 @@ pub fn import(
     window: Duration,
     out: Output,
 ) -> Result<u8, CliError> {
-    let (snapshot, lines) = match file.filter(|p| *p != Path::new("-")) {
+    let parsed = match file.filter(|p| *p != Path::new("-")) {
         Some(path) => parse(
             std::fs::File::open(path)
                 .map_err(|e| CliError::Failed(format!("cannot read {}: {e}", path.display())))?,
         )?,
         None => parse(std::io::stdin().lock())?,
     };
-    let summary = engine.import(&snapshot, window).map_err(|e| match e {
-        Error::ImportRefused {
-            index,
-            field,
-            reason,
-        } => bad_field(lines.get(index).copied().unwrap_or(0), field, reason),
-        other => CliError::Lease(other),
-    })?;
-    out.json(&json!({"tenures": summary.tenures, "vacant": summary.vacant, "pins": summary.pins}));
+    let lines = &parsed.lines;
+    let summary = engine
+        .import(&parsed.snapshot, window)
+        .map_err(|e| match e {
+            Error::ImportRefused {
+                index,
+                field,
+                reason,
+            } => bad_field(lines.get(index).copied().unwrap_or(0), field, reason),
+            other => CliError::Lease(other),
+        })?;
+    let duplicates = &parsed.duplicates;
+    out.json(&json!({
+        "tenures": summary.tenures,
+        "vacant": summary.vacant,
+        "pins": summary.pins,
+        "duplicate_lines": duplicates,
+    }));
     let n = |count: usize, one: &str, many: &str| {
         format!("{count} {}", if count == 1 { one } else { many })
     };
+    let skipped = if duplicates.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = duplicates.iter().map(ToString::to_string).collect();
+        format!(
+            "; skipped {} repeating an earlier line exactly ({} {})",
+            n(duplicates.len(), "duplicate line", "duplicate lines"),
+            if duplicates.len() == 1 {
+                "line"
+            } else {
+                "lines"
+            },
+            list.join(", ")
+        )
+    };
     out.say(format!(
-        "imported {}, {} and {}; leases held for {} from now",
+        "imported {}, {} and {}; leases held for {} from now{skipped}",
         n(summary.tenures, "held lease", "held leases"),
         n(summary.vacant, "vacant key", "vacant keys"),
         n(summary.pins, "pin", "pins"),

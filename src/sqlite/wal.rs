@@ -129,7 +129,9 @@ fn checkpoint(wal: &Wal, frames: c_int, restart: bool) {
         && n % (CHECK_EVERY / 4) == 0
         && millis_since_epoch() >= RESTART_AFTER_MS.load(Ordering::Relaxed)
     {
-        let done = crate::sqlite::busy::capped(RESTART_WAIT, || wal.checkpoint_v2(CheckpointMode::RESTART));
+        let done = crate::sqlite::busy::capped(RESTART_WAIT, || {
+            wal.checkpoint_v2(CheckpointMode::RESTART)
+        });
         if done.is_ok() {
             RESTART_FAILURES.store(0, Ordering::Relaxed);
         } else {
