@@ -852,13 +852,13 @@ impl Driver {
                 }
                 continue;
             }
-            if let Role::Leader { minion_at, .. } = track.role {
-                if now >= minion_at {
-                    // The guarantee can no longer be kept: step down while
-                    // the lease is still formally held.
-                    track.become_minion(None);
-                    track.dirty = true;
-                }
+            if let Role::Leader { minion_at, .. } = track.role
+                && now >= minion_at
+            {
+                // The guarantee can no longer be kept: step down while
+                // the lease is still formally held.
+                track.become_minion(None);
+                track.dirty = true;
             }
             if now < track.retry_at {
                 st.schedule_next(id);
@@ -949,12 +949,12 @@ impl Driver {
         let mut st = self.lock();
         let st = &mut *st;
         for (&id, track) in st.trackers.iter_mut() {
-            if let Role::Leader { minion_at, .. } = track.role {
-                if now >= minion_at {
-                    track.become_minion(None);
-                    track.dirty = true;
-                    st.attention.insert(id);
-                }
+            if let Role::Leader { minion_at, .. } = track.role
+                && now >= minion_at
+            {
+                track.become_minion(None);
+                track.dirty = true;
+                st.attention.insert(id);
             }
         }
     }

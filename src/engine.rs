@@ -733,7 +733,7 @@ impl Engine {
     pub(crate) fn now_reading(&self) -> (i64, bool) {
         let clock = self.inner.clock.now();
         let read = to_ms(clock);
-        let fraction = clock.timestamp_subsec_nanos() % 1_000_000 != 0;
+        let fraction = !clock.timestamp_subsec_nanos().is_multiple_of(1_000_000);
         let before = self.inner.high_water.fetch_max(read, Ordering::AcqRel);
         if before > read {
             if before - read > STEP_BACK_MS {

@@ -136,10 +136,10 @@ impl Worker {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { return };
-                if let Some(at) = line.find('@') {
-                    if tx.send(line[at + 1..].trim().to_owned()).is_err() {
-                        return;
-                    }
+                if let Some(at) = line.find('@')
+                    && tx.send(line[at + 1..].trim().to_owned()).is_err()
+                {
+                    return;
                 }
             }
         });

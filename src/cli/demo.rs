@@ -220,10 +220,10 @@ fn spawn_worker(
     let who = name.to_owned();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(r) = serde_json::from_str::<Report>(&line) {
-                if tx.send((who.clone(), Instant::now(), r)).is_err() {
-                    return;
-                }
+            if let Ok(r) = serde_json::from_str::<Report>(&line)
+                && tx.send((who.clone(), Instant::now(), r)).is_err()
+            {
+                return;
             }
         }
     });

@@ -202,10 +202,10 @@ pub fn watcher(args: WatcherArgs) -> Result<u8, CliError> {
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
-            if let Ok(deadline) = line.trim().parse::<i64>() {
-                if tx.send(Some(deadline)).is_err() {
-                    return;
-                }
+            if let Ok(deadline) = line.trim().parse::<i64>()
+                && tx.send(Some(deadline)).is_err()
+            {
+                return;
             }
         }
         let _ = tx.send(None);

@@ -115,10 +115,10 @@ mod imp {
                     };
                     subscribers.retain(|s| s.driver.strong_count() > 0);
                     for s in subscribers.iter().filter(|s| concerns(&s.file, name)) {
-                        if let Some(d) = s.driver.upgrade() {
-                            if !nudge.iter().any(|n| Arc::ptr_eq(n, &d)) {
-                                nudge.push(d);
-                            }
+                        if let Some(d) = s.driver.upgrade()
+                            && !nudge.iter().any(|n| Arc::ptr_eq(n, &d))
+                        {
+                            nudge.push(d);
                         }
                     }
                 }

@@ -126,7 +126,7 @@ fn checkpoint(wal: &Wal, frames: c_int, restart: bool) {
     let n = LARGE.fetch_add(1, Ordering::Relaxed);
     if restart
         && i64::from(frames) > LIMIT_FRAMES.load(Ordering::Relaxed)
-        && n % (CHECK_EVERY / 4) == 0
+        && n.is_multiple_of(CHECK_EVERY / 4)
         && millis_since_epoch() >= RESTART_AFTER_MS.load(Ordering::Relaxed)
     {
         let done = crate::sqlite::busy::capped(RESTART_WAIT, || {
@@ -140,7 +140,7 @@ fn checkpoint(wal: &Wal, frames: c_int, restart: bool) {
             let pause = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
             RESTART_AFTER_MS.store(millis_since_epoch() + pause, Ordering::Relaxed);
         }
-    } else if n % CHECK_EVERY == 0 {
+    } else if n.is_multiple_of(CHECK_EVERY) {
         let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
     }
 }

@@ -250,15 +250,15 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                 ..
             },
         ) = (invokes.get(&(*proc, *n)), e)
+            && op == "claim"
         {
-            if op == "claim" {
-                // A tenure began no later than the first acknowledgement of
-                // a claim in it: an upper bound on its start that does not
-                // rest on the engine's own clock.
-                if let Some(start) = began.get_mut(epoch) {
-                    *start = (*start).min(*done);
-                }
-                match holder_of.get(epoch) {
+            // A tenure began no later than the first acknowledgement of
+            // a claim in it: an upper bound on its start that does not
+            // rest on the engine's own clock.
+            if let Some(start) = began.get_mut(epoch) {
+                *start = (*start).min(*done);
+            }
+            match holder_of.get(epoch) {
                     Some(h) if h == holder => {}
                     Some(h) => v.push(format!(
                         "process {proc} was told it holds epoch {epoch}, which {h} holds"
@@ -267,7 +267,6 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
                         "process {proc} was told it holds epoch {epoch}, which the lease history never began"
                     )),
                 }
-            }
         }
     }
 
@@ -356,13 +355,13 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
         // The strongest promise of any earlier epoch, as epochs go up.
         let mut strongest: Option<(i64, u64, String)> = None;
         for (&epoch, &start) in &began {
-            if let Some((until, e, holder)) = &strongest {
-                if start < *until {
-                    v.push(format!(
-                        "epoch {epoch} began at {start} ms, inside {holder}'s guarantee for epoch {e} \
+            if let Some((until, e, holder)) = &strongest
+                && start < *until
+            {
+                v.push(format!(
+                    "epoch {epoch} began at {start} ms, inside {holder}'s guarantee for epoch {e} \
                          (until {until} ms)"
-                    ));
-                }
+                ));
             }
             if let Some((until, holder)) = promised.get(&epoch) {
                 let until = ended.get(&epoch).map_or(*until, |end| (*until).min(*end));

@@ -272,10 +272,10 @@ impl WorkerConfig {
         loop {
             if offset_checked.elapsed() > Duration::from_millis(20) {
                 offset_checked = Instant::now();
-                if let Ok(text) = std::fs::read_to_string(&offset_file) {
-                    if let Ok(ms) = text.trim().parse::<i64>() {
-                        clock.set_offset(TimeDelta::milliseconds(ms));
-                    }
+                if let Ok(text) = std::fs::read_to_string(&offset_file)
+                    && let Ok(ms) = text.trim().parse::<i64>()
+                {
+                    clock.set_offset(TimeDelta::milliseconds(ms));
                 }
             }
             let Some((t, since)) = tenure.take() else {
@@ -338,7 +338,7 @@ impl WorkerConfig {
             // Every other write goes through a transaction of the worker's
             // own (`check_in`), which says when it is inside it, so that
             // kills can land there; the others through a `Txn`.
-            let written = if seq % 2 == 0 {
+            let written = if seq.is_multiple_of(2) {
                 write_in_own_txn(
                     &engine,
                     key,
