@@ -27,12 +27,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use crate::core::error::{Context, Error};
+use crate::core::key::Key;
+use crate::core::lease::Record;
+use crate::core::ticket::{DeferWakes, LeaseTicket};
 use crate::engine::{Engine, Inner};
-use crate::error::{Context, Error};
-use crate::key::Key;
-use crate::lease::Record;
 use crate::store::{SqliteStore, Store};
-use crate::ticket::{DeferWakes, LeaseTicket};
 
 /// The most claims or releases in one write transaction, so that a large
 /// round does not hold the write lock for long.
@@ -974,7 +974,11 @@ impl Driver {
                 let store = SqliteStore::new(tx.connection());
                 let load = |key: &Key| {
                     store.load(key).map_err(|e| {
-                        Error::storage(Context::new("watch").key(key), e, engine.busy_timeout())
+                        crate::sqlite::error::fail(
+                            Context::new("watch").key(key),
+                            e,
+                            engine.busy_timeout(),
+                        )
                     })
                 };
                 let mut lost = Vec::new();
@@ -1335,7 +1339,7 @@ fn held_until(rec: &Record, now: i64) -> Hold {
     let t = rec.time(now);
     match rec.holder_at(t) {
         None => Hold::Vacant,
-        Some(_) if rec.pinned_until_ms == crate::lease::FOREVER_MS => Hold::Pinned,
+        Some(_) if rec.pinned_until_ms == crate::core::lease::FOREVER_MS => Hold::Pinned,
         Some(_) => Hold::Until(rec.expiry_ms.max(rec.pinned_until_ms)),
     }
 }
@@ -1409,7 +1413,7 @@ const SEEN_COLUMNS: &str = "id, at_ms, namespace, name, kind, epoch";
 
 impl Watch {
     fn changes(&mut self, engine: &Engine) -> Result<Changes, Error> {
-        let fail = |e| Error::storage(Context::new("watch"), e, engine.busy_timeout());
+        let fail = |e| crate::sqlite::error::fail(Context::new("watch"), e, engine.busy_timeout());
         if self.conn.is_none() {
             let flags = if engine.is_read_only() {
                 OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -13,16 +13,17 @@ use chrono::{DateTime, Utc};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::clock::{Clock, SystemClock, from_ms, to_ms};
+use crate::core::clock::{Clock, SystemClock, from_ms, to_ms};
+use crate::core::error::{Context, Error, Result};
+use crate::core::key::{Key, duration_ms};
+use crate::core::snapshot::Lease;
 use crate::driver::{BackgroundStats, Driver, HandleError, LogErrors};
-use crate::error::{Context, Error, Result};
-use crate::key::{Key, duration_ms};
-use crate::lease::{Lease, Tenure};
 use crate::ops::InTxn;
 use crate::sqlite::busy::LockWait;
 use crate::sqlite::schema;
 use crate::store::{Known, SqliteStore, Store};
 use crate::token::LeaseToken;
+use crate::token::Tenure;
 use crate::txn::Txn;
 
 /// How often (in engine time) a write transaction also persists the engine's
@@ -357,7 +358,7 @@ impl EngineBuilder {
         // anything, journal mode included.
         let found = retry_busy(self.busy_timeout, || match schema::schema_version(&conn) {
             Ok(v) => Ok(Ok(v)),
-            Err(Error::Storage { source, .. }) => Err(source),
+            Err(Error::Storage { source, .. }) => Err(crate::sqlite::error::into_sqlite(source)),
             Err(other) => Ok(Err(other)),
         })
         .map_err(open_err)??;
@@ -370,7 +371,9 @@ impl EngineBuilder {
         if found == schema::SCHEMA_VERSION {
             retry_busy(self.busy_timeout, || match schema::verify(&conn) {
                 Ok(()) => Ok(Ok(())),
-                Err(Error::Storage { source, .. }) => Err(source),
+                Err(Error::Storage { source, .. }) => {
+                    Err(crate::sqlite::error::into_sqlite(source))
+                }
                 Err(other) => Ok(Err(other)),
             })
             .map_err(open_err)??;
@@ -387,7 +390,9 @@ impl EngineBuilder {
             // refused (a conflicting table of the application's) or failed
             // (a full disk) leaves the file as it was, WAL switch included.
             schema::migrate(&conn).map_err(|e| match e {
-                Error::Storage { source, .. } => open_err(source),
+                Error::Storage { source, .. } => {
+                    open_err(crate::sqlite::error::into_sqlite(source))
+                }
                 other => other,
             })?;
         }
@@ -408,11 +413,14 @@ impl EngineBuilder {
                 if !mode.eq_ignore_ascii_case("wal") {
                     return Err(Error::Open {
                         path: self.path.clone(),
-                        source: rusqlite::Error::SqliteFailure(
-                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                            Some(format!(
-                                "could not switch to WAL (journal mode stays {mode})"
-                            )),
+                        source: crate::sqlite::error::storage(
+                            rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                                Some(format!(
+                                    "could not switch to WAL (journal mode stays {mode})"
+                                )),
+                            ),
+                            Duration::ZERO,
                         ),
                     });
                 }
@@ -464,7 +472,7 @@ impl EngineBuilder {
         }
         Error::Open {
             path: self.path.clone(),
-            source,
+            source: crate::sqlite::error::storage(source, self.busy_timeout),
         }
     }
 }
@@ -541,7 +549,7 @@ pub(crate) fn retry_busy<T>(
     let mut pause = Duration::from_micros(500);
     loop {
         match f() {
-            Err(e) if crate::error::is_busy(&e) && started.elapsed() < budget => {
+            Err(e) if crate::sqlite::error::is_busy(&e) && started.elapsed() < budget => {
                 // Jitter from the clock's nanoseconds keeps processes that
                 // collided from retrying in lockstep.
                 let nanos = std::time::SystemTime::now()
@@ -875,8 +883,9 @@ impl Engine {
             Ok(conn) => {
                 if self.inner.sqlite_handler {
                     // The budget bounds lock waits with this handler too.
-                    conn.busy_timeout(budget)
-                        .map_err(|e| Error::storage(ctx(), e, self.inner.busy_timeout))?;
+                    conn.busy_timeout(budget).map_err(|e| {
+                        crate::sqlite::error::fail(ctx(), e, self.inner.busy_timeout)
+                    })?;
                 }
                 Ok(PooledConnection(conn))
             }
@@ -966,7 +975,7 @@ impl Engine {
         f: impl FnOnce(&InTxn<'_>) -> Result<T>,
     ) -> Result<T> {
         let conn = self.conn_within(budget, &ctx)?;
-        let storage = |e| Error::storage(ctx(), e, self.busy_timeout());
+        let storage = |e| crate::sqlite::error::fail(ctx(), e, self.busy_timeout());
         conn.prepare_cached("BEGIN")
             .and_then(|mut s| s.execute([]))
             .map_err(storage)?;
@@ -1402,7 +1411,7 @@ impl Engine {
     ///
     /// [`Error::InvalidArgument`] for a bad holder.
     pub fn token(&self, key: &Key, holder: &str) -> Result<LeaseToken> {
-        crate::key::validate_name("holder", holder)?;
+        crate::core::key::validate_name("holder", holder)?;
         Ok(LeaseToken::new(
             self.clone(),
             key.clone(),
@@ -1466,7 +1475,7 @@ impl<'c> Immediate<'c> {
         let started = std::time::Instant::now();
         conn.prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]))
-            .map_err(|e| Error::storage(ctx(), e, started.elapsed()))?;
+            .map_err(|e| crate::sqlite::error::fail(ctx(), e, started.elapsed()))?;
         Ok(Immediate {
             conn,
             engine,
@@ -1482,7 +1491,11 @@ impl<'c> Immediate<'c> {
             .and_then(|mut s| s.execute([]));
         if let Err(e) = result {
             self.done = false; // still open: roll back on drop
-            return Err(Error::storage(ctx(), e, self.engine.busy_timeout()));
+            return Err(crate::sqlite::error::fail(
+                ctx(),
+                e,
+                self.engine.busy_timeout(),
+            ));
         }
         self.engine.after_commit();
         Ok(())

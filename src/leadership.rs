@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use crate::core::error::Result;
+use crate::core::key::Key;
+use crate::core::ticket::LeaseTicket;
 use crate::engine::Engine;
-use crate::error::Result;
-use crate::key::Key;
-use crate::lease::Tenure;
-use crate::ticket::LeaseTicket;
+use crate::token::Tenure;
 use crate::token::{Guard, LeaseToken};
 use crate::tracker::LeaseTracker;
 use crate::txn::Txn;

@@ -123,37 +123,33 @@
 //! page. A guard only reads. `cargo bench --bench report` measures each
 //! next to raw SQLite doing the same write.
 
-mod clock;
+mod core;
 mod driver;
 mod engine;
-mod error;
-mod event;
-mod key;
 pub mod leadership;
-mod lease;
 mod ops;
 mod sqlite;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod ticket;
 mod token;
 mod tracker;
 mod transfer;
 mod txn;
 mod wait;
 
-pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use crate::core::clock::{Clock, ManualClock, SystemClock};
+pub use crate::core::error::{Context, Error, Found, Result, StorageError, StorageKind};
+pub use crate::core::event::{Event, EventKind, Events, Gap};
+pub use crate::core::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
+pub use crate::core::snapshot::{Lease, Pin};
+pub use crate::core::ticket::LeaseTicket;
 pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
 pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
-pub use crate::error::{Context, Error, Found, Result};
-pub use crate::event::{Event, EventKind, Events, Gap};
-pub use crate::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
-pub use crate::lease::{Lease, Pin, Tenure};
 pub use crate::ops::InTxn;
 pub use crate::sqlite::busy::LockWait;
 pub use crate::sqlite::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
-pub use crate::ticket::LeaseTicket;
+pub use crate::token::Tenure;
 pub use crate::token::{Guard, LeaseToken};
 pub use crate::tracker::{Leading, LeaseTracker, TrackerBuilder};
 pub use crate::transfer::{

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::clock::from_ms;
+use crate::core::clock::from_ms;
+use crate::core::error::{Context, Error, Result};
+use crate::core::event::Event;
+use crate::core::event::{EventKind, EventRecord};
+use crate::core::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text};
+use crate::core::lease::{Claimed, PinRecord, Record};
+use crate::core::snapshot::{Lease, live_pins};
 use crate::engine::Engine;
-use crate::error::{Context, Error, Result};
-use crate::event::Event;
-use crate::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text};
-use crate::lease::{Claimed, Lease, PinRecord, Record, Tenure};
-use crate::store::{EventRecord, Known, SqliteStore, Store};
+use crate::store::{Known, SqliteStore, Store};
+use crate::token::Tenure;
 
 /// Lease operations on a transaction you own; from [`Engine::in_txn`].
 ///
@@ -87,7 +90,7 @@ impl<'c> InTxn<'c> {
         &'a self,
         ctx: impl Fn() -> Context + 'a,
     ) -> impl Fn(rusqlite::Error) -> Error + 'a {
-        move |e| Error::storage(ctx(), e, self.engine.busy_timeout())
+        move |e| crate::sqlite::error::fail(ctx(), e, self.engine.busy_timeout())
     }
 
     /// Ends a write that succeeded: persists the high-water mark too when
@@ -128,7 +131,7 @@ impl<'c> InTxn<'c> {
         &self,
         store: &DynStore<'_>,
         key: &Key,
-        kind: &'static str,
+        kind: EventKind,
         holder: String,
         epoch: u64,
         at_ms: i64,
@@ -159,7 +162,7 @@ impl<'c> InTxn<'c> {
             Some(holder) => self.tenure_event(
                 store,
                 key,
-                "lapsed",
+                EventKind::Lapsed,
                 holder.to_owned(),
                 rec.epoch,
                 rec.expiry_ms.max(rec.pinned_until_ms),
@@ -258,7 +261,7 @@ impl<'c> InTxn<'c> {
             self.tenure_event(
                 store,
                 key,
-                "claimed",
+                EventKind::Claimed,
                 holder.to_owned(),
                 rec.epoch,
                 rec.started_ms,
@@ -371,7 +374,7 @@ impl<'c> InTxn<'c> {
         self.tenure_event(
             store,
             key,
-            "released",
+            EventKind::Released,
             holder.to_owned(),
             rec.epoch,
             rec.updated_ms,
@@ -398,8 +401,15 @@ impl<'c> InTxn<'c> {
         let before = match ended {
             Some((holder, epoch)) => {
                 let pins = live_pins(&store.pins(key).map_err(&fail)?, rec.updated_ms);
-                self.tenure_event(store, key, "revoked", holder, epoch, rec.updated_ms)
-                    .map_err(&fail)?;
+                self.tenure_event(
+                    store,
+                    key,
+                    EventKind::Revoked,
+                    holder,
+                    epoch,
+                    rec.updated_ms,
+                )
+                .map_err(&fail)?;
                 Some(Lease::from_record(key.clone(), &current, pins, now))
             }
             None => {
@@ -455,7 +465,7 @@ impl<'c> InTxn<'c> {
             key,
             EventRecord {
                 at_ms: t,
-                kind: "pinned",
+                kind: EventKind::Pinned,
                 holder: rec.holder.clone(),
                 epoch: rec.epoch,
                 entity: Some(entity.to_owned()),
@@ -493,7 +503,7 @@ impl<'c> InTxn<'c> {
             key,
             EventRecord {
                 at_ms: t,
-                kind: "unpinned",
+                kind: EventKind::Unpinned,
                 holder: rec.holder.clone(),
                 epoch: rec.epoch,
                 entity: Some(entity.to_owned()),
@@ -522,7 +532,7 @@ impl<'c> InTxn<'c> {
         let Some(holder) = ended else {
             return Ok(());
         };
-        self.tenure_event(store, key, "lapsed", holder, epoch, t)
+        self.tenure_event(store, key, EventKind::Lapsed, holder, epoch, t)
     }
 
     /// Deletes pins that have expired by `t`; returns the live ones.
@@ -607,7 +617,7 @@ impl<'c> InTxn<'c> {
     ///
     /// As [`Engine::history`].
     pub fn history(&self, key: &Key, limit: usize) -> Result<Vec<Event>> {
-        crate::event::history(self.conn, key, limit)
+        crate::sqlite::history::history(self.conn, key, limit)
             .map_err(self.fail(|| Context::new("history").key(key)))
     }
 }
@@ -637,13 +647,6 @@ impl fmt::Debug for InTxn<'_> {
             .field("path", &self.conn.path())
             .finish_non_exhaustive()
     }
-}
-
-fn live_pins(pins: &[PinRecord], t: i64) -> Vec<crate::lease::Pin> {
-    pins.iter()
-        .filter(|p| p.is_live(t))
-        .map(PinRecord::to_pin)
-        .collect()
 }
 
 fn pin_detail(reason: &str, expires_ms: Option<i64>) -> String {

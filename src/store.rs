@@ -10,8 +10,9 @@ use std::cell::RefCell;
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 
-use crate::key::Key;
-use crate::lease::{PinRecord, Record};
+use crate::core::event::EventRecord;
+use crate::core::key::Key;
+use crate::core::lease::{PinRecord, Record};
 
 /// The guard's row condition, with `$epoch` (empty, or the epoch condition)
 /// in it: `FROM … WHERE …`.
@@ -57,17 +58,6 @@ pub(crate) struct Known {
     pub epoch: u64,
     pub started_ms: i64,
     pub expiry_ms: i64,
-}
-
-/// A lease transition worth keeping in the history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct EventRecord {
-    pub at_ms: i64,
-    pub kind: &'static str,
-    pub holder: Option<String>,
-    pub epoch: u64,
-    pub entity: Option<String>,
-    pub detail: Option<String>,
 }
 
 /// Reads and writes of one transaction. Every method runs inside the
@@ -397,7 +387,7 @@ impl Store for SqliteStore<'_> {
                     e.at_ms,
                     key.namespace(),
                     key.name(),
-                    e.kind,
+                    e.kind.as_str(),
                     e.holder,
                     e.epoch,
                     e.entity,

@@ -2,12 +2,14 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+
 use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{Connection, ToSql, params};
 
+use crate::core::error::{Context, Error, Found, Result};
+use crate::core::key::Key;
 use crate::engine::Engine;
-use crate::error::{Context, Error, Found, Result};
-use crate::key::Key;
 use crate::store::{
     FENCED_GUARD_QUERY, FENCED_GUARD_SQL, GUARD_QUERY, GUARD_SQL, SqliteStore, Store,
 };
@@ -262,7 +264,7 @@ impl LeaseToken {
             ));
         }
         let now = self.engine.now_ms();
-        let storage = |e| Error::storage(self.context(), e, self.engine.busy_timeout());
+        let storage = |e| crate::sqlite::error::fail(self.context(), e, self.engine.busy_timeout());
         // The guard itself first (what a guard in your SQL evaluates); the
         // whole row only to say why it failed.
         let (ns, name, holder) = (self.key.namespace(), self.key.name(), &self.holder);
@@ -361,5 +363,82 @@ impl Guard {
 impl fmt::Display for Guard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.sql)
+    }
+}
+
+/// The result of a successful claim: one tenure of one holder.
+///
+/// The lease is guaranteed to be held until at least the instant taken just
+/// before the claim call plus the claimed duration; measure that instant
+/// yourself. [`Tenure::token`] gives a token fixed to this very tenure.
+#[derive(Clone)]
+pub struct Tenure {
+    pub(crate) engine: Engine,
+    pub(crate) key: Key,
+    pub(crate) holder: String,
+    pub(crate) epoch: u64,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) expires_at: DateTime<Utc>,
+    pub(crate) extended: bool,
+}
+
+impl Tenure {
+    /// The lease's key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The holder.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The tenure's fencing epoch: larger than every earlier tenure's of this
+    /// key, and never reused.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// When this tenure began (for an extension, when it first began).
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// The stored expiry after this claim. Pins may hold the lease beyond it.
+    /// (From [`Engine::extend`](crate::Engine::extend) or
+    /// [`InTxn::extend`](crate::InTxn::extend): a lower bound.)
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.expires_at
+    }
+
+    /// Whether this claim extended a tenure the holder already held, rather
+    /// than starting a new one.
+    pub fn is_extension(&self) -> bool {
+        self.extended
+    }
+
+    /// A token that holds only while this holder holds the key *in this
+    /// tenure*: it fails after a release, a revoke, an expiry, and also after
+    /// the same holder re-claims a lapsed lease (a new epoch).
+    pub fn token(&self) -> LeaseToken {
+        LeaseToken::new(
+            self.engine.clone(),
+            self.key.clone(),
+            self.holder.clone(),
+            Some(self.epoch),
+        )
+    }
+}
+
+impl fmt::Debug for Tenure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tenure")
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .field("epoch", &self.epoch)
+            .field("started_at", &self.started_at)
+            .field("expires_at", &self.expires_at)
+            .field("extended", &self.extended)
+            .finish()
     }
 }

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::core::error::{Context, Error, Result};
+use crate::core::key::{Key, duration_ms, validate_name};
+use crate::core::ticket::LeaseTicket;
 use crate::driver::TrackSpec;
 use crate::engine::Engine;
-use crate::error::{Context, Error, Result};
-use crate::key::{Key, duration_ms, validate_name};
-use crate::ticket::LeaseTicket;
 use crate::token::LeaseToken;
 
 /// Configures a [`LeaseTracker`]; from [`Engine::tracker`].
@@ -238,7 +238,7 @@ impl LeaseTracker {
             .driver()
             .status(self.id, self.engine.now_ms())
             .lease_until
-            .map(crate::clock::from_ms)
+            .map(crate::core::clock::from_ms)
     }
 
     /// A token fixed to the current tenure, if the tracker leads.

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::clock::from_ms;
+use crate::core::clock::from_ms;
+use crate::core::error::{Context, Error, Result};
+use crate::core::event::{EventKind, EventRecord};
+use crate::core::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text};
+use crate::core::lease::{PinRecord, Record};
 use crate::engine::Engine;
-use crate::error::{Context, Error, Result};
-use crate::key::{Key, MAX_REASON_LEN, duration_ms, validate_name, validate_text};
-use crate::lease::{PinRecord, Record};
-use crate::store::{EventRecord, SqliteStore, Store};
+use crate::store::{SqliteStore, Store};
 
 /// The largest epoch [`Engine::import`] accepts: SQLite stores epochs as
 /// signed 64-bit integers, and a key must keep room for new tenures.
@@ -81,7 +82,8 @@ impl Engine {
             || Context::new("export"),
             |tx| {
                 let now = self.now_ms();
-                let fail = |e| Error::storage(Context::new("export"), e, self.busy_timeout());
+                let fail =
+                    |e| crate::sqlite::error::fail(Context::new("export"), e, self.busy_timeout());
                 let conn = tx.connection();
                 let mut leases = Vec::new();
                 let mut pins = Vec::new();
@@ -149,7 +151,7 @@ impl Engine {
         self.write(
             || Context::new("import"),
             |tx| {
-                let fail = |e| Error::storage(Context::new("import"), e, self.busy_timeout());
+                let fail = |e| crate::sqlite::error::fail(Context::new("import"), e, self.busy_timeout());
                 let store = SqliteStore::new(tx.connection());
                 let now = self.now_ms();
                 let mut summary = ImportSummary::default();
@@ -221,7 +223,7 @@ impl Engine {
                                         &lease.key,
                                         &EventRecord {
                                             at_ms: t,
-                                            kind: "claimed",
+                                            kind: EventKind::Claimed,
                                             holder: Some(holder.clone()),
                                             epoch: lease.epoch,
                                             entity: None,
@@ -301,7 +303,11 @@ impl Engine {
             || Context::new("list namespaces"),
             |tx| {
                 namespaces(tx.connection()).map_err(|e| {
-                    Error::storage(Context::new("list namespaces"), e, self.busy_timeout())
+                    crate::sqlite::error::fail(
+                        Context::new("list namespaces"),
+                        e,
+                        self.busy_timeout(),
+                    )
                 })
             },
         )

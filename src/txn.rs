@@ -6,7 +6,7 @@ use std::fmt;
 use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{Connection, ToSql, params_from_iter};
 
-use crate::error::{Context, Error, Result};
+use crate::core::error::{Context, Error, Result};
 use crate::token::LeaseToken;
 
 /// A list of [`Op`]s committed as one transaction by [`Engine::commit`](crate::Engine::commit) (or
@@ -284,10 +284,7 @@ impl Txn {
                 "is not inside a transaction; use Engine::commit to run a Txn on its own",
             ));
         }
-        let fail = |source| Error::Storage {
-            context: Context::new("apply"),
-            source,
-        };
+        let fail = |source| crate::sqlite::error::stored(Context::new("apply"), source);
         conn.execute_batch("SAVEPOINT leasehold_txn")
             .map_err(fail)?;
         match self.run_ops(conn) {
@@ -402,7 +399,7 @@ impl Op {
             op: index,
             label: self.label.clone(),
             sql: stmt.sql.clone(),
-            source,
+            source: crate::sqlite::error::storage(source, std::time::Duration::ZERO),
         }
     }
 }

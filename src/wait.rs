@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::clock::to_ms;
+use crate::core::clock::to_ms;
+use crate::core::error::{Context, Error, Result};
+use crate::core::event::Events;
+use crate::core::key::Key;
 use crate::engine::Engine;
-use crate::error::{Context, Error, Result};
-use crate::event::Events;
-use crate::key::Key;
 
 /// The longest a waiter sleeps without re-reading its lease. Waiters are
 /// woken by the engine's background thread when a key changes hands; this
@@ -157,8 +157,8 @@ impl Engine {
             }
             let seen = driver.generation();
             let events = self.read(ctx, |tx| {
-                crate::event::events_after(tx.connection(), namespace, after, 1000)
-                    .map_err(|e| Error::storage(ctx(), e, self.busy_timeout()))
+                crate::sqlite::history::events_after(tx.connection(), namespace, after, 1000)
+                    .map_err(|e| crate::sqlite::error::fail(ctx(), e, self.busy_timeout()))
             })?;
             let now = Instant::now();
             if !events.is_empty() || events.gap().is_some() || deadline.is_some_and(|d| now >= d) {

@@ -3,6 +3,8 @@
 //! and file-system events.
 
 pub(crate) mod busy;
+pub(crate) mod error;
 pub(crate) mod fswatch;
+pub(crate) mod history;
 pub(crate) mod schema;
 pub(crate) mod wal;

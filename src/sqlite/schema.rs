@@ -8,7 +8,8 @@ use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::error::{Context, Error, Result};
+use crate::core::error::{Context, Error, Result};
+use crate::sqlite::error::stored;
 
 /// The schema version this build creates and understands.
 ///
@@ -140,10 +141,7 @@ pub fn schema_version(conn: &Connection) -> Result<u32> {
             [],
             |row| row.get(0),
         )
-        .map_err(|source| Error::Storage {
-            context: ctx(),
-            source,
-        })?;
+        .map_err(|source| stored(ctx(), source))?;
     if !exists {
         return Ok(0);
     }
@@ -159,10 +157,7 @@ pub fn schema_version(conn: &Connection) -> Result<u32> {
             name: "leasehold_schema".into(),
             kind: "table".into(),
         },
-        source => Error::Storage {
-            context: ctx(),
-            source,
-        },
+        source => stored(ctx(), source),
     })
 }
 
@@ -175,10 +170,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<()> {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
         })
-        .map_err(|source| Error::Storage {
-            context: Context::new("read schema version"),
-            source,
-        })?;
+        .map_err(|source| stored(Context::new("read schema version"), source))?;
     check_applied(&applied)
 }
 
@@ -239,7 +231,7 @@ pub fn migrate(conn: &Connection) -> Result<u32> {
     };
     let storage = |source| {
         let budget = busy_budget(conn);
-        Error::storage(Context::new("migrate"), source, budget)
+        crate::sqlite::error::fail(Context::new("migrate"), source, budget)
     };
     conn.execute_batch(begin).map_err(storage)?;
     match apply_pending(conn) {
@@ -265,7 +257,7 @@ pub fn migrate(conn: &Connection) -> Result<u32> {
 
 fn apply_pending(conn: &Connection) -> Result<u32> {
     let storage = |source| {
-        Error::storage(
+        crate::sqlite::error::fail(
             Context::new("migrate"),
             without_sql(source),
             busy_budget(conn),
@@ -346,10 +338,7 @@ fn created_objects(sql: &str) -> Vec<String> {
 /// `leasehold_schema` table that is not ours.
 fn check_conflicts(conn: &Connection, found: u32) -> Result<()> {
     let path = conn.path().unwrap_or("").into();
-    let storage = |source| Error::Storage {
-        context: Context::new("migrate"),
-        source,
-    };
+    let storage = |source| stored(Context::new("migrate"), source);
     let existing = |name: &str| -> Result<Option<String>> {
         conn.query_row(
             "SELECT type FROM sqlite_schema WHERE lower(name) = ?1",

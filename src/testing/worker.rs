@@ -176,7 +176,7 @@ impl WorkerConfig {
         };
         let wire: Wire = serde_json::from_str(value).map_err(|e| invalid(e.to_string()))?;
         let key = Key::new(wire.namespace, wire.name).map_err(|e| invalid(e.to_string()))?;
-        crate::key::duration_ms("lease", wire.lease).map_err(|e| invalid(e.to_string()))?;
+        crate::core::key::duration_ms("lease", wire.lease).map_err(|e| invalid(e.to_string()))?;
         Ok(WorkerConfig {
             dir: wire.dir,
             proc: wire.proc,
@@ -428,7 +428,7 @@ fn write_in_own_txn(
 ) -> crate::Result<()> {
     let storage = |e| {
         let context = crate::Context::new("write").key(key).holder(holder);
-        Error::storage(context, e, engine.busy_timeout())
+        crate::sqlite::error::fail(context, e, engine.busy_timeout())
     };
     let mut conn = engine.connection()?;
     let tx = conn

@@ -360,7 +360,7 @@ impl WorkloadBuilder {
                 "a workload needs at least one worker",
             ));
         }
-        crate::key::duration_ms("lease", self.lease)?;
+        crate::core::key::duration_ms("lease", self.lease)?;
         let lease = self.lease;
         let pause = self.pause.unwrap_or(Span::between(
             lease * 2,

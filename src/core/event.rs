@@ -4,10 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
 
-use crate::clock::from_ms;
-use crate::key::Key;
+use crate::core::clock::from_ms;
+use crate::core::key::Key;
 
 /// What happened to a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +75,28 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event as a backend read it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: i64,
+        at_ms: i64,
+        kind: EventKind,
+        holder: Option<String>,
+        epoch: u64,
+        entity: Option<String>,
+        detail: Option<String>,
+    ) -> Event {
+        Event {
+            id,
+            at: from_ms(at_ms),
+            kind,
+            holder,
+            epoch,
+            entity,
+            detail,
+        }
+    }
+
     /// Position in the database's history; increases with commit order.
     pub fn id(&self) -> i64 {
         self.id
@@ -112,37 +133,6 @@ impl Event {
     }
 }
 
-/// The newest `limit` events of `key`, oldest first.
-pub(crate) fn history(conn: &Connection, key: &Key, limit: usize) -> rusqlite::Result<Vec<Event>> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut events: Vec<Event> = conn
-        .prepare_cached(
-            "SELECT id, at_ms, kind, holder, epoch, entity, detail FROM main.leasehold_events
-             WHERE namespace = ?1 AND name = ?2 ORDER BY id DESC LIMIT ?3",
-        )?
-        .query_map((key.namespace(), key.name(), limit), |r| {
-            let kind: String = r.get(2)?;
-            Ok(Event {
-                id: r.get(0)?,
-                at: from_ms(r.get(1)?),
-                kind: kind.parse().map_err(|e: String| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        2,
-                        rusqlite::types::Type::Text,
-                        e.into(),
-                    )
-                })?,
-                holder: r.get(3)?,
-                epoch: r.get(4)?,
-                entity: r.get(5)?,
-                detail: r.get(6)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    events.reverse();
-    Ok(events)
-}
-
 /// What [`Engine::wait_for_events`](crate::Engine::wait_for_events) read:
 /// the events, whether some the caller asked for are gone, and where to
 /// go on from.
@@ -154,6 +144,14 @@ pub struct Events {
 }
 
 impl Events {
+    pub(crate) fn new(events: Vec<(Key, Event)>, gap: Option<Gap>, cursor: i64) -> Events {
+        Events {
+            events,
+            gap,
+            cursor,
+        }
+    }
+
     /// The events read, oldest first.
     pub fn events(&self) -> &[(Key, Event)] {
         &self.events
@@ -243,76 +241,49 @@ impl fmt::Display for Gap {
     }
 }
 
-/// Events of every key (or of one namespace) with ids after `after`, oldest
-/// first, at most `limit`, and whether events after `after` are missing.
-/// Runs inside a read transaction, so that its reads agree.
-pub(crate) fn events_after(
-    conn: &Connection,
-    namespace: Option<&str>,
-    after: i64,
-    limit: usize,
-) -> rusqlite::Result<Events> {
-    let newest: Option<i64> = conn
-        .prepare_cached("SELECT max(id) FROM main.leasehold_events")?
-        .query_row([], |r| r.get(0))?;
-    let (after, mut gap) = match newest {
+/// Where a read of events after position `after` starts, and the gap it
+/// reports, from the newest id in the history and the first id after
+/// `after`: ids below the caller's position mean the history was cut by
+/// hand and restarted (read from the start); a first id past `after + 1`
+/// means events in between are gone.
+pub(crate) fn gap_after(after: i64, newest: Option<i64>) -> (i64, Option<Gap>) {
+    match newest {
         Some(newest) if newest >= after => (after, None),
         None if after <= 0 => (after, None),
-        // Ids below the caller's position: the history was cut by hand.
         _ => (0, Some(Gap::Restarted)),
-    };
-    if gap.is_none() {
-        let first: Option<i64> = conn
-            .prepare_cached("SELECT min(id) FROM main.leasehold_events WHERE id > ?1")?
-            .query_row([after], |r| r.get(0))?;
-        if let Some(first) = first.filter(|&f| f > after + 1) {
-            gap = Some(Gap::Missed {
-                from: after + 1,
-                to: first,
-            });
-        }
     }
-    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
-    let events: Vec<(Key, Event)> = conn
-        .prepare_cached(
-            "SELECT id, at_ms, kind, holder, epoch, entity, detail, namespace, name
-             FROM main.leasehold_events
-             WHERE id > ?1 AND (?2 IS NULL OR namespace = ?2) ORDER BY id LIMIT ?3",
-        )?
-        .query_map((after, namespace, limit_sql), |r| {
-            let kind: String = r.get(2)?;
-            let key = Key::new(r.get::<_, String>(7)?, r.get::<_, String>(8)?).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
-            })?;
-            Ok((
-                key,
-                Event {
-                    id: r.get(0)?,
-                    at: from_ms(r.get(1)?),
-                    kind: kind.parse().map_err(|e: String| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            2,
-                            rusqlite::types::Type::Text,
-                            e.into(),
-                        )
-                    })?,
-                    holder: r.get(3)?,
-                    epoch: r.get(4)?,
-                    entity: r.get(5)?,
-                    detail: r.get(6)?,
-                },
-            ))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    // A full page ends at its last event; otherwise every event up to the
-    // newest was read or skipped as another namespace's.
-    let cursor = match events.last() {
+}
+
+/// The gap between `after` and `first`, the first id found after it.
+pub(crate) fn missed_before(after: i64, first: Option<i64>) -> Option<Gap> {
+    first.filter(|&f| f > after + 1).map(|to| Gap::Missed {
+        from: after + 1,
+        to,
+    })
+}
+
+/// The position after a read that returned `events` of at most `limit`: a
+/// full page ends at its last event; otherwise every event up to the newest
+/// was read or skipped as another namespace's.
+pub(crate) fn cursor_after(
+    events: &[(Key, Event)],
+    limit: usize,
+    newest: Option<i64>,
+    after: i64,
+) -> i64 {
+    match events.last() {
         Some((_, e)) if events.len() >= limit => e.id,
         _ => newest.unwrap_or(0).max(after),
-    };
-    Ok(Events {
-        events,
-        gap,
-        cursor,
-    })
+    }
+}
+
+/// A lease transition to keep in the history, as an operation writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventRecord {
+    pub at_ms: i64,
+    pub kind: EventKind,
+    pub holder: Option<String>,
+    pub epoch: u64,
+    pub entity: Option<String>,
+    pub detail: Option<String>,
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The longest namespace, name, holder or pin entity accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;

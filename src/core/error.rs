@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::key::Key;
+use crate::core::key::Key;
 
 /// Shorthand for results whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,9 +84,9 @@ pub enum Error {
         label: Option<String>,
         /// The statement.
         sql: String,
-        /// SQLite's error.
+        /// The database's error.
         #[source]
-        source: rusqlite::Error,
+        source: StorageError,
     },
 
     /// An import was refused because of one entry; nothing was written.
@@ -207,11 +207,11 @@ pub enum Error {
     /// permissions, read-only file system, full disk, …).
     #[error("cannot open {}: {source}", .path.display())]
     Open {
-        /// The file.
+        /// The file (or, for a server, what was connected to).
         path: PathBuf,
-        /// SQLite's error.
+        /// The database's error.
         #[source]
-        source: rusqlite::Error,
+        source: StorageError,
     },
 
     /// The database stayed locked by other writers for the whole busy budget;
@@ -272,33 +272,24 @@ pub enum Error {
     Storage {
         /// What was attempted.
         context: Context,
-        /// SQLite's error.
+        /// The database's error (the backend's own error is its source).
         #[source]
-        source: rusqlite::Error,
+        source: StorageError,
     },
 }
 
 impl Error {
-    /// The SQLite error code underneath, if this error came from SQLite.
-    pub fn sqlite_error_code(&self) -> Option<rusqlite::ErrorCode> {
-        match self {
-            Error::Storage { source, .. }
-            | Error::Open { source, .. }
-            | Error::StatementFailed { source, .. } => source.sqlite_error_code(),
-            Error::Busy { .. } => Some(rusqlite::ErrorCode::DatabaseBusy),
-            Error::NotADatabase { .. } => Some(rusqlite::ErrorCode::NotADatabase),
-            _ => None,
-        }
-    }
-
-    /// Whether retrying the same call later may succeed: the database was
-    /// busy, or a deferred transaction's snapshot went stale.
+    /// Whether retrying later may succeed: the database was busy (a lock or
+    /// a pooled connection could not be had in time), a wait timed out, or
+    /// the transaction must be retried whole (a stale snapshot, a
+    /// serialization failure, a deadlock) — retry the *whole* transaction.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Busy { .. } | Error::Timeout { .. } | Error::PoolTimeout { .. } => true,
             Error::Storage { source, .. } | Error::StatementFailed { source, .. } => {
-                is_busy(source)
+                source.is_transient()
             }
+            Error::TransactionLost { cause } => cause.is_transient(),
             _ => false,
         }
     }
@@ -315,50 +306,100 @@ impl Error {
         }
     }
 
-    /// Classifies an SQLite error raised while doing `context`.
-    pub(crate) fn storage(
-        context: Context,
-        source: rusqlite::Error,
-        busy_budget: Duration,
-    ) -> Error {
-        if is_busy(&source) && !is_stale_snapshot(&source) {
-            Error::Busy {
-                context,
-                waited: busy_budget,
-            }
-        } else {
-            Error::Storage { context, source }
+    /// A storage error raised while doing `context`: [`Error::Busy`] for a
+    /// lock that could not be had in time, [`Error::Storage`] otherwise.
+    pub(crate) fn storage(context: Context, source: StorageError) -> Error {
+        match source.kind {
+            StorageKind::Busy { waited } => Error::Busy { context, waited },
+            _ => Error::Storage { context, source },
         }
     }
 }
 
-/// Errors from your own statements in a guarded transaction
-/// (`tx.execute`, `tx.commit`), so that one `?` and one type serve the
-/// whole transaction: an [`Error::Storage`] (context `transaction`) whose
-/// [`Error::is_transient`] and [`Error::sqlite_error_code`] classify it as
-/// this crate's own errors are (a lock wait, or `SQLITE_BUSY_SNAPSHOT` in
-/// a deferred transaction, is transient: retry the whole transaction).
-impl From<rusqlite::Error> for Error {
-    fn from(source: rusqlite::Error) -> Error {
-        Error::Storage {
-            context: Context::new("transaction"),
-            source,
+/// A failure of the database underneath, whichever backend it is: a
+/// classification, and the backend's own error as its
+/// [`source`](std::error::Error::source) (reach it with
+/// [`StorageError::downcast_ref`], e.g. to SQLite's error type).
+#[derive(Debug)]
+pub struct StorageError {
+    kind: StorageKind,
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+/// How a [`StorageError`] is classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageKind {
+    /// A lock (the write lock, a row lock) could not be had within the
+    /// budget.
+    Busy {
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// The transaction must be retried whole: SQLite's
+    /// `SQLITE_BUSY_SNAPSHOT` in a deferred transaction, a serialization
+    /// failure or a deadlock on a server.
+    Retry,
+    /// Anything else: retrying the same call is not expected to help.
+    Other,
+}
+
+impl StorageError {
+    /// Wraps a backend's error with its classification.
+    pub fn new(
+        kind: StorageKind,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> StorageError {
+        StorageError {
+            kind,
+            inner: error.into(),
         }
+    }
+
+    /// A storage error with only a message (no backend error underneath).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn message(kind: StorageKind, message: impl Into<String>) -> StorageError {
+        StorageError::new(kind, message.into())
+    }
+
+    /// The classification.
+    pub fn kind(&self) -> StorageKind {
+        self.kind
+    }
+
+    /// Whether retrying may succeed ([`StorageKind::Busy`] or
+    /// [`StorageKind::Retry`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, StorageKind::Busy { .. } | StorageKind::Retry)
+    }
+
+    /// The backend's own error.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    /// The backend's own error, by value.
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self.inner
+    }
+
+    /// The backend's own error, if it is an `E` (the SQLite backend's are
+    /// its client library's errors).
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.inner.downcast_ref::<E>()
     }
 }
 
-pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
 }
 
-/// `SQLITE_BUSY_SNAPSHOT`: a deferred transaction read an old snapshot and
-/// then tried to write.
-pub(crate) fn is_stale_snapshot(e: &rusqlite::Error) -> bool {
-    const SQLITE_BUSY_SNAPSHOT: i32 = 5 | (2 << 8);
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == SQLITE_BUSY_SNAPSHOT)
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.inner)
+    }
 }
 
 /// What the database held when a guard failed.
@@ -515,8 +556,8 @@ mod tests {
         Key::new("ops", "schema-migration").expect("key")
     }
 
-    fn sqlite(code: i32, msg: &str) -> rusqlite::Error {
-        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(msg.to_owned()))
+    fn failed(msg: &str) -> StorageError {
+        StorageError::message(StorageKind::Other, msg)
     }
 
     /// Pins the text of every variant: these lines are what operators read.
@@ -614,7 +655,7 @@ mod tests {
                     op: 3,
                     label: Some("insert".into()),
                     sql: "INSERT INTO t VALUES (1)".into(),
-                    source: sqlite(19, "UNIQUE constraint failed: t.id"),
+                    source: failed("UNIQUE constraint failed: t.id"),
                 },
                 "op 3 (insert): statement failed: UNIQUE constraint failed: t.id: INSERT INTO t VALUES (1)",
             ),
@@ -692,7 +733,7 @@ mod tests {
             (
                 Error::Open {
                     path: "/ro/app.db".into(),
-                    source: sqlite(8, "attempt to write a readonly database"),
+                    source: failed("attempt to write a readonly database"),
                 },
                 "cannot open /ro/app.db: attempt to write a readonly database",
             ),
@@ -737,7 +778,7 @@ mod tests {
             (
                 Error::Storage {
                     context: ctx,
-                    source: sqlite(13, "database or disk is full"),
+                    source: failed("database or disk is full"),
                 },
                 "claim of ops/schema-migration by host-1: database or disk is full",
             ),
@@ -745,34 +786,6 @@ mod tests {
         for (error, text) in cases {
             assert_eq!(error.to_string(), text);
         }
-    }
-
-    #[test]
-    fn sqlite_errors_convert_with_the_same_classification() {
-        let locked: Error = sqlite(5, "database is locked").into();
-        assert!(locked.is_transient());
-        assert_eq!(
-            locked.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy)
-        );
-        let stale: Error = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error {
-                code: rusqlite::ErrorCode::DatabaseBusy,
-                extended_code: 517,
-            },
-            None,
-        )
-        .into();
-        assert!(
-            stale.is_transient(),
-            "SQLITE_BUSY_SNAPSHOT: retry the transaction"
-        );
-        let constraint: Error = sqlite(19, "UNIQUE constraint failed: t.id").into();
-        assert!(!constraint.is_transient());
-        assert_eq!(
-            constraint.to_string(),
-            "transaction: UNIQUE constraint failed: t.id"
-        );
     }
 
     #[test]
@@ -785,36 +798,31 @@ mod tests {
     }
 
     #[test]
-    fn busy_is_transient_and_classified() {
+    fn busy_storage_errors_become_busy_and_retries_stay_transient() {
         let busy = Error::storage(
             Context::new("claim"),
-            sqlite(5, "database is locked"),
-            Duration::from_secs(1),
+            StorageError::message(
+                StorageKind::Busy {
+                    waited: Duration::from_secs(1),
+                },
+                "database is locked",
+            ),
         );
-        assert!(matches!(busy, Error::Busy { .. }));
+        assert!(matches!(busy, Error::Busy { waited, .. } if waited == Duration::from_secs(1)));
         assert!(busy.is_transient());
-        assert_eq!(
-            busy.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy)
+        let retry = Error::storage(
+            Context::new("commit"),
+            StorageError::message(StorageKind::Retry, "stale snapshot"),
         );
-        let snapshot = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error {
-                code: rusqlite::ErrorCode::DatabaseBusy,
-                extended_code: 517,
-            },
-            None,
-        );
-        let stale = Error::storage(Context::new("commit"), snapshot, Duration::from_secs(1));
-        assert!(
-            matches!(stale, Error::Storage { .. }),
-            "a stale snapshot is not a lock wait"
-        );
-        assert!(stale.is_transient(), "but retrying the transaction helps");
-        let full = Error::storage(
-            Context::new("claim"),
-            sqlite(13, "full"),
-            Duration::from_secs(1),
-        );
+        assert!(matches!(retry, Error::Storage { .. }), "not a lock wait");
+        assert!(retry.is_transient(), "but retrying the transaction helps");
+        let full = Error::storage(Context::new("claim"), failed("full"));
         assert!(!full.is_transient());
+        assert!(
+            std::error::Error::source(&full)
+                .and_then(|s| s.source())
+                .is_some_and(|inner| inner.to_string() == "full"),
+            "the backend's error is reachable as the source"
+        );
     }
 }
