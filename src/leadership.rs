@@ -29,11 +29,7 @@ use rusqlite::Connection;
 use crate::core::error::Result;
 use crate::core::key::Key;
 use crate::core::ticket::LeaseTicket;
-use crate::engine::Engine;
-use crate::token::Tenure;
-use crate::token::{Guard, LeaseToken};
-use crate::tracker::LeaseTracker;
-use crate::txn::Txn;
+use crate::{Engine, Guard, LeaseToken, LeaseTracker, Tenure, Txn};
 
 /// The namespace of application leadership leases.
 pub const NAMESPACE: &str = "application-leadership";

@@ -125,37 +125,42 @@
 
 mod core;
 mod driver;
-mod engine;
+pub mod engine;
 pub mod leadership;
-mod ops;
 mod sqlite;
-mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod token;
-mod tracker;
-mod transfer;
-mod txn;
-mod wait;
 
+pub use crate::core::backend::Backend;
 pub use crate::core::clock::{Clock, ManualClock, SystemClock};
 pub use crate::core::error::{Context, Error, Found, Result, StorageError, StorageKind};
 pub use crate::core::event::{Event, EventKind, Events, Gap};
 pub use crate::core::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
 pub use crate::core::snapshot::{Lease, Pin};
 pub use crate::core::ticket::LeaseTicket;
-pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
-pub use crate::engine::{Engine, EngineBuilder, PooledConnection, Synchronous};
-pub use crate::ops::InTxn;
-pub use crate::sqlite::busy::LockWait;
-pub use crate::sqlite::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
-pub use crate::token::Tenure;
-pub use crate::token::{Guard, LeaseToken};
-pub use crate::tracker::{Leading, LeaseTracker, TrackerBuilder};
-pub use crate::transfer::{
+pub use crate::core::transfer::{
     ExportedLease, ExportedPin, ImportSummary, MAX_IMPORTED_EPOCH, Snapshot,
 };
-pub use crate::txn::{IntoParams, Op, Txn};
+pub use crate::driver::{BackgroundStats, HandleError, LogErrors};
+pub use crate::sqlite::Sqlite;
+pub use crate::sqlite::api::{Guard, InTxn, PooledConnection};
+pub use crate::sqlite::busy::LockWait;
+pub use crate::sqlite::open::{EngineBuilder, Synchronous};
+pub use crate::sqlite::schema::{Migration, SCHEMA_VERSION, migrate, migrations, schema_version};
+pub use crate::sqlite::txn::{IntoParams, Op, Txn};
+
+/// The lease engine on a SQLite file: [`engine::Engine`] on [`Sqlite`].
+pub type Engine = engine::Engine<Sqlite>;
+/// One tenure of one holder, on SQLite; see [`engine::Tenure`].
+pub type Tenure = engine::Tenure<Sqlite>;
+/// A token vouching for a holder, on SQLite; see [`engine::LeaseToken`].
+pub type LeaseToken = engine::LeaseToken<Sqlite>;
+/// A tracker on SQLite; see [`engine::LeaseTracker`].
+pub type LeaseTracker = engine::LeaseTracker<Sqlite>;
+/// Configures a tracker on SQLite; see [`engine::TrackerBuilder`].
+pub type TrackerBuilder = engine::TrackerBuilder<Sqlite>;
+/// Leadership in hand, on SQLite; see [`engine::Leading`].
+pub type Leading = engine::Leading<Sqlite>;
 
 pub use chrono;
 pub use rusqlite;
@@ -164,17 +169,3 @@ pub use rusqlite;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-
-#[cfg(test)]
-mod tests {
-    fn assert_send_sync<T: Send + Sync>() {}
-
-    #[test]
-    fn handles_are_send_and_sync() {
-        assert_send_sync::<crate::Engine>();
-        assert_send_sync::<crate::LeaseToken>();
-        assert_send_sync::<crate::Tenure>();
-        assert_send_sync::<crate::Txn>();
-        assert_send_sync::<crate::Error>();
-    }
-}

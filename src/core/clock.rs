@@ -6,10 +6,13 @@
 //! backwards cannot revive an expired lease or lengthen a tenure.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::core::store::Now;
 
 /// A source of the current time.
 ///
@@ -132,6 +135,124 @@ impl fmt::Debug for ManualClock {
         f.debug_struct("ManualClock")
             .field("now", &self.now())
             .finish()
+    }
+}
+
+/// How often (in engine time) a write transaction also persists the
+/// high-water mark.
+const HIGH_WATER_PERSIST_MS: i64 = 1000;
+
+/// A clock reading this far (ms) behind the high-water mark counts as the
+/// clock stepping back (less is two threads reading it in turn).
+const STEP_BACK_MS: i64 = 100;
+
+/// Engine time kept by one process: the clock's reading, but never earlier
+/// than any instant already used (the high-water mark), and what is known
+/// of that mark's persistence in the database (for backends whose time is
+/// the process's own; a server backend's time is its server's).
+pub(crate) struct LocalTime {
+    clock: Arc<dyn Clock>,
+    /// The latest engine time handed out; engine time never goes back.
+    high_water: AtomicI64,
+    /// The latest engine time known to be persisted.
+    persisted: AtomicI64,
+    /// The latest engine time written in a caller's transaction, which may
+    /// yet roll back.
+    unconfirmed: AtomicI64,
+    /// The high-water mark when the clock was last seen stepping back (0:
+    /// never): to persist at the next chance, so that a process opened
+    /// later does not start behind it.
+    stepped_back_to: AtomicI64,
+}
+
+impl LocalTime {
+    /// Time from `clock`, never behind `persisted`, the mark found in the
+    /// database.
+    pub(crate) fn new(clock: Arc<dyn Clock>, persisted: i64) -> LocalTime {
+        LocalTime {
+            clock,
+            high_water: AtomicI64::new(persisted),
+            persisted: AtomicI64::new(persisted),
+            unconfirmed: AtomicI64::new(persisted),
+            stepped_back_to: AtomicI64::new(0),
+        }
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Engine time now, and whether the instant it stands for lies after
+    /// that millisecond began.
+    pub(crate) fn reading(&self) -> Now {
+        let clock = self.clock.now();
+        let read = to_ms(clock);
+        let fraction = !clock.timestamp_subsec_nanos().is_multiple_of(1_000_000);
+        let before = self.high_water.fetch_max(read, Ordering::AcqRel);
+        if before > read {
+            if before - read > STEP_BACK_MS {
+                // The clock stepped back past what was already used: have
+                // it persisted at once (a rare write).
+                self.stepped_back_to.fetch_max(before, Ordering::AcqRel);
+            }
+            Now::at(before)
+        } else {
+            Now { ms: read, fraction }
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.reading().ms
+    }
+
+    /// The latest engine time used.
+    pub(crate) fn high_water(&self) -> i64 {
+        self.high_water.load(Ordering::Acquire)
+    }
+
+    /// Whether a write transaction at engine time `now` should also persist
+    /// the high-water mark: about once a second, and at once after a step
+    /// back. The engine's own transactions go by what is known to be
+    /// committed; callers' transactions (`owned` false) also by what other
+    /// callers' transactions wrote, so that their commits do not each
+    /// write the mark, while a caller's rollback cannot stop the engine's
+    /// writes persisting it.
+    pub(crate) fn persist_due(&self, now: i64, owned: bool) -> bool {
+        let mut last = self.persisted.load(Ordering::Acquire);
+        if !owned {
+            last = last.max(self.unconfirmed.load(Ordering::Acquire));
+        }
+        now - last >= HIGH_WATER_PERSIST_MS || self.stepped_back_to.load(Ordering::Acquire) > last
+    }
+
+    /// Notes that a caller's transaction wrote `ms` (it may roll back).
+    pub(crate) fn written_unconfirmed(&self, ms: i64) {
+        self.unconfirmed.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Notes that `ms` is persisted (after the commit that wrote it).
+    pub(crate) fn persisted(&self, ms: i64) {
+        self.persisted.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Whether a step back was seen since the mark was last persisted.
+    pub(crate) fn step_back_pending(&self) -> bool {
+        self.stepped_back_to.load(Ordering::Acquire) > self.persisted.load(Ordering::Acquire)
+    }
+
+    /// The mark to persist on closing, if any was used beyond the persisted.
+    pub(crate) fn unpersisted(&self) -> Option<i64> {
+        let now = self.high_water();
+        (now > self.persisted.load(Ordering::Acquire)).then_some(now)
+    }
+}
+
+impl fmt::Debug for LocalTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalTime")
+            .field("clock", &self.clock)
+            .field("high_water", &self.high_water())
+            .finish_non_exhaustive()
     }
 }
 

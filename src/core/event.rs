@@ -279,7 +279,7 @@ pub(crate) fn cursor_after(
 
 /// A lease transition to keep in the history, as an operation writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct EventRecord {
+pub struct EventRecord {
     pub at_ms: i64,
     pub kind: EventKind,
     pub holder: Option<String>,

@@ -11,7 +11,7 @@ pub(crate) const FOREVER_MS: i64 = i64::MAX;
 
 /// One lease row as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Record {
+pub struct Record {
     /// Holder of the latest tenure. `None` once released or revoked; a tenure
     /// that merely ran out keeps its holder until the next write settles it.
     pub holder: Option<String>,
@@ -30,7 +30,7 @@ pub(crate) struct Record {
 
 /// What a successful claim did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Claimed {
+pub enum Claimed {
     /// A new tenure began (epoch bumped).
     New,
     /// The holder still held the lease; its expiry moved later or stayed.
@@ -199,7 +199,7 @@ impl Record {
 
 /// A pin as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PinRecord {
+pub struct PinRecord {
     pub entity: String,
     pub reason: String,
     pub pinned_ms: i64,

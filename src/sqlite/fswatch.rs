@@ -14,11 +14,11 @@
 use std::path::Path;
 use std::sync::Weak;
 
-use crate::driver::Driver;
+use crate::core::backend::Nudge;
 
 /// Asks for `driver` to be nudged whenever the database at `path` (or its
 /// WAL) is written. Returns whether that will happen.
-pub(crate) fn subscribe(path: &Path, driver: Weak<Driver>) -> bool {
+pub(crate) fn subscribe(path: &Path, driver: Weak<dyn Nudge>) -> bool {
     imp::subscribe(path, driver)
 }
 
@@ -32,13 +32,13 @@ mod imp {
 
     use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 
-    use crate::driver::Driver;
+    use crate::core::backend::Nudge;
 
     struct Subscriber {
         /// The database file's name; events for it and for `<name>-wal`
         /// count.
         file: OsString,
-        driver: Weak<Driver>,
+        driver: Weak<dyn Nudge>,
     }
 
     struct Registry {
@@ -67,7 +67,7 @@ mod imp {
             .as_ref()
     }
 
-    pub(super) fn subscribe(path: &Path, driver: Weak<Driver>) -> bool {
+    pub(super) fn subscribe(path: &Path, driver: Weak<dyn Nudge>) -> bool {
         let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
             return false;
         };
@@ -105,7 +105,7 @@ mod imp {
                 // The descriptor broke: drivers keep their backstop polls.
                 return;
             };
-            let mut nudge: Vec<Arc<Driver>> = Vec::new();
+            let mut nudge: Vec<Arc<dyn Nudge>> = Vec::new();
             {
                 let mut reg = shared.lock().unwrap_or_else(|e| e.into_inner());
                 for event in events {
@@ -152,9 +152,9 @@ mod imp {
     use std::path::Path;
     use std::sync::Weak;
 
-    use crate::driver::Driver;
+    use crate::core::backend::Nudge;
 
-    pub(super) fn subscribe(_path: &Path, _driver: Weak<Driver>) -> bool {
+    pub(super) fn subscribe(_path: &Path, _driver: Weak<dyn Nudge>) -> bool {
         false
     }
 }

@@ -1,18 +1,16 @@
-//! The storage seam: loading and saving lease rows, pins and events.
-//!
-//! [`Store`] is all the lease logic (`ops.rs`) needs from a database; it
-//! makes no decisions. [`SqliteStore`] implements it on any `&Connection`
-//! that is inside a transaction — the engine's own or the caller's. Another
-//! backend (PostgreSQL, say) would implement the same trait and its own
-//! guard SQL.
-
-use std::cell::RefCell;
+//! The [`Store`] on a SQLite connection, and the guard SQL: the lease rows,
+//! pins and events as `leasehold_*` tables, on any `&Connection` inside a
+//! transaction — the engine's own or the caller's.
 
 use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
 
-use crate::core::event::EventRecord;
+use crate::core::error::StorageError;
+use crate::core::event::{Event, EventRecord, Events};
 use crate::core::key::Key;
 use crate::core::lease::{PinRecord, Record};
+use crate::core::store::{GuardSpec, Known, Now, Store, StoreResult};
+use crate::sqlite::Sqlite;
+use crate::sqlite::error::storage;
 
 /// The guard's row condition, with `$epoch` (empty, or the epoch condition)
 /// in it: `FROM … WHERE …`.
@@ -52,103 +50,69 @@ pub(crate) const GUARD_QUERY: &str = concat!("SELECT 1 ", guard_from_where!(""))
 pub(crate) const FENCED_GUARD_QUERY: &str =
     concat!("SELECT 1 ", guard_from_where!(" AND epoch = ?"));
 
-/// A tenure as a process last wrote it: what a re-claim expects to find.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Known {
-    pub epoch: u64,
-    pub started_ms: i64,
-    pub expiry_ms: i64,
-}
-
-/// Reads and writes of one transaction. Every method runs inside the
-/// transaction its implementation was made for.
-pub(crate) trait Store {
-    type Error;
-    fn load(&self, key: &Key) -> Result<Option<Record>, Self::Error>;
-    fn save(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
-    fn pins(&self, key: &Key) -> Result<Vec<PinRecord>, Self::Error>;
-    fn put_pin(&self, key: &Key, pin: &PinRecord) -> Result<(), Self::Error>;
-    fn delete_pin(&self, key: &Key, entity: &str) -> Result<bool, Self::Error>;
-    fn list(&self, namespace: &str) -> Result<Vec<(String, Record)>, Self::Error>;
-    fn list_pins(&self, namespace: &str) -> Result<Vec<(String, PinRecord)>, Self::Error>;
-    fn record_event(
-        &self,
-        key: &Key,
-        event: &EventRecord,
-        retention: u64,
-    ) -> Result<(), Self::Error>;
-    fn persist_high_water(&self, ms: i64) -> Result<(), Self::Error>;
-
-    /// Saves a row whose epoch the write leaves as it was (a release, a
-    /// revoke, a pin change). Same effect as [`Store::save`]; cheaper,
-    /// because a statement that sets no epoch does not run the trigger
-    /// guarding epochs, nor journal its page for a statement rollback.
-    fn save_same_epoch(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
-
-    /// As [`Store::extend_tenure`], only if the row also still shows the
-    /// start and expiry in `known`; the row is then known exactly: expiry
-    /// `max(known.expiry_ms, now + duration_ms)`.
-    fn extend_known(
-        &self,
-        key: &Key,
-        holder: &str,
-        known: Known,
-        now: i64,
-        duration_ms: i64,
-    ) -> Result<bool, Self::Error>;
-
-    /// Saves an extension: only the expiry and the row's time change.
-    fn save_extension(&self, key: &Key, rec: &Record) -> Result<(), Self::Error>;
-
-    /// Extends tenure `epoch` of `holder` if it is current at `now`, in one
-    /// statement: exactly [`Record::claim`]'s extension branch for that
-    /// case. Returns whether it did; `false` writes nothing.
-    fn extend_tenure(
-        &self,
-        key: &Key,
-        holder: &str,
-        epoch: u64,
-        now: i64,
-        duration_ms: i64,
-    ) -> Result<bool, Self::Error>;
-}
-
-/// [`Store`] on a SQLite connection. Statements come from the connection's
-/// cache and stay checked out for the store's life, so that a batch of
-/// operations (many claims in one transaction) prepares each once.
+/// [`Store`] on a SQLite connection of the database `db` opened. Statements
+/// come from the connection's cache; the engine's own stores keep them
+/// checked out for the store's life, so that a batch of operations (many
+/// claims in one transaction) prepares each once.
 pub(crate) struct SqliteStore<'c> {
     conn: &'c Connection,
+    db: &'c Sqlite,
     /// `None` for a store that returns statements to the cache after each
     /// use (its owner must not keep the connection borrowed).
-    held: Option<RefCell<Vec<(&'static str, CachedStatement<'c>)>>>,
+    held: Option<Vec<(&'static str, CachedStatement<'c>)>>,
+    /// Whether the engine owns the transaction (and will learn what was
+    /// persisted once it commits).
+    owned: bool,
+    /// The clock mark this transaction wrote, if any.
+    persisted: Option<i64>,
 }
 
 impl<'c> SqliteStore<'c> {
-    /// A store that keeps nothing checked out between calls.
-    pub fn new(conn: &'c Connection) -> SqliteStore<'c> {
-        SqliteStore { conn, held: None }
-    }
-
-    /// A store that keeps its statements checked out until dropped: for the
-    /// engine's own transactions, where many operations may run.
-    pub fn holding(conn: &'c Connection) -> SqliteStore<'c> {
+    /// A store in a transaction of the caller's, keeping nothing checked
+    /// out between calls.
+    pub(crate) fn borrowed(db: &'c Sqlite, conn: &'c Connection) -> SqliteStore<'c> {
         SqliteStore {
             conn,
-            held: Some(RefCell::new(Vec::new())),
+            db,
+            held: None,
+            owned: false,
+            persisted: None,
         }
+    }
+
+    /// A store in the engine's own transaction, keeping its statements
+    /// checked out until dropped.
+    pub(crate) fn owned(db: &'c Sqlite, conn: &'c Connection) -> SqliteStore<'c> {
+        SqliteStore {
+            conn,
+            db,
+            held: Some(Vec::new()),
+            owned: true,
+            persisted: None,
+        }
+    }
+
+    /// The clock mark this transaction wrote (only the engine's own
+    /// transactions report it: yours may roll back).
+    pub(crate) fn persisted_high_water(&self) -> Option<i64> {
+        self.persisted.filter(|_| self.owned)
+    }
+
+    /// SQLite's error as a storage error.
+    fn fail(&self, e: rusqlite::Error) -> StorageError {
+        storage(e, self.db.busy_timeout)
     }
 
     /// Runs `f` with the prepared statement for `sql`, found by the address
     /// of the static string (no hashing of the SQL text).
     fn with<T>(
-        &self,
+        &mut self,
         sql: &'static str,
         f: impl FnOnce(&mut CachedStatement<'c>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        let Some(held) = &self.held else {
+        let Some(held) = &mut self.held else {
             return f(&mut self.conn.prepare_cached(sql)?);
         };
-        let mut held = held.borrow_mut();
         let i = match held.iter().position(|(s, _)| std::ptr::eq(*s, sql)) {
             Some(i) => i,
             None => {
@@ -169,7 +133,7 @@ impl<'c> SqliteStore<'c> {
     /// row from a clock ahead of ours, and a sum past i64::MAX.
     #[allow(clippy::too_many_arguments)]
     fn extend_where(
-        &self,
+        &mut self,
         sql: &'static str,
         key: &Key,
         holder: &str,
@@ -198,16 +162,27 @@ impl<'c> SqliteStore<'c> {
         })
         .map(|n| n == 1)
     }
+}
 
-    /// The latest engine time the database proves has passed: the persisted
-    /// high-water mark, or any lease row's last write if later.
-    pub fn high_water(&self) -> rusqlite::Result<i64> {
-        self.with(
-            "SELECT max(coalesce((SELECT high_water_ms FROM main.leasehold_clock WHERE id = 1), 0),
-                        coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0))",
-            |st| st.query_row([], |r| r.get(0)),
-        )
-    }
+/// The latest engine time the database proves has passed: the persisted
+/// high-water mark, or any lease row's last write if later.
+pub(crate) fn high_water(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT max(coalesce((SELECT high_water_ms FROM main.leasehold_clock WHERE id = 1), 0),
+                    coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0))",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Persists the high-water mark `ms` on `conn`, in whatever transaction it
+/// is (or in one of its own).
+pub(crate) fn persist_high_water(conn: &Connection, ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
+    )?
+    .execute([ms])
+    .map(drop)
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Record> {
@@ -266,10 +241,8 @@ macro_rules! record_columns {
     };
 }
 
-impl Store for SqliteStore<'_> {
-    type Error = rusqlite::Error;
-
-    fn load(&self, key: &Key) -> rusqlite::Result<Option<Record>> {
+impl SqliteStore<'_> {
+    fn sql_load(&mut self, key: &Key) -> rusqlite::Result<Option<Record>> {
         self.with(
             concat!(
                 "SELECT ",
@@ -283,7 +256,7 @@ impl Store for SqliteStore<'_> {
         )
     }
 
-    fn save(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
+    fn sql_save(&mut self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
         // Existing keys take an UPDATE (the common case: no insert trigger to
         // run); a key's first row takes an INSERT.
         let updated = self.with(
@@ -303,7 +276,7 @@ impl Store for SqliteStore<'_> {
         Ok(())
     }
 
-    fn save_same_epoch(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
+    fn sql_save_same_epoch(&mut self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
         let updated = self.with(
             "UPDATE main.leasehold_leases SET holder = ?3, started_ms = ?5, expiry_ms = ?6,
                 pinned_until_ms = ?7, updated_ms = ?8
@@ -313,12 +286,12 @@ impl Store for SqliteStore<'_> {
         // No row yet (a first pin), or (never, from our callers) another
         // epoch stored: the full save inserts, or lets the trigger judge.
         if updated == 0 {
-            self.save(key, rec)?;
+            self.sql_save(key, rec)?;
         }
         Ok(())
     }
 
-    fn pins(&self, key: &Key) -> rusqlite::Result<Vec<PinRecord>> {
+    fn sql_pins(&mut self, key: &Key) -> rusqlite::Result<Vec<PinRecord>> {
         self.conn
             .prepare_cached(
                 "SELECT entity, reason, pinned_ms, expires_ms FROM main.leasehold_pins
@@ -328,7 +301,7 @@ impl Store for SqliteStore<'_> {
             .collect()
     }
 
-    fn put_pin(&self, key: &Key, pin: &PinRecord) -> rusqlite::Result<()> {
+    fn sql_put_pin(&mut self, key: &Key, pin: &PinRecord) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO main.leasehold_pins (namespace, name, entity, reason, pinned_ms, expires_ms)
@@ -348,7 +321,7 @@ impl Store for SqliteStore<'_> {
             .map(drop)
     }
 
-    fn delete_pin(&self, key: &Key, entity: &str) -> rusqlite::Result<bool> {
+    fn sql_delete_pin(&mut self, key: &Key, entity: &str) -> rusqlite::Result<bool> {
         self.conn
             .prepare_cached(
                 "DELETE FROM main.leasehold_pins WHERE namespace = ?1 AND name = ?2 AND entity = ?3",
@@ -357,7 +330,7 @@ impl Store for SqliteStore<'_> {
             .map(|n| n > 0)
     }
 
-    fn list(&self, namespace: &str) -> rusqlite::Result<Vec<(String, Record)>> {
+    fn sql_list(&mut self, namespace: &str) -> rusqlite::Result<Vec<(String, Record)>> {
         self.conn
             .prepare_cached(concat!(
                 "SELECT name, ",
@@ -368,7 +341,7 @@ impl Store for SqliteStore<'_> {
             .collect()
     }
 
-    fn list_pins(&self, namespace: &str) -> rusqlite::Result<Vec<(String, PinRecord)>> {
+    fn sql_list_pins(&mut self, namespace: &str) -> rusqlite::Result<Vec<(String, PinRecord)>> {
         self.conn
             .prepare_cached(
                 "SELECT name, entity, reason, pinned_ms, expires_ms FROM main.leasehold_pins
@@ -378,7 +351,8 @@ impl Store for SqliteStore<'_> {
             .collect()
     }
 
-    fn record_event(&self, key: &Key, e: &EventRecord, retention: u64) -> rusqlite::Result<()> {
+    fn sql_record_event(&mut self, key: &Key, e: &EventRecord) -> rusqlite::Result<()> {
+        let retention = self.db.event_retention;
         self.with(
             "INSERT INTO main.leasehold_events (at_ms, namespace, name, kind, holder, epoch, entity, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -408,7 +382,7 @@ impl Store for SqliteStore<'_> {
             .map(drop)
     }
 
-    fn save_extension(&self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
+    fn sql_save_extension(&mut self, key: &Key, rec: &Record) -> rusqlite::Result<()> {
         self.with(
             "UPDATE main.leasehold_leases SET expiry_ms = ?3, updated_ms = ?4
              WHERE namespace = ?1 AND name = ?2",
@@ -424,8 +398,8 @@ impl Store for SqliteStore<'_> {
         .map(drop)
     }
 
-    fn extend_tenure(
-        &self,
+    fn sql_extend_tenure(
+        &mut self,
         key: &Key,
         holder: &str,
         epoch: u64,
@@ -435,8 +409,8 @@ impl Store for SqliteStore<'_> {
         self.extend_where(extend_sql!(""), key, holder, epoch, now, duration_ms, &[])
     }
 
-    fn extend_known(
-        &self,
+    fn sql_extend_known(
+        &mut self,
         key: &Key,
         holder: &str,
         known: Known,
@@ -453,12 +427,128 @@ impl Store for SqliteStore<'_> {
             &[known.started_ms, known.expiry_ms],
         )
     }
+}
 
-    fn persist_high_water(&self, ms: i64) -> rusqlite::Result<()> {
+impl Store for SqliteStore<'_> {
+    fn now(&mut self) -> StoreResult<Now> {
+        Ok(self.db.time.reading())
+    }
+
+    fn load(&mut self, key: &Key) -> StoreResult<Option<Record>> {
+        self.sql_load(key).map_err(|e| self.fail(e))
+    }
+
+    fn save(&mut self, key: &Key, rec: &Record) -> StoreResult<()> {
+        self.sql_save(key, rec).map_err(|e| self.fail(e))
+    }
+
+    fn save_same_epoch(&mut self, key: &Key, rec: &Record) -> StoreResult<()> {
+        self.sql_save_same_epoch(key, rec).map_err(|e| self.fail(e))
+    }
+
+    fn save_extension(&mut self, key: &Key, rec: &Record) -> StoreResult<()> {
+        self.sql_save_extension(key, rec).map_err(|e| self.fail(e))
+    }
+
+    fn extend_tenure(
+        &mut self,
+        key: &Key,
+        holder: &str,
+        epoch: u64,
+        now: i64,
+        duration_ms: i64,
+    ) -> StoreResult<bool> {
+        self.sql_extend_tenure(key, holder, epoch, now, duration_ms)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn extend_known(
+        &mut self,
+        key: &Key,
+        holder: &str,
+        known: Known,
+        now: i64,
+        duration_ms: i64,
+    ) -> StoreResult<bool> {
+        self.sql_extend_known(key, holder, known, now, duration_ms)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn pins(&mut self, key: &Key) -> StoreResult<Vec<PinRecord>> {
+        self.sql_pins(key).map_err(|e| self.fail(e))
+    }
+
+    fn put_pin(&mut self, key: &Key, pin: &PinRecord) -> StoreResult<()> {
+        self.sql_put_pin(key, pin).map_err(|e| self.fail(e))
+    }
+
+    fn delete_pin(&mut self, key: &Key, entity: &str) -> StoreResult<bool> {
+        self.sql_delete_pin(key, entity).map_err(|e| self.fail(e))
+    }
+
+    fn list(&mut self, namespace: &str) -> StoreResult<Vec<(String, Record)>> {
+        self.sql_list(namespace).map_err(|e| self.fail(e))
+    }
+
+    fn list_pins(&mut self, namespace: &str) -> StoreResult<Vec<(String, PinRecord)>> {
+        self.sql_list_pins(namespace).map_err(|e| self.fail(e))
+    }
+
+    fn namespaces(&mut self) -> StoreResult<Vec<String>> {
+        self.conn
+            .prepare_cached(
+                "SELECT DISTINCT namespace FROM main.leasehold_leases ORDER BY namespace",
+            )
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.fail(e))
+    }
+
+    fn record_event(&mut self, key: &Key, event: &EventRecord) -> StoreResult<()> {
+        self.sql_record_event(key, event).map_err(|e| self.fail(e))
+    }
+
+    fn history(&mut self, key: &Key, limit: usize) -> StoreResult<Vec<Event>> {
+        crate::sqlite::history::history(self.conn, key, limit).map_err(|e| self.fail(e))
+    }
+
+    fn events_after(
+        &mut self,
+        namespace: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Events> {
+        crate::sqlite::history::events_after(self.conn, namespace, after, limit)
+            .map_err(|e| self.fail(e))
+    }
+
+    fn guard_holds(&mut self, guard: &GuardSpec, now: i64) -> StoreResult<bool> {
+        let (ns, name, holder) = (guard.key.namespace(), guard.key.name(), &guard.holder);
+        match guard.epoch {
+            Some(epoch) => self.with(FENCED_GUARD_QUERY, |st| {
+                st.exists(params![ns, name, holder, epoch as i64, now])
+            }),
+            None => self.with(GUARD_QUERY, |st| st.exists(params![ns, name, holder, now])),
+        }
+        .map_err(|e| self.fail(e))
+    }
+
+    fn finish_write(&mut self, now: i64) -> StoreResult<()> {
+        if self.persisted.is_some() || !self.db.time.persist_due(now, self.owned) {
+            return Ok(());
+        }
         self.with(
             "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
-            |st| st.execute([ms]),
+            |st| st.execute([now]),
         )
-        .map(drop)
+        .map_err(|e| self.fail(e))?;
+        self.persisted = Some(now);
+        if !self.owned {
+            // The engine cannot see your transaction end. Noting the mark as
+            // written (unconfirmed) keeps your other transactions from each
+            // writing it again; should this one roll back, the engine's own
+            // next write still persists it.
+            self.db.time.written_unconfirmed(now);
+        }
+        Ok(())
     }
 }

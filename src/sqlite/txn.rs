@@ -7,7 +7,8 @@ use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{Connection, ToSql, params_from_iter};
 
 use crate::core::error::{Context, Error, Result};
-use crate::token::LeaseToken;
+use crate::engine::LeaseToken;
+use crate::sqlite::Sqlite;
 
 /// A list of [`Op`]s committed as one transaction by [`Engine::commit`](crate::Engine::commit) (or
 /// applied inside yours by [`Txn::apply`]).
@@ -59,7 +60,9 @@ pub struct Op {
 
 #[derive(Clone, Debug)]
 enum Assertion {
-    Lease(LeaseToken),
+    /// A lease guard: the token's assertion, evaluated by the SQLite store
+    /// on the transaction's connection.
+    Lease(LeaseToken<Sqlite>),
     Exists(Statement),
 }
 
@@ -201,7 +204,7 @@ impl Op {
 
     /// Asserts that `token` holds (see [`LeaseToken`]). Replaces any earlier
     /// assertion of this op.
-    pub fn assert_lease(mut self, token: &LeaseToken) -> Op {
+    pub fn assert_lease(mut self, token: &LeaseToken<Sqlite>) -> Op {
         self.assertion = Some(Assertion::Lease(token.clone()));
         self
     }
@@ -235,7 +238,7 @@ impl Txn {
     }
 
     /// Appends an op asserting that `token` holds.
-    pub fn assert_lease(&mut self, token: &LeaseToken) -> &mut Txn {
+    pub fn assert_lease(&mut self, token: &LeaseToken<Sqlite>) -> &mut Txn {
         self.op(Op::new().assert_lease(token))
     }
 
@@ -349,7 +352,7 @@ impl Txn {
         for (i, (op, (assertion, _))) in self.ops.iter().zip(&mut prepared).enumerate() {
             match (&op.assertion, assertion) {
                 (Some(Assertion::Lease(token)), _) => {
-                    token.verify(conn, Some((i, op.label.as_deref())))?;
+                    crate::sqlite::api::check_on(token, conn, Some((i, op.label.as_deref())))?;
                 }
                 (Some(Assertion::Exists(stmt)), Some(s)) => {
                     let found = s

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::core::backend::Backend;
 use crate::core::clock::to_ms;
 use crate::core::error::{Context, Error, Result};
 use crate::core::event::Events;
@@ -14,15 +15,15 @@ use crate::engine::Engine;
 const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Deregisters a waiter from the background thread when it returns.
-struct Registered<'a>(&'a Engine);
+struct Registered<'a, B: Backend>(&'a Engine<B>);
 
-impl Drop for Registered<'_> {
+impl<B: Backend> Drop for Registered<'_, B> {
     fn drop(&mut self) {
         self.0.driver().remove_waiter();
     }
 }
 
-impl Engine {
+impl<B: Backend> Engine<B> {
     /// Blocks until `key` is vacant: never claimed, released, revoked, or
     /// expired and unpinned. Returns at once if it already is.
     ///
@@ -77,7 +78,7 @@ impl Engine {
         let started = Instant::now();
         let ctx = || Context::new("wait for release").key(key);
         let driver = self.driver();
-        driver.add_waiter(self);
+        driver.add_waiter(self.host());
         let _registered = Registered(self);
         loop {
             self.ensure_running(&ctx)?;
@@ -147,7 +148,7 @@ impl Engine {
         let deadline = Instant::now().checked_add(timeout);
         let ctx = || Context::new("wait for events");
         let driver = self.driver();
-        driver.add_waiter(self);
+        driver.add_waiter(self.host());
         let _registered = Registered(self);
         let mut after = after;
         loop {
@@ -156,9 +157,9 @@ impl Engine {
                 return Err(Error::Stopped { context: ctx() });
             }
             let seen = driver.generation();
-            let events = self.read(ctx, |tx| {
-                crate::sqlite::history::events_after(tx.connection(), namespace, after, 1000)
-                    .map_err(|e| crate::sqlite::error::fail(ctx(), e, self.busy_timeout()))
+            let events = self.read(ctx, |st| {
+                st.events_after(namespace, after, 1000)
+                    .map_err(|e| Error::storage(ctx(), e))
             })?;
             let now = Instant::now();
             if !events.is_empty() || events.gap().is_some() || deadline.is_some_and(|d| now >= d) {

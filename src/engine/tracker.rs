@@ -6,18 +6,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::core::backend::Backend;
 use crate::core::error::{Context, Error, Result};
 use crate::core::key::{Key, duration_ms, validate_name};
 use crate::core::ticket::LeaseTicket;
-use crate::driver::TrackSpec;
+use crate::driver::{Question, TrackSpec};
 use crate::engine::Engine;
-use crate::token::LeaseToken;
+use crate::engine::LeaseToken;
 
 /// Configures a [`LeaseTracker`]; from [`Engine::tracker`].
 #[derive(Debug)]
 #[must_use = "a builder does nothing until build() is called"]
-pub struct TrackerBuilder {
-    engine: Engine,
+pub struct TrackerBuilder<B: Backend> {
+    engine: Engine<B>,
     key: Key,
     holder: String,
     guarantee: Duration,
@@ -26,11 +27,11 @@ pub struct TrackerBuilder {
     reclaim: bool,
 }
 
-impl TrackerBuilder {
+impl<B: Backend> TrackerBuilder<B> {
     /// How long a `true` [`LeaseTracker::claim_leader`] ticket guarantees
     /// leadership from the moment it was asked for. The tracker claims twice
     /// this and renews when half is left, as Juju's does. Default: 30 s.
-    pub fn guarantee(mut self, guarantee: Duration) -> TrackerBuilder {
+    pub fn guarantee(mut self, guarantee: Duration) -> TrackerBuilder<B> {
         self.guarantee = guarantee;
         self
     }
@@ -43,7 +44,7 @@ impl TrackerBuilder {
     /// the clocks of the processes sharing the database may disagree (a
     /// successor's clock ahead of ours sees the lease expire early).
     /// Default: a fifth of the guarantee (at least 1 ms).
-    pub fn safety_margin(mut self, margin: Duration) -> TrackerBuilder {
+    pub fn safety_margin(mut self, margin: Duration) -> TrackerBuilder<B> {
         self.safety_margin = Some(margin);
         self
     }
@@ -51,7 +52,7 @@ impl TrackerBuilder {
     /// Whether stopping or dropping the tracker releases a lease it holds, so
     /// that a successor takes over at once (`true`, the default) or leaves it
     /// to expire (`false`).
-    pub fn release_on_stop(mut self, release: bool) -> TrackerBuilder {
+    pub fn release_on_stop(mut self, release: bool) -> TrackerBuilder<B> {
         self.release_on_stop = release;
         self
     }
@@ -60,7 +61,7 @@ impl TrackerBuilder {
     /// be free and claims it again (`true`, the default, as Juju's does), or
     /// stays a minion for good (`false`: for a job that must not resume
     /// under a new tenure once it was stopped, like `leasehold run`).
-    pub fn reclaim(mut self, reclaim: bool) -> TrackerBuilder {
+    pub fn reclaim(mut self, reclaim: bool) -> TrackerBuilder<B> {
         self.reclaim = reclaim;
         self
     }
@@ -81,7 +82,7 @@ impl TrackerBuilder {
     /// If the operating system cannot start the engine's background thread,
     /// which the first tracker or waiter of an engine starts (as
     /// `std::thread::spawn` panics).
-    pub fn build(self) -> Result<LeaseTracker> {
+    pub fn build(self) -> Result<LeaseTracker<B>> {
         validate_name("holder", &self.holder)?;
         let guarantee_ms = duration_ms("guarantee", self.guarantee)?;
         duration_ms("guarantee", self.guarantee.saturating_mul(2))?;
@@ -112,7 +113,7 @@ impl TrackerBuilder {
         let id = self
             .engine
             .driver()
-            .add_tracker(&self.engine, spec)
+            .add_tracker(self.engine.host(), spec)
             .ok_or_else(|| Error::Stopped { context: ctx() })?;
         Ok(LeaseTracker {
             engine: self.engine,
@@ -160,8 +161,8 @@ impl TrackerBuilder {
 /// tracker.stop(); // releases the lease
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct LeaseTracker {
-    engine: Engine,
+pub struct LeaseTracker<B: Backend> {
+    engine: Engine<B>,
     id: u64,
     key: Key,
     holder: String,
@@ -169,7 +170,7 @@ pub struct LeaseTracker {
     stopped: AtomicBool,
 }
 
-impl LeaseTracker {
+impl<B: Backend> LeaseTracker<B> {
     /// The lease tracked.
     pub fn key(&self) -> &Key {
         &self.key
@@ -192,7 +193,7 @@ impl LeaseTracker {
     pub fn claim_leader(&self) -> LeaseTicket {
         self.engine
             .driver()
-            .claim_ticket(self.id, self.engine.now_ms())
+            .ticket(self.id, self.engine.now_ms(), Question::Claim)
     }
 
     /// A ticket that resolves `true` once the tracker leads (at once if it
@@ -200,7 +201,7 @@ impl LeaseTracker {
     pub fn wait_leader(&self) -> LeaseTicket {
         self.engine
             .driver()
-            .leader_ticket(self.id, self.engine.now_ms())
+            .ticket(self.id, self.engine.now_ms(), Question::Leader)
     }
 
     /// A ticket that resolves `true` once the tracker's leadership can no
@@ -209,7 +210,7 @@ impl LeaseTracker {
     pub fn wait_minion(&self) -> LeaseTicket {
         self.engine
             .driver()
-            .minion_ticket(self.id, self.engine.now_ms())
+            .ticket(self.id, self.engine.now_ms(), Question::Minion)
     }
 
     /// Whether the tracker leads now (a snapshot).
@@ -242,11 +243,11 @@ impl LeaseTracker {
     }
 
     /// A token fixed to the current tenure, if the tracker leads.
-    pub fn token(&self) -> Option<LeaseToken> {
+    pub fn token(&self) -> Option<LeaseToken<B>> {
         self.epoch().map(|epoch| self.token_for(epoch))
     }
 
-    fn token_for(&self, epoch: u64) -> LeaseToken {
+    fn token_for(&self, epoch: u64) -> LeaseToken<B> {
         LeaseToken::new(
             self.engine.clone(),
             self.key.clone(),
@@ -292,7 +293,7 @@ impl LeaseTracker {
     /// })??;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn while_leading<R>(&self, f: impl FnOnce(&Leading) -> R) -> Result<R> {
+    pub fn while_leading<R>(&self, f: impl FnOnce(&Leading<B>) -> R) -> Result<R> {
         loop {
             if !self.wait_leader().wait() {
                 return Err(Error::Stopped {
@@ -323,18 +324,18 @@ impl LeaseTracker {
     }
 }
 
-impl Drop for LeaseTracker {
+impl<B: Backend> Drop for LeaseTracker<B> {
     /// Like [`LeaseTracker::stop`], without waiting: the background thread
     /// finishes the stop (keeping the engine alive until it has).
     fn drop(&mut self) {
         if !self.stopped.load(Ordering::Acquire) {
-            let keepalive = Some(self.engine.clone());
+            let keepalive: Option<crate::driver::Keepalive> = Some(Box::new(self.engine.clone()));
             self.engine.driver().stop_tracker(self.id, keepalive);
         }
     }
 }
 
-impl fmt::Debug for LeaseTracker {
+impl<B: Backend> fmt::Debug for LeaseTracker<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeaseTracker")
             .field("key", &self.key)
@@ -345,15 +346,23 @@ impl fmt::Debug for LeaseTracker {
 }
 
 /// Leadership in hand, for the closure of [`LeaseTracker::while_leading`].
-#[derive(Debug)]
-pub struct Leading {
-    token: LeaseToken,
+pub struct Leading<B: Backend> {
+    token: LeaseToken<B>,
     lost: LeaseTicket,
 }
 
-impl Leading {
+impl<B: Backend> std::fmt::Debug for Leading<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leading")
+            .field("token", &self.token)
+            .field("lost", &self.lost)
+            .finish()
+    }
+}
+
+impl<B: Backend> Leading<B> {
     /// The token of this tenure: guard every write with it.
-    pub fn token(&self) -> &LeaseToken {
+    pub fn token(&self) -> &LeaseToken<B> {
         &self.token
     }
 
@@ -374,10 +383,10 @@ impl Leading {
     }
 }
 
-impl Engine {
+impl<B: Backend> Engine<B> {
     /// A builder for a tracker that keeps claiming `key` for `holder`; an
     /// invalid holder is reported by [`TrackerBuilder::build`].
-    pub fn tracker(&self, key: &Key, holder: &str) -> TrackerBuilder {
+    pub fn tracker(&self, key: &Key, holder: &str) -> TrackerBuilder<B> {
         TrackerBuilder {
             engine: self.clone(),
             key: key.clone(),
@@ -401,7 +410,7 @@ impl Engine {
         application: &str,
         unit: &str,
         guarantee: Duration,
-    ) -> Result<LeaseTracker> {
+    ) -> Result<LeaseTracker<B>> {
         let key = crate::leadership::key(application)?;
         self.tracker(&key, unit).guarantee(guarantee).build()
     }

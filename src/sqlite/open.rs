@@ -1,0 +1,557 @@
+//! Opening a SQLite database: the builder, the checks and migration on
+//! open, the connection pool and its pragmas.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::core::clock::{Clock, LocalTime, SystemClock, to_ms};
+use crate::core::error::{Context, Error, Result};
+use crate::driver::{HandleError, LogErrors};
+use crate::engine::Engine;
+use crate::sqlite::Sqlite;
+use crate::sqlite::busy::LockWait;
+use crate::sqlite::schema;
+
+/// SQLite's `synchronous` setting for the engine's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// No syncs: a power loss can corrupt the database. Tests only.
+    Off,
+    /// Sync the WAL at checkpoints only (the default). A power loss can lose
+    /// the latest commits but never corrupts the file; a process crash loses
+    /// nothing.
+    Normal,
+    /// Sync the WAL at every commit: commits survive a power loss.
+    Full,
+    /// Like `Full`, and also sync the directory after deleting a journal.
+    Extra,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+/// Configures and opens an [`Engine`]; see [`Engine::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct EngineBuilder {
+    path: PathBuf,
+    clock: Arc<dyn Clock>,
+    busy_timeout: Duration,
+    pool_size: u32,
+    synchronous: Synchronous,
+    event_retention: u64,
+    watch_interval: Duration,
+    file_events: bool,
+    lock_wait: LockWait,
+    wal_limit: u64,
+    read_only: bool,
+    errors: Box<dyn HandleError>,
+}
+
+impl fmt::Debug for dyn HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandleError")
+    }
+}
+
+impl EngineBuilder {
+    /// A builder for the database at `path`, with the defaults each
+    /// setting names.
+    pub(crate) fn new(path: &Path) -> EngineBuilder {
+        EngineBuilder {
+            path: path.to_path_buf(),
+            clock: Arc::new(SystemClock),
+            busy_timeout: Duration::from_secs(5),
+            pool_size: 8,
+            synchronous: Synchronous::Normal,
+            event_retention: 10_000,
+            watch_interval: Duration::from_millis(1),
+            file_events: true,
+            lock_wait: LockWait::Fair,
+            wal_limit: 16 << 20,
+            read_only: false,
+            errors: Box::new(LogErrors),
+        }
+    }
+
+    /// The clock the engine reads. Default: [`SystemClock`].
+    pub fn clock(mut self, clock: impl Clock) -> EngineBuilder {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long an operation waits for the database's write lock before
+    /// failing with [`Error::Busy`], and for a free pooled connection before
+    /// failing with [`Error::PoolTimeout`]. Default: 5 seconds.
+    pub fn busy_timeout(mut self, timeout: Duration) -> EngineBuilder {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// The most connections the pool opens. Default: 8.
+    pub fn pool_size(mut self, size: u32) -> EngineBuilder {
+        self.pool_size = size;
+        self
+    }
+
+    /// SQLite's `synchronous` for every connection. Default:
+    /// [`Synchronous::Normal`], which with WAL never corrupts the file but may
+    /// lose the latest commits on power loss (a lost claim is then lost
+    /// together with every write it guarded).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> EngineBuilder {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// How many history events the database keeps (at least the newest this
+    /// many; older ones are trimmed 64 at a time), at least 1. Default:
+    /// 10,000. The background thread learns which keys
+    /// changed from these events; if more than this many happen between two
+    /// of its looks, it re-checks every key it watches.
+    pub fn event_retention(mut self, events: u64) -> EngineBuilder {
+        self.event_retention = events;
+        self
+    }
+
+    /// How often, at most, the background thread looks for commits by other
+    /// processes (`PRAGMA data_version` and new history events) while
+    /// anything in this process waits or tracks. On Linux it looks when
+    /// inotify reports a write to the database's WAL — at once when idle, at
+    /// most once per interval under a stream of commits — and otherwise only
+    /// every 250 ms as a backstop; elsewhere it polls at this interval.
+    /// Default: 1 ms. Changes made through this engine are noticed at once.
+    pub fn watch_interval(mut self, interval: Duration) -> EngineBuilder {
+        self.watch_interval = interval;
+        self
+    }
+
+    /// Whether to learn of other processes' commits from file-system events
+    /// (inotify, on Linux) rather than by polling every
+    /// [`watch_interval`](EngineBuilder::watch_interval). Default: `true`;
+    /// ignored where unavailable.
+    pub fn file_events(mut self, enabled: bool) -> EngineBuilder {
+        self.file_events = enabled;
+        self
+    }
+
+    /// How connections wait for SQLite's write lock. Default:
+    /// [`LockWait::Fair`]: short, jittered pauses bounded by the busy
+    /// timeout, so that under contention every process gets its turn within
+    /// milliseconds (see the `contention` bench).
+    pub fn lock_wait(mut self, policy: LockWait) -> EngineBuilder {
+        self.lock_wait = policy;
+        self
+    }
+
+    /// The WAL size, in bytes, above which the engine checkpoints with
+    /// `RESTART` (holding back new writers for at most 10 ms while readers
+    /// move past the old WAL; with [`LockWait::SqliteDefault`] only
+    /// `PASSIVE` checkpoints run), and to which it truncates the file. The engine runs the
+    /// checkpoints of its connections itself (SQLite's automatic ones are
+    /// off on them): with several processes committing flat out, SQLite's
+    /// checkpoint after every commit fights over the checkpoint lock, cannot
+    /// reset the WAL, and the WAL grows by hundreds of MB in seconds (the
+    /// `contention` bench). The checkpoints run in a WAL hook, so the
+    /// application's own transactions on [`Engine::connection`] count too.
+    /// With several engines in one process, the smallest of their limits
+    /// applies to all. Default: 16 MiB.
+    pub fn wal_size_limit(mut self, bytes: u64) -> EngineBuilder {
+        self.wal_limit = bytes;
+        self
+    }
+
+    /// Opens the database for reading only: nothing is ever written to it
+    /// or created beside it by this engine (no migration, no switch to WAL,
+    /// no clock mark, no `-lhwait` file), and it never waits for a writer's
+    /// lock. The schema must already be this build's, or the build fails
+    /// with [`Error::NotMigrated`]. Every operation that would write fails.
+    /// What the `leasehold` commands that only look (`list`, `show`,
+    /// `history`, `watch`, `export`) use. Default: `false`.
+    pub fn read_only(mut self, read_only: bool) -> EngineBuilder {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Where errors of background work go (renewals and releases that
+    /// failed). Default: [`LogErrors`], which logs them with the `log` crate.
+    pub fn error_handler(mut self, handler: impl HandleError) -> EngineBuilder {
+        self.errors = Box::new(handler);
+        self
+    }
+
+    /// Opens the database, switches it to WAL, applies pending migrations and
+    /// builds the pool.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidArgument`] for an empty, in-memory or `file:` URI
+    ///   path, a directory, a zero pool size, a zero event retention, a
+    ///   watch interval of zero or over 60 s, or a busy timeout over an hour;
+    /// - [`Error::NotADatabase`] if the file is not a SQLite database;
+    /// - [`Error::SchemaTooNew`] / [`Error::SchemaMismatch`] if another
+    ///   leasehold build migrated it;
+    /// - [`Error::SchemaConflict`] if the database already holds a table
+    ///   (or index, trigger, view) of a name leasehold's schema needs;
+    /// - [`Error::NotMigrated`] for a read-only engine on a database without
+    ///   this build's schema;
+    /// - [`Error::DirectoryNotWritable`] if SQLite cannot create its `-wal`
+    ///   and `-shm` files (or a journal) beside the file;
+    /// - [`Error::Open`] if it cannot be opened or written otherwise (missing
+    ///   directory or file, permissions, full disk), [`Error::Busy`] if it
+    ///   stays locked while it must be migrated or switched to WAL.
+    ///
+    /// A file that fails is left as it was. A database whose schema is
+    /// current and already in WAL mode is only read: opening it never
+    /// waits for a writer.
+    pub fn build(self) -> Result<Engine<Sqlite>> {
+        let shown = self.path.to_string_lossy();
+        if shown.is_empty() || shown == ":memory:" || shown.starts_with("file:") {
+            return Err(Error::invalid(
+                "path",
+                &shown,
+                "must name a database file; pooled connections cannot share an in-memory database",
+            ));
+        }
+        if self.path.is_dir() {
+            return Err(Error::invalid(
+                "path",
+                &shown,
+                "is a directory; name a database file",
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::invalid("pool size", "0", "must be at least 1"));
+        }
+        if self.event_retention == 0 {
+            return Err(Error::invalid("event retention", "0", "must be at least 1"));
+        }
+        if self.watch_interval.is_zero() || self.watch_interval > Duration::from_secs(60) {
+            return Err(Error::invalid(
+                "watch interval",
+                &format!("{:?}", self.watch_interval),
+                "must be between 1ns and 60s",
+            ));
+        }
+        if self.busy_timeout > Duration::from_secs(3600) {
+            return Err(Error::invalid(
+                "busy timeout",
+                &format!("{:?}", self.busy_timeout),
+                "must be at most one hour",
+            ));
+        }
+        let (high_water, page_size) = self.prepare_file()?;
+        let read_only = self.read_only;
+        let busy_timeout = self.busy_timeout;
+        let synchronous = self.synchronous;
+        let lock_wait = self.lock_wait;
+        let wal_limit = self.wal_limit;
+        let manager = SqliteConnectionManager::file(&self.path)
+            .with_flags(open_flags(read_only) | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(move |c| {
+                match lock_wait {
+                    LockWait::Fair => c.busy_handler(Some(crate::sqlite::busy::fair_handler))?,
+                    LockWait::SqliteDefault => c.busy_timeout(busy_timeout)?,
+                }
+                c.pragma_update(None, "synchronous", synchronous.pragma())?;
+                c.pragma_update(None, "foreign_keys", true)?;
+                // Checkpoints are ours (see `wal.rs`).
+                crate::sqlite::wal::install(c, wal_limit, lock_wait == LockWait::Fair)?;
+                c.set_prepared_statement_cache_capacity(64);
+                Ok(())
+            });
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(busy_timeout.max(Duration::from_millis(1)))
+            .thread_pool(shared_reaper())
+            .build_unchecked(manager);
+        let canonical = std::fs::canonicalize(&self.path).ok();
+        let identity = FileIdentity::of(canonical.as_deref().unwrap_or(&self.path));
+        crate::sqlite::wal::limit(self.wal_limit, page_size);
+        let lock_signal = match self.lock_wait {
+            LockWait::Fair if !read_only => {
+                crate::sqlite::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path))
+            }
+            _ => None,
+        };
+        let backend = Sqlite {
+            path: self.path,
+            canonical,
+            pool,
+            time: LocalTime::new(self.clock, high_water),
+            busy_timeout,
+            event_retention: self.event_retention,
+            read_only,
+            identity,
+            opened: std::time::Instant::now(),
+            identity_checked_ms: AtomicU64::new(0),
+            replaced: AtomicBool::new(false),
+            lock_signal,
+            sqlite_handler: lock_wait == LockWait::SqliteDefault,
+            file_events: self.file_events,
+        };
+        Ok(Engine::from_backend(
+            backend,
+            self.watch_interval,
+            self.errors,
+        ))
+    }
+
+    /// Checks and, unless read-only, migrates the file and switches it to
+    /// WAL, on a connection of its own; returns the persisted clock
+    /// high-water mark and the page size. The version is read first: the
+    /// write lock is taken only to migrate, and the journal mode is changed
+    /// only when it is not WAL already, so opening a current database never
+    /// writes and never waits for a writer.
+    fn prepare_file(&self) -> Result<(i64, u64)> {
+        let open_err = |source: rusqlite::Error| self.open_error(source);
+        let conn = Connection::open_with_flags(
+            &self.path,
+            open_flags(self.read_only)
+                | if self.read_only {
+                    OpenFlags::empty()
+                } else {
+                    OpenFlags::SQLITE_OPEN_CREATE
+                }
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(self.busy_timeout).map_err(open_err)?;
+        // Refuse a newer schema, or a conflicting one, before changing
+        // anything, journal mode included.
+        let found = retry_busy(self.busy_timeout, || match schema::schema_version(&conn) {
+            Ok(v) => Ok(Ok(v)),
+            Err(Error::Storage { source, .. }) => Err(crate::sqlite::error::into_sqlite(source)),
+            Err(other) => Ok(Err(other)),
+        })
+        .map_err(open_err)??;
+        if found > schema::SCHEMA_VERSION {
+            return Err(Error::SchemaTooNew {
+                found,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        if found == schema::SCHEMA_VERSION {
+            retry_busy(self.busy_timeout, || match schema::verify(&conn) {
+                Ok(()) => Ok(Ok(())),
+                Err(Error::Storage { source, .. }) => {
+                    Err(crate::sqlite::error::into_sqlite(source))
+                }
+                Err(other) => Ok(Err(other)),
+            })
+            .map_err(open_err)??;
+        }
+        if found < schema::SCHEMA_VERSION {
+            if self.read_only {
+                return Err(Error::NotMigrated {
+                    path: self.path.clone(),
+                    found,
+                    expected: schema::SCHEMA_VERSION,
+                });
+            }
+            // Migrated in the file's own journal mode, so that a migration
+            // refused (a conflicting table of the application's) or failed
+            // (a full disk) leaves the file as it was, WAL switch included.
+            schema::migrate(&conn).map_err(|e| match e {
+                Error::Storage { source, .. } => {
+                    open_err(crate::sqlite::error::into_sqlite(source))
+                }
+                other => other,
+            })?;
+        }
+        if !self.read_only {
+            let mode: String = retry_busy(self.busy_timeout, || {
+                conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            })
+            .map_err(open_err)?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                // Switching to WAL needs an exclusive lock, and SQLite
+                // answers SQLITE_BUSY at once (without its busy handler) when
+                // another process holds a lock at that moment: retry within
+                // the budget.
+                let mode: String = retry_busy(self.busy_timeout, || {
+                    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                })
+                .map_err(open_err)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(Error::Open {
+                        path: self.path.clone(),
+                        source: crate::sqlite::error::storage(
+                            rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                                Some(format!(
+                                    "could not switch to WAL (journal mode stays {mode})"
+                                )),
+                            ),
+                            Duration::ZERO,
+                        ),
+                    });
+                }
+            }
+        }
+        let high_water = crate::sqlite::store::high_water(&conn).map_err(open_err)?;
+        let clock = to_ms(self.clock.now());
+        if high_water > clock + 24 * 3600 * 1000 {
+            log::warn!(
+                "leasehold: {} records engine time {} ms ahead of this clock; \
+                 leases will not expire until the clock catches up",
+                self.path.display(),
+                high_water - clock
+            );
+        }
+        let page_size: u64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(open_err)?;
+        Ok((high_water, page_size))
+    }
+
+    /// Says what went wrong opening or preparing the file, as precisely as
+    /// the file and its directory allow.
+    fn open_error(&self, source: rusqlite::Error) -> Error {
+        match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => {
+                return Error::NotADatabase {
+                    path: self.path.clone(),
+                };
+            }
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                return Error::Busy {
+                    context: Context::new("open"),
+                    waited: self.busy_timeout,
+                };
+            }
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen) => {
+                // SQLite creates `-wal`, `-shm` and journals beside the
+                // file; a writable file in a directory that is not says
+                // "attempt to write a readonly database", even for reads.
+                if let Some(directory) = unwritable_directory(&self.path) {
+                    return Error::DirectoryNotWritable {
+                        path: self.path.clone(),
+                        directory,
+                    };
+                }
+            }
+            _ => {}
+        }
+        Error::Open {
+            path: self.path.clone(),
+            source: crate::sqlite::error::storage(source, self.busy_timeout),
+        }
+    }
+}
+
+/// The flags every connection of an engine opens with.
+fn open_flags(read_only: bool) -> OpenFlags {
+    if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    }
+}
+
+/// The directory of `path`, if this process cannot create files in it.
+#[cfg(unix)]
+fn unwritable_directory(path: &Path) -> Option<PathBuf> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let writable = nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok();
+    (!writable && dir.is_dir()).then_some(dir)
+}
+
+#[cfg(not(unix))]
+fn unwritable_directory(_path: &Path) -> Option<PathBuf> {
+    None
+}
+
+/// Which file a path named when the engine opened it (device and inode),
+/// to notice it deleted or replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    #[cfg(unix)]
+    pub(crate) fn of(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileIdentity {
+            device: m.dev(),
+            inode: m.ino(),
+        })
+    }
+
+    /// Elsewhere, only whether the path still names a file of the same
+    /// creation time is known.
+    #[cfg(not(unix))]
+    pub(crate) fn of(path: &Path) -> Option<FileIdentity> {
+        let m = std::fs::metadata(path).ok()?;
+        let created = m
+            .created()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(FileIdentity {
+            device: 0,
+            inode: created.as_nanos() as u64,
+        })
+    }
+}
+
+/// Runs `f` until it succeeds, fails with something other than
+/// `SQLITE_BUSY`, or `budget` has passed, sleeping with growing jittered
+/// pauses between tries.
+pub(crate) fn retry_busy<T>(
+    budget: Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match f() {
+            Err(e) if crate::sqlite::error::is_busy(&e) && started.elapsed() < budget => {
+                // Jitter from the clock's nanoseconds keeps processes that
+                // collided from retrying in lockstep.
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let jitter = Duration::from_nanos(u64::from(nanos) % (pause.as_nanos() as u64 + 1));
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn shared_reaper() -> Arc<scheduled_thread_pool::ScheduledThreadPool> {
+    static POOL: OnceLock<Arc<scheduled_thread_pool::ScheduledThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        Arc::new(
+            scheduled_thread_pool::ScheduledThreadPool::builder()
+                .num_threads(1)
+                .thread_name_pattern("leasehold-pool-reaper")
+                .build(),
+        )
+    })
+    .clone()
+}
