@@ -24,12 +24,12 @@
 
 use std::time::Duration;
 
-use rusqlite::Connection;
-
+use crate::core::backend::Backend;
 use crate::core::error::Result;
 use crate::core::key::Key;
 use crate::core::ticket::LeaseTicket;
-use crate::{Engine, Guard, LeaseToken, LeaseTracker, Tenure, Txn};
+use crate::engine::{Engine, LeaseToken, LeaseTracker, Tenure};
+pub use crate::sqlite::leadership::Token;
 
 /// The namespace of application leadership leases.
 pub const NAMESPACE: &str = "application-leadership";
@@ -46,6 +46,9 @@ pub fn key(application: &str) -> Result<Key> {
 
 /// Acquires leadership.
 pub trait Claimer {
+    /// What a successful claim returns.
+    type Tenure;
+
     /// Claims leadership of `application` for `unit`, or extends the unit's
     /// current leadership. On success leadership is guaranteed for at least
     /// `duration` from the start of the call.
@@ -55,8 +58,12 @@ pub trait Claimer {
     /// [`Error::ClaimDenied`](crate::Error::ClaimDenied) if another unit
     /// leads (definitely not the leader); after any other error nothing may
     /// be inferred.
-    fn claim_leadership(&self, application: &str, unit: &str, duration: Duration)
-    -> Result<Tenure>;
+    fn claim_leadership(
+        &self,
+        application: &str,
+        unit: &str,
+        duration: Duration,
+    ) -> Result<Self::Tenure>;
 
     /// Blocks until `application` is known to have no leader.
     ///
@@ -81,32 +88,6 @@ pub trait Checker {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a bad
     /// application or unit name.
     fn leadership_check(&self, application: &str, unit: &str) -> Result<Self::Token>;
-}
-
-/// A unit's leadership of its application, checkable three ways (see
-/// [`LeaseToken`] for the guarantees).
-pub trait Token {
-    /// Fails if the condition no longer holds, judged now.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::GuardFailed`](crate::Error::GuardFailed) saying what holds
-    /// instead, or a storage error.
-    fn check(&self) -> Result<()>;
-
-    /// Fails if the condition does not hold inside the caller's transaction
-    /// on `conn`.
-    ///
-    /// # Errors
-    ///
-    /// As [`LeaseToken::check_in`].
-    fn check_in(&self, conn: &Connection) -> Result<()>;
-
-    /// The condition as an SQL predicate for the caller's own statements.
-    fn guard(&self) -> Guard;
-
-    /// Adds the condition to `txn` as an assertion op.
-    fn add_to(&self, txn: &mut Txn);
 }
 
 /// A tracker's answer to one question, available once.
@@ -158,7 +139,7 @@ impl Ticket for LeaseTicket {
     }
 }
 
-impl Tracker for LeaseTracker {
+impl<B: Backend> Tracker for LeaseTracker<B> {
     type Ticket = LeaseTicket;
 
     fn application_name(&self) -> &str {
@@ -185,13 +166,15 @@ impl Tracker for LeaseTracker {
 /// `block_until_leadership_released` panics as
 /// [`Engine::block_until_released`] does, if the background thread cannot
 /// be started.
-impl Claimer for Engine {
+impl<B: Backend> Claimer for Engine<B> {
+    type Tenure = Tenure<B>;
+
     fn claim_leadership(
         &self,
         application: &str,
         unit: &str,
         duration: Duration,
-    ) -> Result<Tenure> {
+    ) -> Result<Tenure<B>> {
         self.claim(&key(application)?, unit, duration)
     }
 
@@ -200,28 +183,38 @@ impl Claimer for Engine {
     }
 }
 
-impl Checker for Engine {
-    type Token = LeaseToken;
+impl<B: Backend> Checker for Engine<B>
+where
+    LeaseToken<B>: Token,
+{
+    type Token = LeaseToken<B>;
 
-    fn leadership_check(&self, application: &str, unit: &str) -> Result<LeaseToken> {
+    fn leadership_check(&self, application: &str, unit: &str) -> Result<LeaseToken<B>> {
         self.token(&key(application)?, unit)
     }
 }
 
-impl Token for LeaseToken {
-    fn check(&self) -> Result<()> {
-        LeaseToken::check(self)
-    }
-
-    fn check_in(&self, conn: &Connection) -> Result<()> {
-        LeaseToken::check_in(self, conn)
-    }
-
-    fn guard(&self) -> Guard {
-        LeaseToken::guard(self)
-    }
-
-    fn add_to(&self, txn: &mut Txn) {
-        LeaseToken::add_to(self, txn);
+impl<B: Backend> Engine<B> {
+    /// A tracker of `application`'s leadership for `unit`, with the given
+    /// guarantee and default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`TrackerBuilder::build`](crate::engine::TrackerBuilder::build),
+    /// and [`Error::InvalidArgument`](crate::Error::InvalidArgument) for
+    /// bad names.
+    ///
+    /// # Panics
+    ///
+    /// As [`TrackerBuilder::build`](crate::engine::TrackerBuilder::build).
+    pub fn leadership_tracker(
+        &self,
+        application: &str,
+        unit: &str,
+        guarantee: Duration,
+    ) -> Result<LeaseTracker<B>> {
+        self.tracker(&key(application)?, unit)
+            .guarantee(guarantee)
+            .build()
     }
 }

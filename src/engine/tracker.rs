@@ -397,21 +397,4 @@ impl<B: Backend> Engine<B> {
             reclaim: true,
         }
     }
-
-    /// A tracker of `application`'s leadership for `unit`, with the given
-    /// guarantee and default settings.
-    ///
-    /// # Errors
-    ///
-    /// As [`TrackerBuilder::build`], and [`Error::InvalidArgument`] for bad
-    /// names.
-    pub fn leadership_tracker(
-        &self,
-        application: &str,
-        unit: &str,
-        guarantee: Duration,
-    ) -> Result<LeaseTracker<B>> {
-        let key = crate::leadership::key(application)?;
-        self.tracker(&key, unit).guarantee(guarantee).build()
-    }
 }

@@ -10,9 +10,12 @@ pub(crate) mod error;
 pub(crate) mod feed;
 pub(crate) mod fswatch;
 pub(crate) mod history;
+pub(crate) mod leadership;
 pub(crate) mod open;
 pub(crate) mod schema;
 pub(crate) mod store;
+#[cfg(feature = "testing")]
+pub(crate) mod testing;
 pub(crate) mod txn;
 pub(crate) mod wal;
 

@@ -1,17 +1,15 @@
-//! The checking side: reads the histories, the writes table and the lease
-//! history, and judges them against the one promise leasehold makes.
+//! The checking side: reads the histories, and judges them with the
+//! writes table and the lease history (as a backend read them) against the
+//! one promise leasehold makes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
-
 use super::Entry;
-use crate::Key;
 
-/// What [`check`] should assume about the run.
+/// What [`check_recorded`] should assume about the run.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckOptions {
     /// Whether clocks were stepped: if so, the guarantee-window check is
@@ -20,7 +18,7 @@ pub struct CheckOptions {
     pub clock_steps: bool,
 }
 
-/// The outcome of [`check`].
+/// The outcome of [`check_recorded`].
 #[derive(Clone, Debug, Default)]
 pub struct CheckReport {
     /// Operations invoked, by kind.
@@ -101,13 +99,20 @@ fn read_histories_checked(dir: &Path) -> std::io::Result<(Vec<Entry>, Vec<String
 ///    guaranteed window (start of its claim call + duration), unless that
 ///    holder released it or it was revoked.
 ///
+/// The histories are read from `dir`; `rows` and `events` are what the
+/// backend's database holds (the writes table in commit order, and the
+/// checked key's history).
+///
 /// # Errors
 ///
-/// The database or histories cannot be read.
-pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::Result<CheckReport> {
-    let io = |e: rusqlite::Error| std::io::Error::other(e.to_string());
+/// The histories cannot be read.
+pub fn check_recorded(
+    dir: &Path,
+    rows: Vec<WriteRow>,
+    events: Vec<LeaseEvent>,
+    opts: CheckOptions,
+) -> std::io::Result<CheckReport> {
     let (entries, unreadable) = read_histories_checked(dir)?;
-    let conn = Connection::open(db).map_err(io)?;
     let mut report = CheckReport::default();
 
     // Index the histories.
@@ -125,43 +130,7 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
             Entry::Fail { .. } => {}
         }
     }
-
-    // The database's side.
-    let rows: Vec<WriteRow> = conn
-        .prepare(
-            "SELECT id, proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms
-             FROM checker_writes ORDER BY id",
-        )
-        .and_then(|mut s| {
-            s.query_map([], |r| {
-                Ok(WriteRow {
-                    id: r.get(0)?,
-                    proc: r.get(1)?,
-                    holder: r.get(2)?,
-                    epoch: r.get(3)?,
-                    seq: r.get(4)?,
-                    lease_holder: r.get(5)?,
-                    lease_epoch: r.get(6)?,
-                    lease_until_ms: r.get(7)?,
-                    wall_ms: r.get(8)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(io)?;
     report.rows = rows.len() as u64;
-    let events: Vec<(i64, String, Option<String>, u64, i64)> = conn
-        .prepare(
-            "SELECT id, kind, holder, epoch, at_ms FROM leasehold_events
-             WHERE namespace = ?1 AND name = ?2 ORDER BY id",
-        )
-        .and_then(|mut s| {
-            s.query_map([key.namespace(), key.name()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect()
-        })
-        .map_err(io)?;
     let mut v = unreadable;
 
     // 1. No lost writes, and no refused write committed.
@@ -219,7 +188,14 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
     let mut began: BTreeMap<u64, i64> = BTreeMap::new();
     let mut ended: HashMap<u64, i64> = HashMap::new();
     let mut last_epoch = 0;
-    for (id, kind, holder, epoch, at_ms) in &events {
+    for LeaseEvent {
+        id,
+        kind,
+        holder,
+        epoch,
+        at_ms,
+    } in &events
+    {
         match kind.as_str() {
             "claimed" => {
                 began.insert(*epoch, *at_ms);
@@ -392,15 +368,40 @@ pub fn check(db: &Path, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::R
     Ok(report)
 }
 
-/// One row of [`WRITES_TABLE`].
-struct WriteRow {
-    id: i64,
-    proc: u32,
-    holder: String,
-    epoch: u64,
-    seq: u64,
-    lease_holder: Option<String>,
-    lease_epoch: Option<u64>,
-    lease_until_ms: Option<i64>,
-    wall_ms: Option<i64>,
+/// One row of the writes table, as the database holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteRow {
+    /// Its position in commit order.
+    pub id: i64,
+    /// The writing process.
+    pub proc: u32,
+    /// The writer's holder name.
+    pub holder: String,
+    /// The tenure it wrote in.
+    pub epoch: u64,
+    /// The write's number in its process.
+    pub seq: u64,
+    /// The lease's holder as the writing transaction saw it.
+    pub lease_holder: Option<String>,
+    /// The lease's epoch as the writing transaction saw it.
+    pub lease_epoch: Option<u64>,
+    /// Until when the lease was held, as the writing transaction saw it.
+    pub lease_until_ms: Option<i64>,
+    /// The wall clock just before the writing transaction began.
+    pub wall_ms: Option<i64>,
+}
+
+/// One event of the checked key's history, as the database holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseEvent {
+    /// Its position in the history.
+    pub id: i64,
+    /// `claimed`, `released`, `revoked`, `lapsed`, `pinned` or `unpinned`.
+    pub kind: String,
+    /// The tenure's holder.
+    pub holder: Option<String>,
+    /// The tenure's epoch.
+    pub epoch: u64,
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
 }

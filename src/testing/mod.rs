@@ -30,8 +30,6 @@
 
 mod check;
 mod recorder;
-mod worker;
-mod workload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -41,12 +39,14 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::Clock;
 
-pub use check::{CheckOptions, CheckReport, check, read_histories};
-pub use recorder::{Entry, Recorder, WRITES_TABLE, create_writes_table, guarded_write};
-pub use worker::{WorkerConfig, serve_worker};
-pub use workload::{
-    Fault, Nemesis, RunReport, Span, Strike, Target, WorkerEnd, WorkerRecord, Workload,
-    WorkloadBuilder, workload_key,
+pub use check::{CheckOptions, CheckReport, LeaseEvent, WriteRow, check_recorded, read_histories};
+pub use recorder::{Entry, Recorder};
+// The SQLite side of the kit: its writes table and guarded write, reading a
+// run back from the file, and the multi-process workload.
+pub use crate::sqlite::testing::{
+    Fault, Nemesis, RunReport, Span, Strike, Target, WRITES_TABLE, WorkerConfig, WorkerEnd,
+    WorkerRecord, Workload, WorkloadBuilder, check, create_writes_table, guarded_write,
+    serve_worker, workload_key,
 };
 
 /// Milliseconds on the wall clock, shared by every process of one host.

@@ -1,44 +1,14 @@
-//! The recording side: the writes table, the per-process history files, and
-//! the guarded write whose row records what the lease table said at commit.
+//! The recording side: the per-process history files.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use super::wall_ms;
-use crate::{Engine, Error, Key, LeaseToken, Txn};
-
-/// The application table guarded writes go to.
-pub const WRITES_TABLE: &str = "checker_writes";
-
-/// Creates [`WRITES_TABLE`] (idempotent).
-///
-/// # Errors
-///
-/// SQLite's error, if the table cannot be created.
-pub fn create_writes_table(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS checker_writes (
-             id INTEGER PRIMARY KEY,          -- commit order
-             proc INTEGER NOT NULL,
-             holder TEXT NOT NULL,
-             epoch INTEGER NOT NULL,
-             seq INTEGER NOT NULL,
-             -- What the lease table said inside the writing transaction:
-             lease_holder TEXT,
-             lease_epoch INTEGER,
-             -- ... and until when it was held (max of expiry and pins)
-             lease_until_ms INTEGER,
-             -- The wall clock just before the transaction began (so no
-             -- later than its guard was evaluated).
-             wall_ms INTEGER
-         );",
-    )
-}
+use crate::Error;
 
 /// One line of a history.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -170,47 +140,3 @@ impl Recorder {
         self.write(&entry);
     }
 }
-
-/// Writes one row of [`WRITES_TABLE`] for `holder` in tenure `epoch`, in
-/// one `BEGIN IMMEDIATE` transaction guarded by `token` (or unguarded with
-/// `None`, to show that the checker has teeth). The row also records the
-/// lease's holder and epoch as the same transaction sees them.
-///
-/// # Errors
-///
-/// [`Error::GuardFailed`] if the guard fails; storage errors.
-pub fn guarded_write(
-    engine: &Engine,
-    key: &Key,
-    token: Option<&LeaseToken>,
-    proc: u32,
-    holder: &str,
-    epoch: u64,
-    seq: u64,
-) -> crate::Result<()> {
-    let mut txn = Txn::new();
-    if let Some(token) = token {
-        token.add_to(&mut txn);
-    }
-    txn.execute(
-        INSERT_WRITE,
-        (
-            i64::from(proc),
-            holder.to_owned(),
-            epoch,
-            seq,
-            key.namespace().to_owned(),
-            key.name().to_owned(),
-            wall_ms(),
-        ),
-    );
-    engine.commit(&txn).map(drop)
-}
-
-/// Inserts one row of [`WRITES_TABLE`] with the lease as the writing
-/// transaction sees it. Parameters: proc, holder, epoch, seq, namespace,
-/// name, and the wall clock (ms) before the guard.
-pub(super) const INSERT_WRITE: &str = "INSERT INTO checker_writes
-         (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
-     SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
-     FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6";

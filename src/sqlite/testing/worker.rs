@@ -12,7 +12,8 @@ use rusqlite::TransactionBehavior;
 use serde::{Deserialize, Serialize};
 
 use super::workload::Span;
-use super::{OffsetClock, Recorder, Rng, guarded_write, recorder::INSERT_WRITE, wall_ms};
+use super::{INSERT_WRITE, guarded_write};
+use crate::testing::{OffsetClock, Recorder, Rng, wall_ms};
 use crate::{Engine, Error, Key, LeaseToken, Tenure};
 
 /// The environment variable that tells a process it is a worker, and how.

@@ -16,7 +16,8 @@ use chrono::TimeDelta;
 use nix::sys::signal::{Signal, kill};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use super::{CheckOptions, CheckReport, Rng, WorkerConfig, check, create_writes_table, wall_ms};
+use super::{WorkerConfig, check, create_writes_table};
+use crate::testing::{CheckOptions, CheckReport, Rng, wall_ms};
 use crate::{Engine, Error, Key, MAX_DURATION};
 
 /// Faults injected by a [`Workload`]. Their timings are set on the
