@@ -486,7 +486,7 @@ pub struct Strike {
     /// taken), since the run began.
     pub at: Duration,
     /// The same moment on the wall clock, in milliseconds, as histories
-    /// ([`Entry`](super::Entry)) record them.
+    /// ([`Entry`](crate::testing::Entry)) record them.
     pub wall_ms: i64,
 }
 
