@@ -127,6 +127,7 @@ mod core;
 mod driver;
 pub mod engine;
 pub mod leadership;
+pub mod memory;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;

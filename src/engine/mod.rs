@@ -799,6 +799,7 @@ mod tests {
             assert_send_sync::<LeaseTracker<B>>();
         }
         each::<crate::sqlite::Sqlite>();
+        each::<crate::memory::Memory>();
     }
 
     #[test]
