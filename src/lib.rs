@@ -170,3 +170,23 @@ pub use rusqlite;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync_for_every_backend() {
+        fn each<B: crate::Backend>() {
+            assert_send_sync::<crate::engine::Engine<B>>();
+            assert_send_sync::<crate::engine::LeaseToken<B>>();
+            assert_send_sync::<crate::engine::Tenure<B>>();
+            assert_send_sync::<crate::engine::LeaseTracker<B>>();
+        }
+        each::<crate::Sqlite>();
+        each::<crate::memory::Memory>();
+        assert_send_sync::<crate::Txn>();
+        assert_send_sync::<crate::Error>();
+        assert_send_sync::<crate::Events>();
+    }
+}

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::core::store::Now;
-
 /// A source of the current time.
 ///
 /// Implement it to run the engine on another notion of time; use
@@ -135,6 +133,26 @@ impl fmt::Debug for ManualClock {
         f.debug_struct("ManualClock")
             .field("now", &self.now())
             .finish()
+    }
+}
+
+/// Engine time for one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch.
+    pub ms: i64,
+    /// Whether the instant lies after that millisecond began (a claim's
+    /// guarantee counts from the instant, so its expiry rounds up).
+    pub fraction: bool,
+}
+
+impl Now {
+    /// A whole millisecond.
+    pub fn at(ms: i64) -> Now {
+        Now {
+            ms,
+            fraction: false,
+        }
     }
 }
 

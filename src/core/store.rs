@@ -6,6 +6,7 @@
 //! on a transaction of its own kind — the engine's, or one the caller owns —
 //! and keeps the promises written on [`Backend`](super::backend::Backend).
 
+pub use crate::core::clock::Now;
 use crate::core::error::StorageError;
 use crate::core::event::{Event, EventRecord, Events};
 use crate::core::key::Key;
@@ -13,26 +14,6 @@ use crate::core::lease::{PinRecord, Record};
 
 /// A result of the store.
 pub type StoreResult<T> = Result<T, StorageError>;
-
-/// Engine time for one operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Now {
-    /// Milliseconds since the Unix epoch.
-    pub ms: i64,
-    /// Whether the instant lies after that millisecond began (a claim's
-    /// guarantee counts from the instant, so its expiry rounds up).
-    pub fraction: bool,
-}
-
-impl Now {
-    /// A whole millisecond.
-    pub fn at(ms: i64) -> Now {
-        Now {
-            ms,
-            fraction: false,
-        }
-    }
-}
 
 /// A tenure as a process last wrote it: what a re-claim expects to find.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

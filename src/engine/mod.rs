@@ -783,27 +783,3 @@ impl<B: Backend> Host for Shared<B> {
         self.backend.maintain();
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn assert_send_sync<T: Send + Sync>() {}
-
-    #[test]
-    fn handles_are_send_and_sync_for_every_backend() {
-        fn each<B: Backend>() {
-            assert_send_sync::<Engine<B>>();
-            assert_send_sync::<LeaseToken<B>>();
-            assert_send_sync::<Tenure<B>>();
-            assert_send_sync::<LeaseTracker<B>>();
-        }
-        each::<crate::sqlite::Sqlite>();
-        each::<crate::memory::Memory>();
-    }
-
-    #[test]
-    fn events_type_is_plain_data() {
-        assert_send_sync::<crate::core::event::Events>();
-    }
-}

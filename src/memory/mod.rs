@@ -36,9 +36,7 @@ use std::time::{Duration, Instant};
 use crate::core::backend::{Backend, ChangeFeed, Changes, Nudge, sealed};
 use crate::core::clock::{Clock, LocalTime, SystemClock};
 use crate::core::error::{Context, Error, Result, StorageError, StorageKind};
-use crate::core::event::{
-    Event, EventRecord, Events, cursor_after, gap_after, missed_before,
-};
+use crate::core::event::{Event, EventRecord, Events, cursor_after, gap_after, missed_before};
 use crate::core::key::Key;
 use crate::core::lease::{PinRecord, Record};
 use crate::core::ops;
@@ -480,11 +478,10 @@ impl Store for MemoryStore<'_> {
         now: i64,
         duration_ms: i64,
     ) -> StoreResult<bool> {
-        let matches = self
-            .state
-            .rows
-            .get(key)
-            .is_some_and(|r| r.started_ms == known.started_ms && r.expiry_ms == known.expiry_ms);
+        let matches =
+            self.state.rows.get(key).is_some_and(|r| {
+                r.started_ms == known.started_ms && r.expiry_ms == known.expiry_ms
+            });
         if !matches {
             return Ok(false);
         }
@@ -585,7 +582,12 @@ impl Store for MemoryStore<'_> {
         let newest = self.state.events.keys().next_back().copied();
         let (after, mut gap) = gap_after(after, newest);
         if gap.is_none() {
-            let first = self.state.events.range(after + 1..).next().map(|(id, _)| *id);
+            let first = self
+                .state
+                .events
+                .range(after + 1..)
+                .next()
+                .map(|(id, _)| *id);
             gap = missed_before(after, first);
         }
         let events: Vec<(Key, Event)> = self
@@ -727,7 +729,10 @@ impl MemoryTxn<'_, '_> {
     /// it, and nothing commits); [`Error::InvalidArgument`] for a token of
     /// another database.
     pub fn check_in(&mut self, token: &LeaseToken<Memory>) -> Result<()> {
-        if !Arc::ptr_eq(&token.engine().backend().db.inner, &self.store.backend.db.inner) {
+        if !Arc::ptr_eq(
+            &token.engine().backend().db.inner,
+            &self.store.backend.db.inner,
+        ) {
             return Err(Error::invalid(
                 "token",
                 &token.key().to_string(),

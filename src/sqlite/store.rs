@@ -552,3 +552,170 @@ impl Store for SqliteStore<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The guard and the one-statement extensions restate, in SQL, rules
+    //! that `Record` decides: checked against it on generated rows.
+
+    use super::*;
+    use crate::core::lease::FOREVER_MS;
+    use proptest::prelude::*;
+
+    fn db() -> Connection {
+        let conn = Connection::open_in_memory().expect("memory db");
+        crate::sqlite::schema::migrate(&conn).expect("schema");
+        conn
+    }
+
+    fn key() -> Key {
+        Key::new("t", "k").expect("key")
+    }
+
+    /// Replaces the one row with `rec`.
+    fn put(conn: &Connection, rec: &Record) {
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS leasehold_leases_keep_rows;
+             DROP TRIGGER IF EXISTS leasehold_leases_epoch_never_decreases;
+             DROP TRIGGER IF EXISTS leasehold_leases_no_replacement_downwards;
+             DELETE FROM leasehold_leases;",
+        )
+        .expect("clear");
+        conn.execute(
+            "INSERT INTO leasehold_leases
+                (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            row_values(&key(), rec),
+        )
+        .expect("insert");
+    }
+
+    fn get(conn: &Connection) -> Record {
+        conn.query_row(
+            concat!("SELECT ", record_columns!(), " FROM leasehold_leases"),
+            [],
+            |r| record_from_row(r, 0),
+        )
+        .expect("row")
+    }
+
+    fn holder() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("a".to_owned())),
+            Just(Some("b".to_owned()))
+        ]
+    }
+
+    prop_compose! {
+        fn record()(
+            holder in holder(),
+            epoch in 0u64..4,
+            started in 0i64..50,
+            expiry in 0i64..100,
+            pinned in prop_oneof![Just(0i64), 0i64..100, Just(FOREVER_MS)],
+            updated in 0i64..100,
+        ) -> Record {
+            Record {
+                holder,
+                epoch,
+                started_ms: started,
+                expiry_ms: expiry,
+                pinned_until_ms: pinned,
+                updated_ms: updated,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The guard (both forms) holds exactly when `Record::is_held_by`.
+        #[test]
+        fn the_guard_sql_agrees_with_the_record(
+            rec in record(),
+            who in prop_oneof![Just("a"), Just("b")],
+            epoch in prop_oneof![Just(None), (0u64..4).prop_map(Some)],
+            now in 0i64..110,
+        ) {
+            let conn = db();
+            put(&conn, &rec);
+            let k = key();
+            let held = match epoch {
+                Some(e) => conn
+                    .prepare(FENCED_GUARD_QUERY)
+                    .and_then(|mut s| s.exists(params![k.namespace(), k.name(), who, e as i64, now])),
+                None => conn
+                    .prepare(GUARD_QUERY)
+                    .and_then(|mut s| s.exists(params![k.namespace(), k.name(), who, now])),
+            }
+            .expect("guard query");
+            prop_assert_eq!(held, rec.is_held_by(who, epoch, now));
+            // The predicate form, as an application's statement embeds it.
+            let sql = match epoch {
+                Some(_) => format!("SELECT {FENCED_GUARD_SQL}"),
+                None => format!("SELECT {GUARD_SQL}"),
+            };
+            let as_predicate: bool = match epoch {
+                Some(e) => conn.query_row(&sql, params![k.namespace(), k.name(), who, e as i64, now], |r| r.get(0)),
+                None => conn.query_row(&sql, params![k.namespace(), k.name(), who, now], |r| r.get(0)),
+            }
+            .expect("guard predicate");
+            prop_assert_eq!(as_predicate, held);
+        }
+
+        /// The one-statement extension writes exactly when the holder holds
+        /// that tenure and the row is not from a clock ahead, and then
+        /// leaves the row `Record::claim` would.
+        #[test]
+        fn the_one_statement_extensions_agree_with_the_record(
+            rec in record(),
+            who in prop_oneof![Just("a"), Just("b")],
+            epoch in 0u64..4,
+            now in 0i64..110,
+            duration in 1i64..60,
+            known_matches in any::<bool>(),
+        ) {
+            let conn = db();
+            let k = key();
+            for with_known in [false, true] {
+                put(&conn, &rec);
+                let sql = if with_known {
+                    extend_sql!(" AND started_ms = ?7 AND expiry_ms = ?8")
+                } else {
+                    extend_sql!("")
+                };
+                let (started, expiry) = if known_matches {
+                    (rec.started_ms, rec.expiry_ms)
+                } else {
+                    (rec.started_ms + 1, rec.expiry_ms)
+                };
+                let mut st = conn.prepare(sql).expect("prepare");
+                st.raw_bind_parameter(1, k.namespace()).expect("bind");
+                st.raw_bind_parameter(2, k.name()).expect("bind");
+                st.raw_bind_parameter(3, now).expect("bind");
+                st.raw_bind_parameter(4, now + duration).expect("bind");
+                st.raw_bind_parameter(5, who).expect("bind");
+                st.raw_bind_parameter(6, epoch).expect("bind");
+                if with_known {
+                    st.raw_bind_parameter(7, started).expect("bind");
+                    st.raw_bind_parameter(8, expiry).expect("bind");
+                }
+                let wrote = st.raw_execute().expect("extend") == 1;
+                drop(st);
+                let expected = rec.updated_ms <= now
+                    && rec.is_held_by(who, Some(epoch), now)
+                    && (!with_known || known_matches);
+                prop_assert_eq!(wrote, expected, "with_known={}", with_known);
+                if wrote {
+                    let (decided, claimed) =
+                        Record::claim(Some(&rec), who, now, duration).expect("an extension");
+                    prop_assert_eq!(claimed, crate::core::lease::Claimed::Extended);
+                    prop_assert_eq!(get(&conn), decided);
+                } else {
+                    prop_assert_eq!(get(&conn), rec.clone(), "nothing written");
+                }
+            }
+        }
+    }
+}
