@@ -55,6 +55,25 @@
 //!   vacancy.
 //! - The [`leadership`] module mirrors Juju's leadership interfaces on top.
 //!
+//! # Backends and modules
+//!
+//! The engine is generic over a [`Backend`]: [`engine::Engine`]`<B>` and the
+//! tenures, tokens and trackers it hands out work the same on each, because
+//! every backend keeps the same promises (written on [`Backend`]).
+//!
+//! - [`Sqlite`] — one database file, any number of processes. The names at
+//!   the crate root are its instances ([`Engine`], [`Tenure`],
+//!   [`LeaseToken`], [`LeaseTracker`]…), with its own face: opening
+//!   ([`Engine::open`], [`EngineBuilder`]), [`Engine::connection`],
+//!   guards in your `rusqlite` transaction ([`LeaseToken::check_in`]), as
+//!   SQL ([`Guard`]) or in a [`Txn`], and operations in your transaction
+//!   ([`Engine::in_txn`]).
+//! - [`memory`] — the whole contract in one process, for unit tests.
+//! - [`engine`] — the generic types, for code written over any backend.
+//! - [`leadership`] — Juju's leadership traits on top.
+//! - `testing` (feature `testing`) — the history recorder and checker and a
+//!   multi-process workload with nemeses.
+//!
 //! # Concurrency guarantees
 //!
 //! - **Safety.** A write guarded by a token of holder H commits only if, at
