@@ -438,6 +438,43 @@ impl Guard {
         self.sql
     }
 
+    /// The predicate with numbered placeholders, `?first`, `?first+1`, …,
+    /// for a statement whose own parameters are numbered `?1` to
+    /// `?first-1` (or come after, numbered past the guard's): bind
+    /// [`Guard::params`] at those positions.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use std::time::Duration;
+    /// use leasehold::{Engine, Key};
+    /// use leasehold::rusqlite::params_from_iter;
+    ///
+    /// let engine = Engine::open(dir.path().join("app.db"))?;
+    /// let token = engine.claim(&Key::new("app", "cfg")?, "n1", Duration::from_secs(30))?.token();
+    /// let conn = engine.connection()?;
+    /// conn.execute_batch("CREATE TABLE config (k TEXT, v TEXT); INSERT INTO config VALUES ('a', 'x')")?;
+    /// let guard = token.guard();
+    /// let sql = format!("UPDATE config SET v = ?1 WHERE k = ?2 AND {}", guard.sql_numbered(3));
+    /// let mut params: Vec<Box<dyn leasehold::rusqlite::ToSql>> = vec![Box::new("y"), Box::new("a")];
+    /// params.extend(guard.params().into_iter().map(|p| Box::new(p) as Box<dyn leasehold::rusqlite::ToSql>));
+    /// assert_eq!(conn.execute(&sql, params_from_iter(params))?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sql_numbered(&self, first: usize) -> String {
+        let mut out = String::with_capacity(self.sql.len() + 16);
+        let mut n = first;
+        for c in self.sql.chars() {
+            if c == '?' {
+                out.push('?');
+                out.push_str(&n.to_string());
+                n += 1;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
     /// The predicate's parameters, in placeholder order, with the engine's
     /// time as of this call.
     pub fn params(&self) -> Vec<ToSqlOutput<'_>> {
