@@ -342,6 +342,23 @@ impl Memory {
         }
         Ok(value)
     }
+
+    /// Persists the high-water mark now if the clock was seen stepping back
+    /// since it was last persisted, as SQLite does: in a write transaction
+    /// of its own, waiting at most 10 ms for the lock (a reader must not
+    /// wait for writers; the next operation, or the background thread,
+    /// tries again).
+    fn persist_after_step_back(&self) {
+        if !self.time.step_back_pending() {
+            return;
+        }
+        let ctx = || Context::new("persist clock");
+        let _ = self.transaction(Duration::from_millis(10), &ctx, true, |st| {
+            let now = st.now().map_err(|e| Error::storage(ctx(), e))?;
+            st.finish_write(now.ms)
+                .map_err(|e| Error::storage(ctx(), e))
+        });
+    }
 }
 
 impl Backend for Memory {
@@ -362,7 +379,9 @@ impl Backend for Memory {
     ) -> Result<T> {
         // Reads take the lock too: a memory database has no snapshots, and
         // a reader must not see a writer's half-done work.
-        self.transaction(budget, ctx, false, |st| f(st))
+        let value = self.transaction(budget, ctx, false, |st| f(st))?;
+        self.persist_after_step_back();
+        Ok(value)
     }
 
     fn now_ms(&self) -> i64 {
@@ -379,6 +398,10 @@ impl Backend for Memory {
 
     fn ensure_usable(&self, _every: Duration) -> Result<()> {
         Ok(())
+    }
+
+    fn maintain(&self) {
+        self.persist_after_step_back();
     }
 
     fn feed(&self) -> Result<Box<dyn ChangeFeed>> {
