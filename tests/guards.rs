@@ -1,4 +1,9 @@
-//! DESIGN.md semantics 6: the three ways a token guards a write.
+//! DESIGN.md semantics 6 on SQLite: the `Txn` builder, `check_in` on a
+//! caller's `rusqlite` transaction (its edges: other databases, deferred
+//! transactions), and the SQL guard. The guard cases every backend keeps —
+//! a token failing after release, revoke, expiry or a new tenure, a guard
+//! holding until its transaction ends, a failed guard writing nothing —
+//! are in the conformance suite (`tests/conformance/guards.rs`).
 
 mod support;
 
@@ -194,57 +199,7 @@ fn txn_applies_inside_the_callers_transaction_within_a_savepoint() -> R {
     Ok(())
 }
 
-#[test]
-fn an_epoch_token_fails_after_the_same_holder_reclaims() -> R {
-    let (_db, engine, clock) = manual_engine();
-    setup_table(&engine)?;
-    let fenced = engine.claim(&key("a"), "h1", secs(10))?.token();
-    let unfenced = engine.token(&key("a"), "h1")?;
-    clock.advance(secs(10));
-    engine.claim(&key("a"), "h1", secs(10))?; // a new tenure, epoch 2
-    let mut txn = Txn::new();
-    fenced.add_to(&mut txn);
-    let err = engine.commit(&txn).unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::GuardFailed {
-                found: Found::Held { epoch: 2, .. },
-                expected_epoch: Some(1),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let mut txn = Txn::new();
-    unfenced.add_to(&mut txn);
-    engine.commit(&txn)?;
-    Ok(())
-}
-
 // b. Inside the caller's transaction
-
-#[test]
-fn check_in_an_immediate_transaction() -> R {
-    let (_db, engine, _clock) = manual_engine();
-    setup_table(&engine)?;
-    let token = engine.claim(&key("a"), "h1", secs(10))?.token();
-    let mut conn = engine.connection()?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    token.check_in(&tx)?;
-    tx.execute("UPDATE items SET v = 'guarded' WHERE id = 1", [])?;
-    tx.commit()?;
-    engine.revoke(&key("a"))?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    assert!(matches!(
-        token.check_in(&tx),
-        Err(Error::GuardFailed {
-            found: Found::Vacant { epoch: 1 },
-            ..
-        })
-    ));
-    Ok(())
-}
 
 #[test]
 fn check_in_refuses_connections_outside_a_transaction_or_database() -> R {

@@ -1,15 +1,14 @@
-//! The Juju-style leadership traits, and blocking until a lease is released.
+//! The Juju-style leadership traits in SQLite's types (`Token`: `check_in`,
+//! the SQL guard, `Txn`). Blocking until a lease is released, and the
+//! backend-neutral traits, are in the conformance suite
+//! (`tests/conformance/leadership.rs`).
 
 mod support;
-
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
 
 use leasehold::leadership::{self, Checker, Claimer, Token};
 use leasehold::rusqlite::TransactionBehavior;
 use leasehold::{Error, Txn};
-use support::{key, manual_engine, secs};
+use support::{manual_engine, secs};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -58,94 +57,5 @@ fn traits_mirror_the_seed_interface() -> R {
     assert!(engine.commit(&txn).is_err());
     assert!(Token::guard(&token).sql().contains("leasehold_leases"));
     assert!(engine.leadership_check("", "wordpress/0").is_err());
-    Ok(())
-}
-
-#[test]
-fn blocking_returns_at_once_for_a_vacant_key() -> R {
-    let (_db, engine, _clock) = manual_engine();
-    engine.block_until_leadership_released("nobody-leads")?;
-    engine.block_until_released(&key("never-claimed"))?;
-    Ok(())
-}
-
-#[test]
-fn blocking_wakes_when_the_leader_releases() -> R {
-    let (_db, engine, _clock) = manual_engine();
-    engine.claim_leadership("app", "app/0", secs(3600))?;
-    let (started, blocked) = mpsc::channel();
-    let waiter = {
-        let engine = engine.clone();
-        thread::spawn(move || {
-            started.send(()).expect("send");
-            engine.block_until_leadership_released("app")
-        })
-    };
-    blocked.recv()?;
-    engine.release(&leadership::key("app")?, "app/0")?;
-    waiter.join().expect("waiter")?;
-    Ok(())
-}
-
-#[test]
-fn blocking_wakes_when_the_lease_expires_on_the_clock() -> R {
-    let (_db, engine, clock) = manual_engine();
-    engine.claim(&key("a"), "h1", secs(60))?;
-    let (started, blocked) = mpsc::channel();
-    let waiter = {
-        let engine = engine.clone();
-        thread::spawn(move || {
-            started.send(()).expect("send");
-            engine.block_until_released(&key("a"))
-        })
-    };
-    blocked.recv()?;
-    clock.advance(secs(59));
-    assert!(engine.lease(&key("a"))?.expect("lease").is_held());
-    clock.advance(secs(1));
-    waiter.join().expect("waiter")?;
-    Ok(())
-}
-
-#[test]
-fn a_change_of_holder_keeps_waiters_blocked() -> R {
-    let (_db, engine, _clock) = manual_engine();
-    engine.claim(&key("a"), "h1", secs(60))?;
-    engine.revoke(&key("a"))?;
-    engine.claim(&key("a"), "h2", secs(60))?;
-    let err = engine
-        .block_until_released_timeout(&key("a"), Duration::from_millis(50))
-        .unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. }), "{err}");
-    Ok(())
-}
-
-#[test]
-fn shutting_down_fails_waiters_with_stopped() -> R {
-    let (_db, engine, _clock) = manual_engine();
-    engine.claim(&key("a"), "h1", secs(3600))?;
-    let (started, blocked) = mpsc::channel();
-    let waiters: Vec<_> = (0..3)
-        .map(|_| {
-            let engine = engine.clone();
-            let started = started.clone();
-            thread::spawn(move || {
-                started.send(()).expect("send");
-                engine.block_until_released(&key("a"))
-            })
-        })
-        .collect();
-    for _ in 0..3 {
-        blocked.recv()?;
-    }
-    engine.shutdown();
-    for w in waiters {
-        let err = w.join().expect("waiter").unwrap_err();
-        assert!(matches!(err, Error::Stopped { .. }), "{err}");
-    }
-    assert!(matches!(
-        engine.claim(&key("b"), "h1", secs(1)),
-        Err(Error::Stopped { .. })
-    ));
     Ok(())
 }

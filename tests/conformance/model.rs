@@ -1,22 +1,26 @@
 //! Model-based test: random sequences of operations applied side by side to
-//! a pure in-memory model of DESIGN.md's semantics and to the SQLite engine
-//! (on a manual clock); every result and every error must agree.
+//! a pure model of DESIGN.md's semantics and to an engine on the backend
+//! under test (on a manual clock); every result and every error must agree.
 //!
 //! The model is written from the contract, not from the engine's code:
 //! "held" means a holder whose expiry, or a live pin, lies after now; a
 //! claim by the holder extends without shortening; any other successful
 //! claim starts epoch + 1; pins never revive a tenure that ran out; engine
 //! time never goes back. proptest keeps shrunk failures in
-//! `tests/model.proptest-regressions`, replayed on every run.
-
-mod support;
+//! `tests/conformance/model.proptest-regressions`, replayed on every run
+//! (for every backend). The case count is the harness's
+//! (`Harness::MODEL_CASES`), or `LEASEHOLD_MODEL_CASES`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use leasehold::{Engine, Error, Key, ManualClock, Txn};
+use leasehold::engine::{Engine, LeaseToken, Tenure};
+use leasehold::{Error, Key, ManualClock};
 use proptest::prelude::*;
-use support::{TempDb, t0};
+use proptest::test_runner::{Config, TestRunner};
+
+use crate::harness::{Harness, Options};
+use crate::support::t0;
 
 const KEYS: usize = 2;
 const HOLDERS: usize = 3;
@@ -305,37 +309,29 @@ impl Model {
 
 // The engine side.
 
-struct Real {
-    _db: TempDb,
-    /// Two engines on the one file; `cur` is the one steps go through.
-    engines: Vec<Engine>,
+struct Real<H: Harness> {
+    _db: H::Database,
+    /// Two engines on the one database; `cur` is the one steps go through.
+    engines: Vec<Engine<H::Backend>>,
     cur: usize,
     clock: ManualClock,
     keys: Vec<Key>,
-    tenures: BTreeMap<(usize, usize), leasehold::Tenure>,
+    tenures: BTreeMap<(usize, usize), Tenure<H::Backend>>,
+    /// The names of the values guarded writes attempted.
+    writes: Vec<String>,
 }
 
 fn ms_of(t: leasehold::chrono::DateTime<leasehold::chrono::Utc>) -> i64 {
     (t - t0()).num_milliseconds()
 }
 
-impl Real {
-    fn new() -> Real {
-        let db = TempDb::new();
+impl<H: Harness> Real<H> {
+    fn new() -> Real<H> {
+        let db = H::database();
         let clock = ManualClock::new(t0());
-        let engines: Vec<Engine> = (0..2)
-            .map(|_| {
-                Engine::builder(&db.path)
-                    .clock(clock.clone())
-                    .build()
-                    .expect("engine")
-            })
+        let engines: Vec<Engine<H::Backend>> = (0..2)
+            .map(|_| H::open(&db, Options::manual(&clock)).expect("engine"))
             .collect();
-        engines[0]
-            .connection()
-            .expect("conn")
-            .execute_batch("CREATE TABLE w (x INTEGER)")
-            .expect("table");
         let keys = (0..KEYS)
             .map(|k| Key::new("model", format!("k{k}")).expect("key"))
             .collect();
@@ -346,12 +342,13 @@ impl Real {
             clock,
             keys,
             tenures: BTreeMap::new(),
+            writes: Vec::new(),
         }
     }
 
-    fn token(&self, k: usize, h: usize, fenced: bool) -> Option<leasehold::LeaseToken> {
+    fn token(&self, k: usize, h: usize, fenced: bool) -> Option<LeaseToken<H::Backend>> {
         if fenced {
-            self.tenures.get(&(k, h)).map(leasehold::Tenure::token)
+            self.tenures.get(&(k, h)).map(Tenure::token)
         } else {
             Some(
                 self.engines[self.cur]
@@ -444,10 +441,9 @@ impl Real {
             Step::GuardedWrite { k, h, fenced } => match self.token(k, h, fenced) {
                 None => Outcome::Done,
                 Some(token) => {
-                    let mut txn = Txn::new();
-                    token.add_to(&mut txn);
-                    txn.execute("INSERT INTO w VALUES (1)", ());
-                    match e.commit(&txn) {
+                    let name = format!("w{}", self.writes.len());
+                    self.writes.push(name.clone());
+                    match H::guarded_write(e, Some(&token), &name, "1") {
                         Ok(_) => Outcome::Passes(true),
                         Err(Error::GuardFailed { .. }) => Outcome::Passes(false),
                         Err(err) => unexpected(err),
@@ -465,9 +461,9 @@ impl Real {
 }
 
 /// Applies `steps` to both and compares, step by step.
-fn agree(steps: &[Step]) -> Result<(), TestCaseError> {
+fn agree<H: Harness>(steps: &[Step]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
-    let mut real = Real::new();
+    let mut real = Real::<H>::new();
     for (i, s) in steps.iter().enumerate() {
         let want = model.apply(s);
         let got = real.apply(s);
@@ -482,44 +478,55 @@ fn agree(steps: &[Step]) -> Result<(), TestCaseError> {
         })
         .filter(|(s, o)| matches!(s, Step::GuardedWrite { .. }) && *o == Outcome::Passes(true))
         .count() as i64;
-    let rows: i64 = real.engines[0]
-        .connection()
-        .expect("conn")
-        .query_row("SELECT count(*) FROM w", [], |r| r.get(0))
-        .expect("count");
+    let rows = real
+        .writes
+        .iter()
+        .filter(|name| {
+            H::read_back(&real.engines[0], name)
+                .expect("read back")
+                .is_some()
+        })
+        .count() as i64;
     prop_assert_eq!(rows, passed);
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("LEASEHOLD_MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(96),
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn the_engine_agrees_with_the_model(steps in proptest::collection::vec(step(), 1..60)) {
-        agree(&steps)?;
+/// Runs `agree` on `cases` sequences drawn from `strategy`, keeping and
+/// replaying failures as the `proptest!` macro does.
+fn run<H: Harness>(strategy: impl Strategy<Value = Vec<Step>>) {
+    let cases = std::env::var("LEASEHOLD_MODEL_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(H::MODEL_CASES);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        source_file: Some(file!()),
+        ..Config::default()
+    });
+    if let Err(e) = runner.run(&strategy, |steps| agree::<H>(&steps)) {
+        panic!("{}: {e}\n{runner}", H::NAME);
     }
+}
 
-    /// The same through two engines taking turns. Without clock rewinds:
-    /// each engine keeps its own high-water mark of the time, which the
-    /// single-engine model does not describe.
-    #[test]
-    fn two_engines_agree_with_the_model(steps in proptest::collection::vec(
+pub fn the_engine_agrees_with_the_model<H: Harness>() {
+    run::<H>(proptest::collection::vec(step(), 1..60));
+}
+
+/// The same through two engines taking turns. Without clock rewinds:
+/// each engine keeps its own high-water mark of the time, which the
+/// single-engine model does not describe.
+pub fn two_engines_agree_with_the_model<H: Harness>() {
+    run::<H>(proptest::collection::vec(
         prop_oneof![
             9 => step().prop_filter("no rewinds", |s| !matches!(s, Step::Rewind { .. })),
             2 => Just(Step::Switch),
         ],
         1..60,
-    )) {
-        agree(&steps)?;
-    }
+    ));
 }
 
 /// Shrunk failures found while building this test, kept as plain cases.
-#[test]
-fn regressions() {
+pub fn regressions<H: Harness>() {
     use Step::*;
     let cases: Vec<Vec<Step>> = vec![
         // A pin on a lapsed tenure must not revive it.
@@ -564,6 +571,6 @@ fn regressions() {
         ],
     ];
     for steps in cases {
-        agree(&steps).unwrap_or_else(|e| panic!("{e}"));
+        agree::<H>(&steps).unwrap_or_else(|e| panic!("{e}"));
     }
 }
