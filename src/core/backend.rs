@@ -60,10 +60,13 @@ use crate::core::store::Store;
 ///
 /// # Joining the conformance suite
 ///
-/// A new backend runs the suite in `tests/conformance/`: add a harness (a
-/// function that opens a fresh engine on the backend) to
-/// `tests/conformance/main.rs`; every semantic test, guard case, the
-/// model-based property test and the history checker then run on it.
+/// A new backend runs the suite in `tests/conformance/`: implement its
+/// `Harness` in `tests/conformance/harness.rs` (a fresh database per test,
+/// opening engines on it, the backend's own caller transaction, and — if it
+/// can — worker processes), then add one line to the `backends:` list of the
+/// `conformance!` invocation in `tests/conformance/main.rs`. Every semantic
+/// test, guard case, the model-based property test and the history
+/// checker's nemesis runs then run on it.
 pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     #[doc(hidden)]
     /// Runs `f` in a write transaction of the backend's own, committing if
@@ -83,6 +86,19 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
         ctx: &dyn Fn() -> Context,
         f: impl FnOnce(&mut dyn Store) -> Result<T>,
     ) -> Result<T>;
+
+    #[doc(hidden)]
+    /// Runs `f`, whose reads each stand alone (a token's check: one query,
+    /// and a second only to say why it failed), without a transaction of
+    /// its own where the backend can; by default in one ([`Backend::read`]).
+    fn read_unbound<T>(
+        &self,
+        budget: Duration,
+        ctx: &dyn Fn() -> Context,
+        f: impl FnOnce(&mut dyn Store) -> Result<T>,
+    ) -> Result<T> {
+        self.read(budget, ctx, f)
+    }
 
     #[doc(hidden)]
     /// Engine time as this process knows it, without a transaction: for

@@ -192,10 +192,13 @@ impl<B: Backend> LeaseToken<B> {
     /// [`Error::PoolTimeout`](crate::Error::PoolTimeout),
     /// [`Error::Stopped`](crate::Error::Stopped).
     pub fn check(&self) -> Result<()> {
-        self.engine.read(
-            || self.context(),
-            |st| ops::check_guard(st, &self.spec, None),
-        )
+        let ctx = || self.context();
+        self.engine.ensure_running(&ctx)?;
+        self.engine
+            .backend()
+            .read_unbound(self.engine.busy_timeout(), &ctx, |st| {
+                ops::check_guard(st, &self.spec, None)
+            })
     }
 }
 

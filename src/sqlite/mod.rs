@@ -199,6 +199,21 @@ impl Backend for Sqlite {
         Ok(value)
     }
 
+    /// Without `BEGIN`/`COMMIT`: each statement is its own (autocommit)
+    /// transaction, which a standalone check needs no more than.
+    fn read_unbound<T>(
+        &self,
+        budget: Duration,
+        ctx: &dyn Fn() -> Context,
+        f: impl FnOnce(&mut dyn Store) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.conn_within(budget, ctx)?;
+        let value = f(&mut SqliteStore::owned(self, &conn))?;
+        drop(conn);
+        self.persist_after_step_back();
+        Ok(value)
+    }
+
     fn now_ms(&self) -> i64 {
         self.time.now_ms()
     }

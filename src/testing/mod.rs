@@ -24,7 +24,7 @@
 //!   [`Workload::run_observed`] also hands to a callback as it happens.
 //!   Workers are processes the caller starts (usually the running program
 //!   again), which must call [`serve_worker`] first; `examples/soak.rs` and
-//!   `tests/nemesis.rs` do.
+//!   the conformance suite (`tests/conformance/`, test `worker`) do.
 //!
 //! The nemeses send signals, so the workload needs a Unix host.
 

@@ -165,7 +165,7 @@ pub struct Workload {
 /// [`serve_worker`](super::serve_worker) before anything else, which turns
 /// a process started as a worker into one (and never returns in it). In an
 /// integration test, the same is done by a test that the command re-runs
-/// (`tests/nemesis.rs` has one named `worker`).
+/// (the conformance suite, `tests/conformance/`, has one named `worker`).
 ///
 /// ```no_run
 /// use std::process::Command;
