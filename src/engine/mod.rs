@@ -400,13 +400,8 @@ impl<B: Backend> Engine<B> {
     /// `max(before, until_ms)`. (If the row had moved on unseen, the
     /// remembered expiry stays wrong and the next claim's check misses.)
     fn extended_tenure(&self, tenure: &Tenure<B>, until_ms: i64) {
-        if let Ok(mut known) = self.inner.known_tenures.lock()
-            && let Some(t) = known.get_mut(&tenure.key)
-            && !t.ended
-            && t.holder == tenure.holder
-            && t.known.epoch == tenure.epoch
-        {
-            t.known.expiry_ms = t.known.expiry_ms.max(until_ms);
+        if let Ok(mut known) = self.inner.known_tenures.lock() {
+            extended_in(&mut known, tenure, until_ms);
         }
     }
 
@@ -456,12 +451,16 @@ impl<B: Backend> Engine<B> {
                 Ok(out)
             },
         )?;
+        // What claim remembers, kept in step under one lock for the batch.
+        let mut known = self.inner.known_tenures.lock().ok();
         Ok(tenures
             .iter()
             .zip(untils)
             .map(|(t, until)| {
                 until.map(|until| {
-                    self.extended_tenure(t, until);
+                    if let Some(known) = known.as_deref_mut() {
+                        extended_in(known, t, until);
+                    }
                     t.expires_at.max(from_ms(until))
                 })
             })
@@ -654,6 +653,25 @@ impl<B: Backend> Engine<B> {
             holder.to_owned(),
             None,
         ))
+    }
+}
+
+/// Keeps `known` in step with an extension of `tenure` until `until_ms`
+/// (see `Engine::extended_tenure`).
+fn extended_in<B: Backend>(
+    known: &mut HashMap<Key, KnownTenure>,
+    tenure: &Tenure<B>,
+    until_ms: i64,
+) {
+    if known.is_empty() {
+        return;
+    }
+    if let Some(t) = known.get_mut(&tenure.key)
+        && !t.ended
+        && t.holder == tenure.holder
+        && t.known.epoch == tenure.epoch
+    {
+        t.known.expiry_ms = t.known.expiry_ms.max(until_ms);
     }
 }
 

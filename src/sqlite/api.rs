@@ -132,14 +132,12 @@ impl Engine<Sqlite> {
     pub fn commit(&self, txn: &Txn) -> Result<Vec<usize>> {
         let ctx = || Context::new("commit");
         self.ensure_running(&ctx)?;
-        let changes = {
-            let conn = self.backend().conn_within(self.busy_timeout(), &ctx)?;
-            let tx = Immediate::begin(&conn, self.backend(), &ctx)?;
-            let changes = txn.run_ops(&conn)?;
-            tx.commit(&ctx)?;
-            changes
-        };
-        self.changed();
+        // A Txn writes the application's rows and only reads leases: no
+        // waiter or tracker needs telling.
+        let conn = self.backend().conn_within(self.busy_timeout(), &ctx)?;
+        let tx = Immediate::begin(&conn, self.backend(), &ctx)?;
+        let changes = txn.run_ops(&conn)?;
+        tx.commit(&ctx)?;
         Ok(changes)
     }
 }
