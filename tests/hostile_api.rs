@@ -1,0 +1,355 @@
+//! The public API used as a careless or hostile user would: SQLite's side
+//! files deleted under a live engine, a database path that is not a
+//! regular file, read-only engines asked to write, tokens taken to another
+//! database, the memory backend shared across threads.
+//!
+//! Tests marked `#[ignore]` show a problem found in review and not fixed
+//! yet (the reason names it); run them with `cargo test --test hostile_api
+//! -- --ignored`.
+
+mod support;
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use leasehold::memory::{MemoryDatabase, MemoryEngine};
+use leasehold::{Engine, Error, Txn};
+use support::{TempDb, key, secs};
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+/// `path` with `suffix` appended to its file name (`x.db` → `x.db-wal`).
+fn side(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Polls `done` every millisecond for at most `limit` (a bound against a
+/// hang, not a speed requirement); whether it came true.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A careless `rm app.db-*` while an engine holds a lease in the file.
+/// SQLite keeps the engine's commits in the `-wal` it still has open, which
+/// nobody else sees any more: another process opening the file reads the
+/// main file alone, finds the key vacant and begins a tenure with the same
+/// epoch, and both holders' guarded writes commit — two leaders, each in
+/// its own copy of the database. The engine checks that its *main* file is
+/// still the file (`Error::DatabaseReplaced`), not its side files.
+#[test]
+#[ignore = "src/sqlite/mod.rs ensure_usable checks only the main file's identity: deleting -wal/-shm under a live engine leaves it writing to a WAL nobody else reads; another engine then claims the same key with the same epoch and both guarded writes commit"]
+fn deleting_the_wal_and_shm_under_a_live_engine_ends_its_tenures() -> R {
+    let db = TempDb::new();
+    let first = Engine::open(&db.path)?;
+    first
+        .connection()?
+        .execute_batch("CREATE TABLE work (who TEXT)")?;
+    let tenure = first.claim(&key("job"), "first", secs(3600))?;
+    assert_eq!(tenure.epoch(), 1);
+    for file in ["-wal", "-shm"] {
+        std::fs::remove_file(side(&db.path, file))?;
+    }
+
+    // Another process opens the file and claims the key.
+    let rival = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "second_claimer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LEASEHOLD_ROLE", "second-claimer")
+        .env("LEASEHOLD_TEST_DB", &db.path)
+        .output()?;
+    let rival = String::from_utf8_lossy(&rival.stdout)
+        .lines()
+        .find_map(|l| l.split_once("@claim ").map(|(_, said)| said.to_owned()))
+        .unwrap_or_else(|| "no answer".into());
+
+    // Whatever the second engine was told, the first engine's tenure must
+    // not go on writing as if nothing happened: within a few seconds its
+    // guarded writes fail (the file it writes is no longer the one others
+    // use).
+    let token = tenure.token();
+    let first_stopped = eventually(Duration::from_secs(5), || {
+        let mut txn = Txn::new();
+        token.add_to(&mut txn);
+        txn.execute("INSERT INTO work VALUES ('first')", [] as [i64; 0]);
+        first.commit(&txn).is_err()
+    });
+    assert!(
+        first_stopped,
+        "the first engine's guarded writes still commit after its -wal and -shm were deleted; \
+         meanwhile another process's claim of the key returned {rival}"
+    );
+    Ok(())
+}
+
+/// The other process of the test above: claims the key, says how it went.
+#[test]
+fn second_claimer() {
+    if support::role().as_deref() != Some("second-claimer") {
+        return;
+    }
+    let db = std::env::var("LEASEHOLD_TEST_DB").expect("db");
+    let outcome = Engine::open(&db).and_then(|e| e.claim(&key("job"), "second", secs(3600)));
+    match outcome {
+        Ok(t) => println!("@claim granted to {} in epoch {}", t.holder(), t.epoch()),
+        Err(e) => println!("@claim failed: {e}"),
+    }
+}
+
+/// `Engine::builder(fifo).read_only(true).build()`: SQLite opens the FIFO
+/// for reading, which blocks until some process opens it for writing. A
+/// database path that is not a regular file should be refused as the
+/// directory is.
+#[test]
+#[ignore = "src/sqlite/open.rs build refuses a directory but not a FIFO: a read-only open blocks forever in open(2) (and a read-write one fails as a storage error, 'disk I/O error')"]
+fn a_fifo_as_the_database_is_refused_not_waited_on() -> R {
+    let db = TempDb::new();
+    let fifo = db.dir.path().join("pipe.db");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let (tx, rx) = mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let outcome = Engine::builder(&path).read_only(true).build().map(drop);
+        let _ = tx.send(outcome);
+    });
+    let outcome = rx.recv_timeout(Duration::from_secs(10));
+    if outcome.is_err() {
+        // Unblock the opener (it reads an empty file) before failing.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+    let outcome = outcome.map_err(|_| "opening a FIFO read-only did not return in 10 s")?;
+    assert!(
+        matches!(outcome, Err(Error::InvalidArgument { .. })),
+        "{outcome:?}"
+    );
+    let rw = Engine::open(&fifo).map(drop);
+    assert!(matches!(rw, Err(Error::InvalidArgument { .. })), "{rw:?}");
+    Ok(())
+}
+
+/// A character device as the database (`LEASEHOLD_DB=/dev/null`): the
+/// open fails, as a storage error, and SQLite's rollback journal is left
+/// beside the device (`/dev/null-journal`). Needs root (mknod); skipped
+/// otherwise.
+#[test]
+#[ignore = "src/sqlite/open.rs build: a device as the database fails as a storage error ('disk I/O error') and leaves <path>-journal beside it (as root: /dev/null-journal)"]
+fn a_device_as_the_database_is_refused_and_leaves_nothing_beside_it() -> R {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let db = TempDb::new();
+    let dev = db.dir.path().join("null.db");
+    if mknod(
+        &dev,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(1, 3),
+    )
+    .is_err()
+    {
+        eprintln!("skipped: mknod needs root");
+        return Ok(());
+    }
+    let outcome = Engine::open(&dev).map(drop);
+    let beside: Vec<String> = std::fs::read_dir(db.dir.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(beside, vec!["null.db".to_owned()], "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(Error::InvalidArgument { .. })),
+        "{outcome:?}"
+    );
+    Ok(())
+}
+
+/// A read of the memory database from inside one of its transactions (or
+/// from another thread while one is open) waits for the transaction's lock
+/// and fails with `Busy` after the busy timeout; on SQLite the same read
+/// answers at once (WAL readers never wait for a writer). A unit test
+/// written against the memory backend then behaves unlike production.
+#[test]
+#[ignore = "src/memory/mod.rs Backend::read takes the database's one lock: a read during an open memory transaction waits for the busy timeout and fails Busy, where SQLite (WAL) answers at once; reads already work on a copy of the state, which a commit replaces whole"]
+fn a_memory_read_during_a_transaction_answers_as_on_sqlite() -> R {
+    // On SQLite: a read while a write transaction is open answers.
+    let db = TempDb::new();
+    let sqlite = Engine::builder(&db.path)
+        .busy_timeout(Duration::from_millis(200))
+        .build()?;
+    sqlite.claim(&key("a"), "h", secs(60))?;
+    let mut conn = sqlite.connection()?;
+    let tx = conn.transaction_with_behavior(leasehold::rusqlite::TransactionBehavior::Immediate)?;
+    sqlite.lease(&key("a"))?.expect("the lease is read");
+    drop(tx);
+
+    // On memory, the same.
+    let engine = MemoryDatabase::new()
+        .engine()
+        .busy_timeout(Duration::from_millis(200))
+        .build()?;
+    engine.claim(&key("a"), "h", secs(60))?;
+    let read = engine.transaction(|tx| {
+        tx.put("x", "1");
+        engine.lease(&key("a"))
+    });
+    assert!(matches!(read, Ok(Some(_))), "{read:?}");
+    Ok(())
+}
+
+/// A read-only engine refuses every write, with an error, and leaves the
+/// file as it was.
+#[test]
+fn a_read_only_engine_asked_to_write_refuses_and_changes_nothing() -> R {
+    let db = TempDb::new();
+    let writer = Engine::open(&db.path)?;
+    writer.claim(&key("held"), "h1", secs(600))?;
+    writer.pin(&key("pinned"), "e", "why", None)?;
+    drop(writer);
+    let before = std::fs::read(&db.path)?;
+    let reader = Engine::builder(&db.path).read_only(true).build()?;
+    assert!(reader.claim(&key("new"), "h2", secs(60)).is_err());
+    assert!(reader.claim(&key("held"), "h1", secs(60)).is_err());
+    assert!(reader.claim_new(&key("new"), "h2", secs(60)).is_err());
+    assert!(reader.release(&key("held"), "h1").is_err());
+    assert!(reader.revoke(&key("held")).is_err());
+    assert!(reader.pin(&key("x"), "e", "", None).is_err());
+    assert!(reader.unpin(&key("pinned"), "e").is_err());
+    let snapshot = reader.export()?;
+    assert!(reader.import(&snapshot, secs(60)).is_err());
+    // A tracker on a read-only engine never leads.
+    let tracker = reader.tracker(&key("t"), "h3").guarantee(secs(1)).build();
+    if let Ok(tracker) = tracker {
+        assert!(
+            !tracker
+                .claim_leader()
+                .wait_timeout(Duration::from_secs(5))
+                .unwrap_or(false)
+        );
+        tracker.stop();
+    }
+    // Reads still work, and say what the writer left.
+    let held = reader.lease(&key("held"))?.expect("held");
+    assert_eq!((held.holder(), held.epoch()), (Some("h1"), 1));
+    assert!(reader.lease(&key("new"))?.is_none());
+    drop(reader);
+    assert_eq!(std::fs::read(&db.path)?, before, "the file changed");
+    Ok(())
+}
+
+/// A token of one memory database checked in a transaction of another is
+/// refused (it would otherwise judge a lease it never saw).
+#[test]
+fn a_memory_token_is_refused_by_another_memory_database() -> R {
+    let here = MemoryEngine::in_memory();
+    let there = MemoryEngine::in_memory();
+    let token = here.claim(&key("a"), "h", secs(60))?.token();
+    there.claim(&key("a"), "h", secs(60))?; // same key, holder, epoch
+    let checked = there.transaction(|tx| tx.check_in(&token));
+    assert!(
+        matches!(checked, Err(Error::InvalidArgument { .. })),
+        "{checked:?}"
+    );
+    // Two engines on one memory database are one database.
+    let same = here.database().engine().build()?;
+    same.transaction(|tx| tx.check_in(&token))?;
+    Ok(())
+}
+
+/// A token of one SQLite file checked in a transaction on another file
+/// (holding the same key, holder and epoch) is refused.
+#[test]
+fn a_sqlite_token_is_refused_in_another_files_transaction() -> R {
+    let (a, b) = (TempDb::new(), TempDb::new());
+    let here = Engine::open(&a.path)?;
+    let there = Engine::open(&b.path)?;
+    let token = here.claim(&key("a"), "h", secs(60))?.token();
+    there.claim(&key("a"), "h", secs(60))?;
+    let mut conn = there.connection()?;
+    let tx = conn.transaction()?;
+    let checked = token.check_in(&tx);
+    assert!(
+        matches!(checked, Err(Error::InvalidArgument { .. })),
+        "{checked:?}"
+    );
+    Ok(())
+}
+
+/// Eight threads share one memory engine, each with a tracker on one key,
+/// writing only through guarded transactions: every committed write was
+/// made by the holder of its epoch, and epochs never go back.
+#[test]
+fn the_memory_backend_across_threads_keeps_one_writer_per_epoch() -> R {
+    let engine = MemoryEngine::in_memory();
+    let k = key("shared");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..8 {
+        let engine = engine.clone();
+        let k = k.clone();
+        let log = log.clone();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || -> Result<(), Error> {
+            let me = format!("t{i}");
+            let tracker = engine
+                .tracker(&k, &me)
+                .guarantee(Duration::from_millis(20))
+                .build()?;
+            let mut wrote = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some(token) = tracker.token() else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                let epoch = token.epoch().expect("a tracker's token has an epoch");
+                let committed = engine.transaction(|tx| {
+                    tx.check_in(&token)?;
+                    tx.put("writer", &format!("{me}@{epoch}"));
+                    log.lock().expect("log").push((me.clone(), epoch));
+                    Ok(())
+                });
+                if committed.is_ok() {
+                    wrote += 1;
+                }
+                if wrote % 50 == 49 {
+                    // Give the lease back now and then, so others lead.
+                    let _ = engine.release(&k, &me);
+                }
+            }
+            tracker.stop();
+            Ok(())
+        }));
+    }
+    // Until several tenures happened.
+    let enough = eventually(Duration::from_secs(30), || {
+        let log = log.lock().expect("log");
+        log.last().is_some_and(|(_, e)| *e >= 5)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("thread")?;
+    }
+    assert!(enough, "fewer than five tenures in 30 s");
+    let log = log.lock().expect("log");
+    let mut holders = std::collections::HashMap::new();
+    let mut highest = 0;
+    for (who, epoch) in log.iter() {
+        assert!(*epoch >= highest, "epoch {epoch} after {highest}");
+        highest = *epoch;
+        let first = holders.entry(*epoch).or_insert_with(|| who.clone());
+        assert_eq!(first, who, "epoch {epoch} written by two threads");
+    }
+    Ok(())
+}
