@@ -147,6 +147,8 @@ mod driver;
 pub mod engine;
 pub mod leadership;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -213,6 +213,10 @@ pub enum Gap {
     /// started again below the caller's position. The events returned start
     /// over from the oldest kept; what happened in between is unknown.
     Restarted,
+    /// Events after the caller's position were trimmed from the history
+    /// (past the retention) before they were read; how many is not known
+    /// (a backend whose positions are not event ids: PostgreSQL).
+    Trimmed,
 }
 
 impl Gap {
@@ -220,7 +224,7 @@ impl Gap {
     pub fn missed(&self) -> Option<u64> {
         match *self {
             Gap::Missed { from, to } => u64::try_from(to - from).ok(),
-            Gap::Restarted => None,
+            Gap::Restarted | Gap::Trimmed => None,
         }
     }
 }
@@ -236,6 +240,9 @@ impl fmt::Display for Gap {
             ),
             Gap::Restarted => f.write_str(
                 "the history was cut by hand and its ids started again; events in between are unknown",
+            ),
+            Gap::Trimmed => f.write_str(
+                "events left the history (past its retention) before they were read",
             ),
         }
     }

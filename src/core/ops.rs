@@ -100,7 +100,7 @@ pub(crate) fn claim(
             });
         }
     }
-    let current = st.lock(key).map_err(&fail)?;
+    let current = st.lock_for_claim(key).map_err(&fail)?;
     let now = st.now().map_err(&fail)?;
     let ms = ms + i64::from(now.fraction);
     let decided = if new_only {
@@ -249,7 +249,7 @@ pub(crate) fn pin(
         .map(|d| duration_ms("pin duration", d))
         .transpose()?;
     let fail = fail(|| Context::new("pin").key(key).holder(entity));
-    let current = st.lock(key).map_err(&fail)?;
+    let current = st.lock_for_claim(key).map_err(&fail)?;
     let now = st.now().map_err(&fail)?.ms;
     let rec = current.unwrap_or_else(|| Record::vacant(now));
     let t = rec.time(now);
@@ -399,10 +399,10 @@ pub(crate) fn check_guard(
     op: Option<(usize, Option<&str>)>,
 ) -> Result<()> {
     let fail = fail(|| Context::new("check").key(&guard.key).holder(&guard.holder));
-    let now = st.now().map_err(&fail)?.ms;
     // The guard itself first (what a guard in your SQL evaluates); the
     // whole row only to say why it failed.
-    if st.guard_holds(guard, now).map_err(&fail)? {
+    let (held, now) = st.check_guard(guard).map_err(&fail)?;
+    if held {
         return Ok(());
     }
     let rec = st.load(&guard.key).map_err(&fail)?;

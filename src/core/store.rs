@@ -56,6 +56,13 @@ pub trait Store {
         self.load(key)
     }
 
+    /// As [`Store::lock`], for an operation that may create the key's first
+    /// row (a claim, a pin, an import): a backend with row locks makes the
+    /// row exist first, so that two first claims serialize on it.
+    fn lock_for_claim(&mut self, key: &Key) -> StoreResult<Option<Record>> {
+        self.lock(key)
+    }
+
     /// Saves a row (inserting the key's first).
     fn save(&mut self, key: &Key, rec: &Record) -> StoreResult<()>;
 
@@ -136,6 +143,14 @@ pub trait Store {
     /// caller's transaction it must keep holding until that transaction
     /// ends (see [`Backend`](super::backend::Backend)).
     fn guard_holds(&mut self, guard: &GuardSpec, now: i64) -> StoreResult<bool>;
+
+    /// Evaluates a guard at the store's own time: whether it holds, and the
+    /// time it was judged at (for saying why it failed). One round trip on
+    /// a server backend.
+    fn check_guard(&mut self, guard: &GuardSpec) -> StoreResult<(bool, i64)> {
+        let now = self.now()?.ms;
+        Ok((self.guard_holds(guard, now)?, now))
+    }
 
     /// Called once a write operation has decided and saved, at `now`: what
     /// the backend keeps beside the rows (SQLite persists the engine's

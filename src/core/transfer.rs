@@ -141,7 +141,7 @@ pub(crate) fn import(
                 ),
             ));
         }
-        let current = st.lock(&lease.key).map_err(&fail)?;
+        let current = st.lock_for_claim(&lease.key).map_err(&fail)?;
         let target_epoch = current.as_ref().map_or(0, |r| r.epoch);
         if lease.epoch < target_epoch {
             return Err(refuse(

@@ -728,6 +728,26 @@ impl<B: Backend> Host for Shared<B> {
                         ) {
                             Ok(_) => Outcome::Won(epoch),
                             Err(Error::NotHeld { .. }) => Outcome::Lost,
+                            // Said as the renewal it is (a server's row
+                            // lock makes the wait show here, not at BEGIN).
+                            Err(Error::Storage { source, .. }) => {
+                                return Err(Error::Storage {
+                                    context: batch_context(
+                                        "renew",
+                                        Some((&item.key, &item.holder)),
+                                    ),
+                                    source,
+                                });
+                            }
+                            Err(Error::Busy { waited, .. }) => {
+                                return Err(Error::Busy {
+                                    context: batch_context(
+                                        "renew",
+                                        Some((&item.key, &item.holder)),
+                                    ),
+                                    waited,
+                                });
+                            }
                             Err(e) => return Err(e),
                         }
                     }

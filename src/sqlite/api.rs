@@ -31,7 +31,7 @@ impl Engine<Sqlite> {
     ///
     /// As [`EngineBuilder::build`].
     pub fn open(path: impl AsRef<Path>) -> Result<Engine<Sqlite>> {
-        Engine::builder(path).build()
+        Self::builder(path).build()
     }
 
     /// A builder to configure the engine before opening `path`.

@@ -37,18 +37,18 @@ pub trait Token {
 
 impl Token for LeaseToken<Sqlite> {
     fn check(&self) -> Result<()> {
-        LeaseToken::check(self)
+        LeaseToken::<Sqlite>::check(self)
     }
 
     fn check_in(&self, conn: &Connection) -> Result<()> {
-        LeaseToken::check_in(self, conn)
+        LeaseToken::<Sqlite>::check_in(self, conn)
     }
 
     fn guard(&self) -> Guard {
-        LeaseToken::guard(self)
+        LeaseToken::<Sqlite>::guard(self)
     }
 
     fn add_to(&self, txn: &mut Txn) {
-        LeaseToken::add_to(self, txn);
+        LeaseToken::<Sqlite>::add_to(self, txn);
     }
 }

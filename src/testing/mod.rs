@@ -29,6 +29,8 @@
 //! The nemeses send signals, so the workload needs a Unix host.
 
 mod check;
+#[cfg(feature = "postgres")]
+mod pg;
 mod recorder;
 
 use std::sync::Arc;
@@ -40,6 +42,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::Clock;
 
 pub use check::{CheckOptions, CheckReport, LeaseEvent, WriteRow, check_recorded, read_histories};
+#[cfg(feature = "postgres")]
+pub use pg::{PgDatabase, PgOptions, PgServer, server_binaries, with_dbname};
 pub use recorder::{Entry, Recorder};
 // The SQLite side of the kit: its writes table and guarded write, reading a
 // run back from the file, and the multi-process workload.

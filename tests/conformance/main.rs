@@ -61,10 +61,11 @@ impl<E: std::fmt::Debug> Outcome for Result<(), E> {
 /// Registers every test once per backend: `mod <backend> { #[test] fn
 /// <test>() { crate::<module>::<test>::<Harness>() } … }`.
 macro_rules! conformance {
-    (backends: [$($backend:ident: $harness:ty),+ $(,)?], tests: $tests:tt $(,)?) => {
-        $(conformance!(@backend $backend, $harness, $tests);)+
+    (backends: [$($(#[$attr:meta])* $backend:ident: $harness:ty),+ $(,)?], tests: $tests:tt $(,)?) => {
+        $(conformance!(@backend $(#[$attr])* $backend, $harness, $tests);)+
     };
-    (@backend $backend:ident, $harness:ty, [$($module:ident::$test:ident),+ $(,)?]) => {
+    (@backend $(#[$attr:meta])* $backend:ident, $harness:ty, [$($module:ident::$test:ident),+ $(,)?]) => {
+        $(#[$attr])*
         mod $backend {
             $(
                 #[test]
@@ -80,6 +81,8 @@ conformance! {
     backends: [
         sqlite: crate::harness::SqliteHarness,
         memory: crate::harness::MemoryHarness,
+        #[cfg(feature = "postgres")]
+        postgres: crate::harness::PostgresHarness,
     ],
     tests: [
         // DESIGN.md semantics 1–5 and 7, history, listing, import.

@@ -202,11 +202,14 @@ pub fn a_renewal_kept_from_the_write_lock_is_reported_with_its_lease<H: Harness>
     let t = tracker(&engine, "locked", "u0");
     assert!(t.wait_leader().wait());
     // Another engine's transaction holds the write lock while the renewal
-    // falls due.
+    // falls due (a guard on the lease: SQLite's write lock; a row lock on a
+    // server).
     let other = H::open(&db, Options::manual(&clock))?;
+    let token = other.token(&key("locked"), "u0")?;
     H::transaction(
         &other,
         &mut [
+            Step::Check(&token),
             Step::Put("lock", "held"),
             Step::Run(&mut || {
                 clock.advance(secs(31)); // renewal due
@@ -575,9 +578,20 @@ pub fn a_release_stuck_on_the_write_lock_does_not_delay_another_leaders_step_dow
         // when the release gives up two minutes from now.
         assert_eq!(minion.wait_timeout(secs(60)), Some(true));
     };
+    // The lock: guards on both leases (SQLite's write lock; row locks on a
+    // server).
+    let (guard_a, guard_b) = (
+        engine.token(&key("a"), "u0")?,
+        engine.token(&key("b"), "u0")?,
+    );
     H::transaction(
         &engine,
-        &mut [Step::Put("lock", "held"), Step::Run(&mut blocked)],
+        &mut [
+            Step::Check(&guard_a),
+            Step::Check(&guard_b),
+            Step::Put("lock", "held"),
+            Step::Run(&mut blocked),
+        ],
     )?;
     Ok(())
 }

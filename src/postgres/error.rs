@@ -1,0 +1,76 @@
+//! PostgreSQL's errors, classified for the crate's neutral [`StorageError`].
+
+use std::time::Duration;
+
+use postgres::error::SqlState;
+
+use crate::core::error::{Context, Error, StorageError, StorageKind};
+
+/// Classifies a PostgreSQL error: a lock or statement deadline that ran out
+/// (`55P03`, `57014`) is [`StorageKind::Busy`]; a serialization failure
+/// (`40001`), a deadlock (`40P01`) or a lost connection is
+/// [`StorageKind::Retry`] (retry the whole transaction).
+pub(crate) fn storage(e: postgres::Error, waited: Duration) -> StorageError {
+    let kind = match e.code() {
+        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED => {
+            StorageKind::Busy { waited }
+        }
+        Some(c)
+            if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW =>
+        {
+            StorageKind::Retry
+        }
+        None if e.is_closed() => StorageKind::Retry,
+        _ => StorageKind::Other,
+    };
+    StorageError::new(kind, e)
+}
+
+/// Whether `e` says a table, schema or function does not exist (the
+/// session is on a database without our tables).
+pub(crate) fn is_missing_object(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::UNDEFINED_TABLE
+            || *c == SqlState::INVALID_SCHEMA_NAME
+            || *c == SqlState::UNDEFINED_FUNCTION
+    })
+}
+
+/// The crate's error for PostgreSQL's `e`, raised while doing `context`
+/// within a lock budget of `waited`.
+pub(crate) fn fail(context: Context, e: postgres::Error, waited: Duration) -> Error {
+    Error::storage(context, storage(e, waited))
+}
+
+impl From<postgres::Error> for Error {
+    /// Errors from your own statements in a guarded transaction: an
+    /// [`Error::Storage`] (context `transaction`) whose
+    /// [`Error::is_transient`] says when to retry the whole transaction
+    /// (a serialization failure, a deadlock, a deadline, a lost
+    /// connection).
+    fn from(source: postgres::Error) -> Error {
+        Error::Storage {
+            context: Context::new("transaction"),
+            source: storage(source, Duration::ZERO),
+        }
+    }
+}
+
+impl Error {
+    /// The SQLSTATE underneath, if this error came from PostgreSQL.
+    pub fn postgres_code(&self) -> Option<&SqlState> {
+        match self {
+            Error::Storage { source, .. }
+            | Error::Open { source, .. }
+            | Error::StatementFailed { source, .. } => source
+                .downcast_ref::<postgres::Error>()
+                .and_then(postgres::Error::code),
+            Error::TransactionLost { cause } => cause.postgres_code(),
+            _ => None,
+        }
+    }
+}
