@@ -140,6 +140,14 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     #[doc(hidden)]
     /// What the database is, for `Debug`.
     fn describe(&self) -> String;
+
+    #[doc(hidden)]
+    /// Whether a call may block past its budget whatever the backend does
+    /// (a server behind a cut network: a socket read waits for the TCP
+    /// timeouts). The background thread then runs its I/O on a helper
+    /// thread and stops waiting at the budget, so that leaders step down on
+    /// time.
+    const IO_MAY_HANG: bool = false;
 }
 
 /// What changed in the database since the last look.

@@ -149,6 +149,8 @@ pub(crate) trait Host: Send + Sync {
     fn ensure_usable(&self, every: Duration) -> Result<(), Error>;
     /// The backend's chores, each pass.
     fn maintain(&self);
+    /// Whether I/O may block past its budget (see `Backend::IO_MAY_HANG`).
+    fn io_may_hang(&self) -> bool;
 }
 
 pub(crate) struct Driver {
@@ -163,6 +165,46 @@ pub(crate) struct Driver {
     passed: Condvar,
     watch_interval: Duration,
     errors: Box<dyn HandleError>,
+    /// The helper thread that runs I/O for backends whose calls may hang.
+    offload: Mutex<Option<Offload>>,
+}
+
+/// Runs the background thread's I/O on a helper thread, so that the
+/// background thread stops waiting at the budget even when a call hangs (a
+/// server behind a cut network: a socket read waits for the TCP
+/// timeouts). A call it gave up on is not retried: the helper skips work
+/// whose deadline passed before it could start (a queued release must not
+/// run after a new tenure began), and what a late call did is found by the
+/// next look.
+struct Offload {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// A piece of I/O for the helper, which sends its own result back.
+type Work = Box<dyn FnOnce(&dyn Host) + Send>;
+
+struct Job {
+    deadline: std::time::Instant,
+    work: Work,
+}
+
+impl Offload {
+    fn start(host: Weak<dyn Host>) -> Option<Offload> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("leasehold-io".into())
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    if std::time::Instant::now() >= job.deadline {
+                        continue; // given up on; dropping it says so
+                    }
+                    let Some(host) = host.upgrade() else { return };
+                    (job.work)(&*host);
+                }
+            })
+            .ok()?;
+        Some(Offload { jobs })
+    }
 }
 
 #[derive(Default)]
@@ -236,7 +278,95 @@ impl Driver {
             passed: Condvar::new(),
             watch_interval,
             errors,
+            offload: Mutex::new(None),
         }
+    }
+
+    /// Runs `work` on the I/O helper when the backend's calls may hang,
+    /// waiting at most `budget`; else here. A call given up on fails as
+    /// busy.
+    fn io<T: Send + 'static>(
+        &self,
+        host: &dyn Host,
+        budget: Duration,
+        context: impl FnOnce() -> crate::core::error::Context,
+        work: impl FnOnce(&dyn Host) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        if !host.io_may_hang() {
+            return work(host);
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let job = Job {
+            deadline: std::time::Instant::now() + budget,
+            work: Box::new(move |host| {
+                let _ = reply.send(work(host));
+            }),
+        };
+        let sent = self
+            .offload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|o| o.jobs.send(job).is_ok());
+        if !sent {
+            return Err(Error::Stopped { context: context() });
+        }
+        match answer.recv_timeout(budget) {
+            Ok(result) => result,
+            Err(_) => Err(Error::Busy {
+                context: context(),
+                waited: budget,
+            }),
+        }
+    }
+
+    fn claim_batch(
+        &self,
+        host: &dyn Host,
+        items: &[ClaimItem],
+        budget: Duration,
+    ) -> Result<Vec<Outcome>, Error> {
+        let only = match items {
+            [item] => Some((item.key.clone(), item.holder.clone())),
+            _ => None,
+        };
+        let items = items.to_vec();
+        self.io(
+            host,
+            budget,
+            || batch_context("renew", only.as_ref().map(|(k, h)| (k, h.as_str()))),
+            move |host| host.claim_batch(&items, budget),
+        )
+    }
+
+    fn release_batch(
+        &self,
+        host: &dyn Host,
+        items: &[ReleaseItem],
+        budget: Duration,
+    ) -> Result<(), Error> {
+        let items = items.to_vec();
+        self.io(
+            host,
+            budget,
+            || batch_context("release", None),
+            move |host| host.release_batch(&items, budget),
+        )
+    }
+
+    fn read_rows(
+        &self,
+        host: &dyn Host,
+        keys: &[&Key],
+        budget: Duration,
+    ) -> Result<(i64, Vec<Option<Record>>), Error> {
+        let keys: Vec<Key> = keys.iter().map(|&k| k.clone()).collect();
+        self.io(
+            host,
+            budget,
+            || crate::core::error::Context::new("watch"),
+            move |host| host.read_rows(&keys.iter().collect::<Vec<_>>(), budget),
+        )
     }
 
     /// Locks the state. Tickets resolved meanwhile wake their wakers once
@@ -398,6 +528,14 @@ impl Driver {
         impl Drop for Exit<'_> {
             fn drop(&mut self) {
                 let driver = self.0;
+                // The I/O helper ends once its queue is dropped.
+                drop(
+                    driver
+                        .offload
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take(),
+                );
                 let mut st = driver.lock();
                 st.board.finish_all();
                 st.exited = true;
@@ -409,6 +547,9 @@ impl Driver {
             }
         }
         let _exit = Exit(&self);
+        if host.upgrade().is_some_and(|h| h.io_may_hang()) {
+            *self.offload.lock().unwrap_or_else(|e| e.into_inner()) = Offload::start(host.clone());
+        }
         let mut feed: Option<Box<dyn ChangeFeed>> = None;
         loop {
             let Some(strong) = host.upgrade() else { break };
@@ -631,7 +772,7 @@ impl Driver {
             .map(|v| &v.key)
             .chain(plan.inspect.iter().map(|(_, k)| k))
             .collect();
-        let result = host.read_rows(&keys, budget);
+        let result = self.read_rows(host, &keys, budget);
         let (now, rows) = match result {
             Ok(found) => found,
             Err(e) => {
@@ -668,7 +809,7 @@ impl Driver {
         for chunk in plan.claims.chunks(BATCH) {
             let started = host.now_ms();
             let budget = self.io_budget(host, started);
-            let result = host.claim_batch(chunk, budget);
+            let result = self.claim_batch(host, chunk, budget);
             {
                 let mut st = self.lock();
                 st.stats.write_transactions += 1;
@@ -687,7 +828,7 @@ impl Driver {
                     for item in chunk {
                         let started = host.now_ms();
                         let budget = self.io_budget(host, started);
-                        match host.claim_batch(std::slice::from_ref(item), budget) {
+                        match self.claim_batch(host, std::slice::from_ref(item), budget) {
                             Ok(done) => outcomes
                                 .extend(done.into_iter().map(|o| (item.tracker, started, o))),
                             Err(e) => {
@@ -723,7 +864,7 @@ impl Driver {
             let result = loop {
                 let left = give_up.saturating_duration_since(std::time::Instant::now());
                 let budget = self.io_budget(host, host.now_ms()).min(left);
-                let result = host.release_batch(chunk, budget);
+                let result = self.release_batch(host, chunk, budget);
                 self.step_down_overdue(host.now_ms());
                 match result {
                     Err(e) if e.is_transient() && std::time::Instant::now() < give_up => {}

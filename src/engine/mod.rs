@@ -820,4 +820,8 @@ impl<B: Backend> Host for Shared<B> {
     fn maintain(&self) {
         self.backend.maintain();
     }
+
+    fn io_may_hang(&self) -> bool {
+        B::IO_MAY_HANG
+    }
 }

@@ -341,13 +341,23 @@ impl PgBuilder {
                     .clamp(Duration::from_secs(1), Duration::from_secs(10)),
             );
         }
+        // Unacknowledged data is given up on after TCP_USER_TIMEOUT, and a
+        // silent peer is probed after two idle seconds, so a call on a cut
+        // network ends within about six seconds (settings given in the
+        // connection string win; the libpq defaults, two hours idle, lose).
         if config.get_tcp_user_timeout().is_none() {
-            config.tcp_user_timeout(Duration::from_secs(10));
+            config.tcp_user_timeout(Duration::from_secs(6));
         }
         config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(5));
-        config.keepalives_interval(Duration::from_secs(1));
-        config.keepalives_retries(3);
+        if config.get_keepalives_idle() >= Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(2));
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(1));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(3);
+        }
         if config.get_application_name().is_none() {
             config.application_name("leasehold");
         }
@@ -745,6 +755,10 @@ impl Backend for Postgres {
     fn describe(&self) -> String {
         format!("{} (schema {})", self.describe, self.schema)
     }
+
+    // A socket read on a cut network waits for the TCP timeouts, past any
+    // statement_timeout: the background thread must not wait with it.
+    const IO_MAY_HANG: bool = true;
 }
 
 /// The listener: one connection that never opens a transaction, `LISTEN`s

@@ -290,6 +290,77 @@ impl PgServer {
         }
     }
 
+    /// The server's processes: the postmaster and its children.
+    ///
+    /// # Errors
+    ///
+    /// An external server, or the server is not running.
+    pub fn pids(&self) -> std::io::Result<Vec<i32>> {
+        let Some(dir) = &self.dir else {
+            return Err(std::io::Error::other(
+                "an external server's processes are not ours",
+            ));
+        };
+        let pidfile = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))?;
+        let main: i32 = pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other("postmaster.pid names no process"))?;
+        let mut pids = vec![main];
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // The parent is the fourth field of /proc/PID/stat, after the
+            // command in parentheses.
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(main) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Freezes the whole server (SIGSTOP to every process of it): its
+    /// connections stay open and nothing answers, not even a
+    /// `statement_timeout` — a hung host as clients see it. Undo with
+    /// [`PgServer::thaw`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PgServer::pids`], or a signal could not be sent.
+    pub fn freeze(&self) -> std::io::Result<()> {
+        self.signal_all(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a frozen server run again.
+    ///
+    /// # Errors
+    ///
+    /// As [`PgServer::freeze`].
+    pub fn thaw(&self) -> std::io::Result<()> {
+        self.signal_all(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_all(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        for pid in self.pids()? {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+                .map_err(std::io::Error::from)?;
+        }
+        Ok(())
+    }
+
     /// Starts the server again after [`PgServer::crash`] (crash recovery
     /// runs).
     ///
