@@ -21,7 +21,9 @@ pub fn watch(
     duration: Option<Duration>,
     out: Output,
 ) -> Result<u8, CliError> {
-    let stop_at = duration.map(|d| Instant::now() + d);
+    // A duration past what the clock can count (`--duration 500000000000y`)
+    // never ends: as no duration at all.
+    let stop_at = duration.and_then(|d| Instant::now().checked_add(d));
     // Start from now: the newest event so far, and every held lease.
     let mut last = 0;
     loop {

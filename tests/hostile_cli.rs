@@ -1,0 +1,133 @@
+//! The release command line used as a careless or hostile user would:
+//! durations past what a clock can count, a FIFO or a device as the
+//! database, a command that stops itself or reads the terminal under
+//! `run`, a demo killed outright.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::TempDb;
+
+type R = Result<(), Box<dyn std::error::Error>>;
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    cmd.env_remove("LEASEHOLD_DB");
+    cmd
+}
+
+/// `leasehold --db DB args…`, to run.
+fn on(db: &Path, args: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.arg("--db").arg(db).args(args);
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the exit code and one line on stderr, without a panic's
+/// message; returns that line.
+#[track_caller]
+fn fails(o: &Output, code: i32) -> String {
+    let err = text(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {} stderr: {err}",
+        text(&o.stdout)
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn pid(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).expect("pid"))
+}
+
+/// Waits for `child` at most `limit` (against a hang: a process that is
+/// stuck for good); `None` if it is still there then.
+fn wait_for(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= until {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// As [`wait_for`], killing the child if it is still there at the end.
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let status = wait_for(child, limit)?;
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(status)
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T`, `Z`…), if it exists.
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The live processes whose command line mentions `needle` (this test's
+/// temporary directory), for cleaning up after a failure.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p != std::process::id())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| text(&c).contains(needle))
+        })
+        .filter(|p| !matches!(state(*p), Some('Z' | 'X') | None))
+        .collect()
+}
+
+/// SIGKILLs what is left of a test's processes.
+fn kill_leftovers(needle: &str) {
+    for p in processes_mentioning(needle) {
+        let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+    }
+}
+
+/// `watch --duration` longer than `Instant` can count panicked (exit
+/// 101) adding it to the clock; it now runs as if without a duration, and
+/// says the duration as given.
+#[test]
+fn watch_for_longer_than_the_clock_can_count_runs_instead_of_panicking() -> R {
+    let db = TempDb::new();
+    assert!(on(&db.path, &["migrate"]).output()?.status.success());
+    let mut watch = on(&db.path, &["watch", "--duration", "580000000000y"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().expect("stdout")).read_line(&mut first)?;
+    let still_running = watch.try_wait()?.is_none();
+    watch.kill()?;
+    let out = watch.wait_with_output()?;
+    assert!(
+        still_running && first.starts_with("watching"),
+        "first line {first:?}, stderr {}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
