@@ -131,3 +131,21 @@ fn watch_for_longer_than_the_clock_can_count_runs_instead_of_panicking() -> R {
     );
     Ok(())
 }
+
+/// `run --grace` near `Duration::MAX` panicked adding a tenth of it
+/// (exit 101, a backtrace); it is a grace too long for `--for` (exit 5).
+#[test]
+fn run_with_a_grace_past_what_durations_hold_is_refused_not_a_panic() -> R {
+    let db = TempDb::new();
+    for grace in ["580000000000y", "18446744073709551615s"] {
+        let o = on(
+            &db.path,
+            &["run", "ops", "r", "me", "--for", "30s", "--grace", grace],
+        )
+        .args(["--", "true"])
+        .output()?;
+        let err = fails(&o, 5);
+        assert!(err.contains("is too short"), "{err}");
+    }
+    Ok(())
+}

@@ -99,12 +99,16 @@ impl Timing {
     const DEFAULT_FLOOR: Duration = Duration::from_millis(600);
 
     fn margin(grace: Duration) -> Duration {
-        grace + (grace / 10).max(Timing::MIN_SLACK)
+        // Saturating: a `--grace` near `Duration::MAX` is refused as too
+        // long for `--for`, not a panic.
+        grace.saturating_add((grace / 10).max(Timing::MIN_SLACK))
     }
 
     /// The shortest `--for` (exclusive) for a `--grace` (or the default).
     fn floor(grace: Option<Duration>) -> Duration {
-        grace.map_or(Timing::DEFAULT_FLOOR, |g| Timing::margin(g) * 2)
+        grace.map_or(Timing::DEFAULT_FLOOR, |g| {
+            Timing::margin(g).saturating_mul(2)
+        })
     }
 
     /// The timing of `--for duration` and `--grace`: the command is sent
