@@ -149,3 +149,38 @@ fn run_with_a_grace_past_what_durations_hold_is_refused_not_a_panic() -> R {
     }
     Ok(())
 }
+
+/// Durations past 584 million years were printed wrong (milliseconds
+/// truncated to 64 bits: `--grace 580000000000y` was said as
+/// "134290278years"); they are said as given.
+#[test]
+fn durations_past_584_million_years_are_said_as_given() -> R {
+    let db = TempDb::new();
+    let o = on(
+        &db.path,
+        &[
+            "run",
+            "ops",
+            "r",
+            "me",
+            "--for",
+            "30s",
+            "--grace",
+            "580000000000y",
+        ],
+    )
+    .args(["--", "true"])
+    .output()?;
+    let err = fails(&o, 5);
+    assert!(err.contains("--grace 580000000000years "), "{err}");
+    assert!(on(&db.path, &["migrate"]).output()?.status.success());
+    let mut watch = on(&db.path, &["watch", "--duration", "580000000000y"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().expect("stdout")).read_line(&mut first)?;
+    watch.kill()?;
+    watch.wait()?;
+    assert!(first.contains("for 580000000000years"), "{first:?}");
+    Ok(())
+}

@@ -52,9 +52,13 @@ pub fn human(d: Duration) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    // Tenths of a second under a minute, whole seconds above.
-    let step = if ms < 60_000 { 100 } else { 1000 };
-    let rounded = Duration::from_millis((ms / step * step) as u64);
+    // Tenths of a second under a minute, whole seconds above (counted in
+    // seconds: milliseconds overflow a u64 past 584 million years).
+    let rounded = if ms < 60_000 {
+        Duration::from_millis((ms / 100 * 100) as u64)
+    } else {
+        Duration::from_secs(d.as_secs())
+    };
     humantime::format_duration(rounded).to_string()
 }
 
