@@ -184,3 +184,98 @@ fn durations_past_584_million_years_are_said_as_given() -> R {
     assert!(first.contains("for 580000000000years"), "{first:?}");
     Ok(())
 }
+
+/// `LEASEHOLD_DB` naming a FIFO: every reading command waited for ever in
+/// SQLite's open (a FIFO opened to read blocks until a writer comes), and
+/// the others failed as a storage error ("disk I/O error", exit 7). Now
+/// each is refused at once as invalid input, as a directory is.
+#[test]
+fn a_fifo_as_the_database_is_refused_not_waited_on() -> R {
+    let db = TempDb::new();
+    let fifo = db.dir.path().join("pipe.db");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let export = db.dir.path().join("export.jsonl");
+    std::fs::write(
+        &export,
+        "{\"leasehold_export\":1,\"schema\":3,\"taken_at\":\"2026-11-25T14:00:00.000Z\"}\n{\"end\":{\"leases\":0,\"pins\":0}}\n",
+    )?;
+    let export = export.to_str().expect("UTF-8 path");
+    let commands: [&[&str]; 12] = [
+        &["list"],
+        &["show", "ops", "a"],
+        &["history", "ops", "a"],
+        &["export"],
+        &["watch", "--duration", "1s"],
+        &["migrate"],
+        &["claim", "ops", "a", "me", "--for", "5s"],
+        &["release", "ops", "a", "me"],
+        &["pin", "ops", "a", "--entity", "e"],
+        &["import", export],
+        &["run", "ops", "a", "me", "--", "true"],
+        &["demo", "--short"],
+    ];
+    for args in commands {
+        let mut child = on(&fifo, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut status = wait_for(&mut child, Duration::from_secs(20))?;
+        if status.is_none() {
+            // Let a blocked opener go on (it reads an empty file); without
+            // waiting for a reader if there is none.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&fifo);
+            status = wait_at_most(&mut child, Duration::from_secs(10))?;
+        }
+        let out = child.wait_with_output()?;
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(5),
+            "leasehold {args:?} on a FIFO: stderr {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(err.contains("is a FIFO"), "{args:?}: {err}");
+    }
+    // `demo --db` names its database itself.
+    let o = bin().arg("demo").arg("--db").arg(&fifo).output()?;
+    assert!(fails(&o, 5).contains("is a FIFO"));
+    Ok(())
+}
+
+/// A device as the database (`LEASEHOLD_DB=/dev/null`): `claim` failed as
+/// a storage error and left SQLite's journal beside the device
+/// (`/dev/null-journal`). Now it is refused and nothing is created. Needs
+/// root to make a device in a temporary directory; skipped otherwise.
+#[test]
+fn a_device_as_the_database_is_refused_and_nothing_is_left_beside_it() -> R {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let db = TempDb::new();
+    let dev = db.dir.path().join("null.db");
+    if mknod(
+        &dev,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o666),
+        makedev(1, 3),
+    )
+    .is_err()
+    {
+        eprintln!("skipped: mknod needs root");
+        return Ok(());
+    }
+    for args in [
+        &["claim", "ops", "a", "me", "--for", "5s"][..],
+        &["list"],
+        &["run", "ops", "a", "me", "--", "true"],
+    ] {
+        let o = on(&dev, args).output()?;
+        assert!(fails(&o, 5).contains("is a device"), "{args:?}");
+    }
+    let beside: Vec<String> = std::fs::read_dir(db.dir.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(beside, vec!["null.db".to_owned()]);
+    Ok(())
+}

@@ -485,6 +485,7 @@ fn inspect(db: &Path) -> Result<(), CliError> {
             db.display()
         )));
     }
+    super::not_special(db)?;
     let refuse = |why: String| {
         CliError::Invalid(format!(
             "refusing to run the demo on {}: {why}; the demo changes nothing it did not create (pass another --db, or none for a temporary file)",

@@ -449,9 +449,35 @@ fn one_line(message: &str) -> String {
 
 /// The database: `--db`, else `$LEASEHOLD_DB`.
 fn db_path(db: Option<&PathBuf>) -> Result<PathBuf, CliError> {
-    db.cloned()
+    let path = db
+        .cloned()
         .or_else(|| std::env::var_os("LEASEHOLD_DB").map(PathBuf::from))
-        .ok_or_else(|| CliError::Usage("no database: pass --db PATH or set LEASEHOLD_DB".into()))
+        .ok_or_else(|| CliError::Usage("no database: pass --db PATH or set LEASEHOLD_DB".into()))?;
+    not_special(&path)?;
+    Ok(path)
+}
+
+/// Refuses (invalid input) a database path that is a FIFO, a device or a
+/// socket: SQLite would wait forever opening a FIFO to read it, and fail
+/// on a device after creating a journal beside it (`/dev/null-journal`).
+fn not_special(path: &std::path::Path) -> Result<(), CliError> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(kind) = std::fs::metadata(path).map(|m| m.file_type()) else {
+        return Ok(());
+    };
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        return Ok(());
+    };
+    Err(CliError::Invalid(format!(
+        "{} is {what}, not a database file; name a database file",
+        path.display()
+    )))
 }
 
 fn open(db: Option<&PathBuf>) -> Result<Engine, CliError> {
