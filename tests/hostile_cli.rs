@@ -279,3 +279,45 @@ fn a_device_as_the_database_is_refused_and_nothing_is_left_beside_it() -> R {
     assert_eq!(beside, vec!["null.db".to_owned()]);
     Ok(())
 }
+
+/// A command that is stopped (here it stops itself; in a terminal, reading
+/// from it stops it with SIGTTIN) kept SIGINT pending: Ctrl-C on `run`
+/// was passed on and did nothing, and run kept the lease for ever. Run now
+/// continues the group after passing a signal on, as a shell's `kill`
+/// does.
+#[test]
+fn a_stopped_command_ends_when_run_is_interrupted() -> R {
+    let db = TempDb::new();
+    let pidfile = db.dir.path().join("command.pid");
+    let script = format!(
+        "echo $$ > '{}'; kill -STOP $$; echo resumed",
+        pidfile.display()
+    );
+    let mut run = on(&db.path, &["run", "ops", "stopped", "me", "--for", "3s"])
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    support::wait_for_file(&pidfile, Duration::from_secs(30));
+    let command: u32 = loop {
+        // Written, not only created.
+        if let Ok(p) = std::fs::read_to_string(&pidfile)?.trim().parse() {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(command) != Some('T') {
+        assert!(Instant::now() < deadline, "the command never stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    kill(pid(&run), Signal::SIGINT)?;
+    let status = wait_at_most(&mut run, Duration::from_secs(30))?;
+    kill_leftovers(&db.dir.path().to_string_lossy());
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(130)),
+        "run ended with its command, killed by SIGINT (None: run was still there after 30 s)"
+    );
+    Ok(())
+}

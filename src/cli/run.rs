@@ -546,9 +546,15 @@ impl Watcher {
 struct Group(Pid);
 
 impl Group {
-    /// Signals every process of the group, if any is left.
+    /// Signals every process of the group, if any is left, then continues
+    /// it (as a shell's `kill` does): a member that was stopped (SIGTTIN,
+    /// for reading from the terminal) would otherwise keep the signal
+    /// pending, and run would keep the lease for it, for ever.
     fn signal(self, sig: Signal) {
         let _ = killpg(self.0, sig);
+        if sig != Signal::SIGKILL {
+            let _ = killpg(self.0, Signal::SIGCONT);
+        }
     }
 
     /// Stops what is left of the group: SIGTERM, then SIGKILL after

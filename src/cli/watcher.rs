@@ -245,8 +245,10 @@ pub fn watcher(args: WatcherArgs) -> Result<u8, CliError> {
         }
     };
     if any_left(group, Some(me)) {
-        // The watcher's own handler makes this SIGTERM a no-op for it.
+        // The watcher's own handler makes this SIGTERM a no-op for it. A
+        // stopped member acts on it only once continued.
         let _ = killpg(group, Signal::SIGTERM);
+        let _ = killpg(group, Signal::SIGCONT);
         if !wait_empty(group, Some(me), kill_at) {
             kill_all(group, Some(me));
         }
