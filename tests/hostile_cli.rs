@@ -321,3 +321,59 @@ fn a_stopped_command_ends_when_run_is_interrupted() -> R {
     );
     Ok(())
 }
+
+/// In a terminal, a command that read its standard input (a script's
+/// "continue? [y/N]") was stopped by SIGTTIN, since its process group is
+/// not the terminal's: it never ran again, and run kept the lease for it,
+/// silently, for ever. It now reads an empty input. Runs `run` in a
+/// pseudo-terminal made by util-linux's `script`; skipped without it.
+#[test]
+fn a_command_that_reads_the_terminal_gets_an_empty_input_instead_of_stopping() -> R {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to make a terminal");
+        return Ok(());
+    }
+    let db = TempDb::new();
+    let line = format!(
+        "'{}' --db '{}' run ops tty me --for 3s -- sh -c 'read -r answer; echo \"read:[$answer]\"'",
+        env!("CARGO_BIN_EXE_leasehold"),
+        db.path.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        // Held open: the terminal never sees an end of input.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let status = wait_at_most(&mut script, Duration::from_secs(30))?;
+    kill_leftovers(&db.dir.path().to_string_lossy());
+    let out = script.wait_with_output()?;
+    let said = text(&out.stdout);
+    assert!(
+        status.is_some_and(|s| s.success()) && said.contains("read:[]"),
+        "status {status:?} (None: still stopped after 30 s), output {said:?}"
+    );
+    Ok(())
+}
+
+/// What is not a terminal still reaches the command.
+#[test]
+fn run_still_hands_a_piped_input_to_its_command() -> R {
+    use std::io::Write;
+    let db = TempDb::new();
+    let mut run = on(&db.path, &["run", "ops", "pipe", "me", "--for", "3s"])
+        .args(["--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    run.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through the pipe\n")?;
+    let out = run.wait_with_output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "through the pipe\n");
+    Ok(())
+}

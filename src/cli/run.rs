@@ -1,7 +1,7 @@
 //! `run`: a command gated by a lease.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -229,6 +229,14 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
         // The watcher's process group, so that stopping it stops whatever
         // it started too (a shell script's children).
         .process_group(watcher.pgid.as_raw())
+        // That group is not the terminal's foreground group: reading from
+        // the terminal would stop the command (SIGTTIN) for ever while run
+        // kept the lease. It reads an empty input instead.
+        .stdin(if std::io::stdin().is_terminal() {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        })
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
