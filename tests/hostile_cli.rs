@@ -377,3 +377,64 @@ fn run_still_hands_a_piped_input_to_its_command() -> R {
     assert_eq!(text(&out.stdout), "through the pipe\n");
     Ok(())
 }
+
+/// The demo's worker processes (children of `demo`), with their states.
+fn workers_of(demo: u32) -> Vec<(u32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ppid: u32 = fields.next()?.parse().ok()?;
+            (ppid == demo).then_some((p, state))
+        })
+        .collect()
+}
+
+/// A demo killed outright (SIGKILL, as `timeout -s KILL` or an OOM kill
+/// would) while it paused a worker left that worker stopped for ever
+/// (outside an interactive shell, nothing continues it). The kernel now
+/// kills the demo's workers with it.
+#[test]
+fn a_demo_killed_outright_leaves_no_paused_worker_behind() -> R {
+    let tmp = TempDb::new();
+    let mut demo = bin()
+        .args(["demo", "--short"])
+        // Its temporary directory, inside this test's.
+        .env("TMPDIR", tmp.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let paused = loop {
+        if let Some((p, _)) = workers_of(demo.id()).into_iter().find(|(_, s)| *s == 'T') {
+            break p;
+        }
+        if demo.try_wait()?.is_some() || Instant::now() > deadline {
+            kill_leftovers(&tmp.dir.path().to_string_lossy());
+            return Err("the demo ended before a worker was seen paused".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    demo.kill()?;
+    demo.wait()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut gone = false;
+    while Instant::now() < deadline {
+        if matches!(state(paused), None | Some('Z' | 'X')) {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill_leftovers(&tmp.dir.path().to_string_lossy());
+    assert!(
+        gone,
+        "the paused worker {paused} outlived the demo, stopped"
+    );
+    Ok(())
+}

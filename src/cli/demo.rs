@@ -84,6 +84,11 @@ fn report(r: &Report) {
 /// holds. Between checking leadership and writing it "works" for an
 /// interval; a pause there is what a guard must catch.
 pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
+    // A demo killed outright (SIGKILL) cannot stop its workers: a running
+    // one stops when its stdin closes, but the one it paused (SIGSTOP)
+    // would stay stopped for ever. The kernel kills it instead.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let engine = Engine::open(&args.database)?;
     let key = leasehold::leadership::key(APP)?;
     let tracker = engine
