@@ -438,3 +438,26 @@ fn a_demo_killed_outright_leaves_no_paused_worker_behind() -> R {
     );
     Ok(())
 }
+
+/// `export -o` into a directory, or where no directory is, exited 1 (an
+/// I/O error) where `demo --svg` exits 5; the README counts a bad output
+/// file as invalid input (5), and export now checks it first as the demo
+/// does.
+#[test]
+fn export_to_a_path_that_cannot_be_a_file_is_invalid_input() -> R {
+    let db = TempDb::new();
+    assert!(on(&db.path, &["migrate"]).output()?.status.success());
+    let dir = db.dir.path();
+    let not_a_dir = dir.join("plain");
+    std::fs::write(&not_a_dir, "")?;
+    for output in [
+        dir.to_path_buf(),
+        dir.join("missing").join("out.jsonl"),
+        not_a_dir.join("out.jsonl"),
+    ] {
+        let o = on(&db.path, &["export", "-o"]).arg(&output).output()?;
+        let err = fails(&o, 5);
+        assert!(err.contains("cannot write"), "{}: {err}", output.display());
+    }
+    Ok(())
+}

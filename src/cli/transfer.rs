@@ -70,6 +70,9 @@ enum Line {
 
 pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
     if let Some(path) = output {
+        // A directory, or a path whose directory is missing or read-only,
+        // is a bad output file (exit 5), as for `demo --svg`.
+        super::output::writable(path)?;
         super::output::not_the_database(path, engine.path())?;
     }
     let snapshot = engine.export()?;
