@@ -461,3 +461,85 @@ fn export_to_a_path_that_cannot_be_a_file_is_invalid_input() -> R {
     }
     Ok(())
 }
+
+/// The hidden temporary files `export -o FILE` writes beside FILE.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ctrl-C (or SIGTERM) while `export -o` wrote its file left the whole
+/// temporary file behind it (`.FILE.PID.0.tmp`, as big as the export,
+/// hidden). It is now removed, the old file is left as it was, and the
+/// command ends by the signal.
+#[test]
+fn an_export_stopped_by_a_signal_leaves_no_temporary_file() -> R {
+    let db = TempDb::new();
+    {
+        let engine = leasehold::Engine::open(&db.path)?;
+        let leases = (0..30_000)
+            .map(|i| {
+                Ok(leasehold::ExportedLease {
+                    key: leasehold::Key::new("ops", format!("a-rather-long-lease-name-{i:06}"))?,
+                    holder: Some("a-holder-with-a-long-name".into()),
+                    epoch: 1,
+                    remaining: Some(Duration::from_secs(3600)),
+                })
+            })
+            .collect::<Result<Vec<_>, leasehold::Error>>()?;
+        let snapshot = leasehold::Snapshot {
+            taken_at: leasehold::chrono::Utc::now(),
+            leases,
+            pins: Vec::new(),
+        };
+        engine.import(&snapshot, Duration::from_secs(3600))?;
+    }
+    let out_dir = tempfile::tempdir()?;
+    let out = out_dir.path().join("leases.jsonl");
+    std::fs::write(&out, "the old export\n")?;
+    // Catch the export while its temporary file exists: stop it there
+    // (SIGSTOP), then send SIGTERM and let it go on.
+    for _attempt in 0..50 {
+        let mut export = on(&db.path, &["export", "-o"])
+            .arg(&out)
+            .stderr(Stdio::null())
+            .spawn()?;
+        let caught = loop {
+            if !temporaries(out_dir.path()).is_empty() {
+                kill(pid(&export), Signal::SIGSTOP)?;
+                break !temporaries(out_dir.path()).is_empty();
+            }
+            if export.try_wait()?.is_some() {
+                break false;
+            }
+        };
+        if !caught {
+            let _ = kill(pid(&export), Signal::SIGCONT);
+            export.wait()?;
+            std::fs::write(&out, "the old export\n")?;
+            for t in temporaries(out_dir.path()) {
+                std::fs::remove_file(out_dir.path().join(t))?;
+            }
+            continue;
+        }
+        kill(pid(&export), Signal::SIGTERM)?;
+        kill(pid(&export), Signal::SIGCONT)?;
+        let status = wait_at_most(&mut export, Duration::from_secs(30))?;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.and_then(|s| s.signal()),
+            Some(Signal::SIGTERM as i32),
+            "{status:?}"
+        );
+        assert_eq!(temporaries(out_dir.path()), Vec::<String>::new());
+        assert_eq!(std::fs::read_to_string(&out)?, "the old export\n");
+        return Ok(());
+    }
+    Err("never caught the export while it wrote its temporary file".into())
+}

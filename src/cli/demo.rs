@@ -276,6 +276,8 @@ impl Leftovers {
         if let Some(dir) = state.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
+        // The SVG's temporary file, if it was being written.
+        output::remove_partial();
     }
 }
 

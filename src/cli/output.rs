@@ -21,6 +21,23 @@ use super::CliError;
 /// The files SQLite keeps beside a database.
 const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
 
+/// The temporary file being written, until it is renamed into place or
+/// removed: what [`remove_partial`] removes when a signal ends the process
+/// first (Ctrl-C during `export -o`).
+static WRITING: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+fn writing() -> std::sync::MutexGuard<'static, Option<PathBuf>> {
+    WRITING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes the temporary file being written, if any: for a signal's
+/// clean-up, before the process ends.
+pub fn remove_partial() {
+    if let Some(tmp) = writing().take() {
+        let _ = fs::remove_file(tmp);
+    }
+}
+
 /// Where `path` lives: its directory, canonical, joined with its name
 /// (following a symlink, even one whose target does not exist yet: writing
 /// through it creates the target). `None` if the directory does not exist
@@ -172,6 +189,7 @@ fn replace(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
         .file_name()
         .ok_or_else(|| io::Error::other("no file name"))?;
     let (tmp, mut file) = create_temp(&dir, name)?;
+    *writing() = Some(tmp.clone());
     let written = (|| {
         if let Some(mode) = mode {
             file.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -181,6 +199,7 @@ fn replace(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
         drop(file);
         fs::rename(&tmp, target)
     })();
+    writing().take();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);

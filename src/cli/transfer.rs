@@ -110,7 +110,23 @@ pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
         pins: snapshot.pins.len(),
     }));
     match output {
-        Some(path) => super::output::write(path, text.as_bytes())?,
+        Some(path) => {
+            // Ctrl-C (or SIGTERM, SIGHUP) while the file is written must
+            // not leave the temporary file behind it (megabytes, hidden).
+            let mut signals = signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGHUP,
+            ])?;
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    super::output::remove_partial();
+                    let _ = signal_hook::low_level::emulate_default_handler(sig);
+                    std::process::exit(128 + sig);
+                }
+            });
+            super::output::write(path, text.as_bytes())?;
+        }
         None => super::print::out(&text),
     }
     Ok(0)
