@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -130,7 +131,10 @@ fn a_fifo_as_the_database_is_refused_not_waited_on() -> R {
     let outcome = rx.recv_timeout(Duration::from_secs(10));
     if outcome.is_err() {
         // Unblock the opener (it reads an empty file) before failing.
-        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&fifo);
     }
     let outcome = outcome.map_err(|_| "opening a FIFO read-only did not return in 10 s")?;
     assert!(
