@@ -543,3 +543,42 @@ fn an_export_stopped_by_a_signal_leaves_no_temporary_file() -> R {
     }
     Err("never caught the export while it wrote its temporary file".into())
 }
+
+/// An import of one lease line repeated 200,000 times printed a summary
+/// line of 1.6 MB (every duplicate's line number, joined in memory as
+/// strings, and built as JSON even without `--json`); it names the first
+/// few and counts the rest.
+#[test]
+fn an_import_of_many_repeated_lines_says_so_in_a_short_line() -> R {
+    use std::io::Write;
+    let db = TempDb::new();
+    let n = 200_000;
+    let line =
+        r#"{"lease":{"namespace":"ops","name":"a","holder":"h","epoch":3,"expires_in_ms":2500}}"#;
+    let mut input = String::from(
+        "{\"leasehold_export\":1,\"schema\":3,\"taken_at\":\"2026-11-25T14:00:00.000Z\"}\n",
+    );
+    for _ in 0..n {
+        input.push_str(line);
+        input.push('\n');
+    }
+    input.push_str(&format!("{{\"end\":{{\"leases\":{n},\"pins\":0}}}}\n"));
+    let mut import = on(&db.path, &["import"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = import.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = import.wait_with_output()?;
+    writer.join().expect("writer")?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.len() < 1000, "{} bytes", said.len());
+    assert!(
+        said.contains("skipped 199999 duplicate lines")
+            && said.contains("(lines 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, and 199989 more)"),
+        "{said}"
+    );
+    Ok(())
+}

@@ -462,19 +462,32 @@ pub fn import(
             other => CliError::Lease(other),
         })?;
     let duplicates = &parsed.duplicates;
-    out.json(&json!({
-        "tenures": summary.tenures,
-        "vacant": summary.vacant,
-        "pins": summary.pins,
-        "duplicate_lines": duplicates,
-    }));
+    if out.json {
+        // Built only when printed: a million duplicates make a big value.
+        out.json(&json!({
+            "tenures": summary.tenures,
+            "vacant": summary.vacant,
+            "pins": summary.pins,
+            "duplicate_lines": duplicates,
+        }));
+    }
     let n = |count: usize, one: &str, many: &str| {
         format!("{count} {}", if count == 1 { one } else { many })
     };
     let skipped = if duplicates.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = duplicates.iter().map(ToString::to_string).collect();
+        // Named up to a few: a file of a million repeated lines must not
+        // make a summary line of megabytes (the JSON has them all).
+        const NAMED: usize = 10;
+        let mut list: Vec<String> = duplicates
+            .iter()
+            .take(NAMED)
+            .map(ToString::to_string)
+            .collect();
+        if duplicates.len() > NAMED {
+            list.push(format!("and {} more", duplicates.len() - NAMED));
+        }
         format!(
             "; skipped {} repeating an earlier line exactly ({} {})",
             n(duplicates.len(), "duplicate line", "duplicate lines"),
