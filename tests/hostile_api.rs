@@ -384,3 +384,38 @@ fn a_read_only_engine_creates_no_shm_beside_a_copied_database() -> R {
     assert_eq!(beside, ["test.db", "test.db-wal"]);
     Ok(())
 }
+
+/// One engine whose clock ran an hour ahead (a host with a wrong date,
+/// corrected since) persists its time mark, and every engine opened after
+/// it starts from that mark: engine time then stands still for everyone
+/// until the real clocks catch up. No lease expires meanwhile — a holder
+/// that died keeps its 200 ms lease for the hour — and `leasehold run`,
+/// whose renewals no longer move the lease's end, has its command stopped
+/// after half a lease every time ("was run paused or slow?"). Safety
+/// holds (guards fence by epoch); liveness is gone for as long as the
+/// skew, database-wide.
+#[test]
+#[ignore = "src/core/clock.rs LocalTime / src/sqlite/open.rs: a persisted time mark from a clock far ahead is trusted without bound, so engine time stands still for every later engine for the whole skew: no lease lapses (a dead holder keeps a 200 ms lease for an hour), and run's watcher stops every command"]
+fn a_clock_once_an_hour_ahead_does_not_freeze_expiry_for_everyone() -> R {
+    let db = TempDb::new();
+    {
+        let ahead = Engine::builder(&db.path)
+            .clock(leasehold::ManualClock::new(
+                leasehold::chrono::Utc::now() + leasehold::chrono::Duration::hours(1),
+            ))
+            .build()?;
+        ahead.claim(&key("elsewhere"), "fast-host", secs(1))?;
+    }
+    // Hosts with right clocks, from now on.
+    let dying = Engine::open(&db.path)?;
+    dying.claim(&key("job"), "dies", Duration::from_millis(200))?;
+    drop(dying);
+    std::thread::sleep(Duration::from_secs(1));
+    let next = Engine::open(&db.path)?;
+    let claimed = next.claim(&key("job"), "next", secs(10));
+    assert!(
+        claimed.is_ok(),
+        "a 200 ms lease one second old is still held: {claimed:?}"
+    );
+    Ok(())
+}
