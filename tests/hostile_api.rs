@@ -419,3 +419,60 @@ fn a_clock_once_an_hour_ahead_does_not_freeze_expiry_for_everyone() -> R {
     );
     Ok(())
 }
+
+/// The database opened through a symlink (`app.db -> releases/v1.db`)
+/// that a deployment then points elsewhere (`ln -sfn v2.db app.db`). The
+/// engine checks the identity of the file the link named when it opened,
+/// so it never notices; its tenure goes on in v1 while everyone opening
+/// `app.db` now uses v2 and claims the same key in the same epoch — two
+/// holders through one path, and `leasehold run` keeps its command
+/// running (exit 0). Worse, the pool opens new connections by the link's
+/// path: one engine then works on both files at once.
+#[test]
+#[ignore = "src/sqlite/mod.rs ensure_usable/watch_path: the identity checked is the link target's resolved at open, and pooled connections reopen the link's path: a symlink pointed at another database goes unnoticed (two holders through one path), and one engine's connections end up on two files"]
+fn a_symlink_pointed_at_another_database_counts_as_replaced() -> R {
+    let dir = tempfile::tempdir()?;
+    let (v1, v2, link) = (
+        dir.path().join("v1.db"),
+        dir.path().join("v2.db"),
+        dir.path().join("app.db"),
+    );
+    Engine::open(&v2)?; // a fresh database of its own
+    Engine::open(&v1)?;
+    std::os::unix::fs::symlink(&v1, &link)?;
+    let engine = Engine::open(&link)?;
+    engine.claim(&key("job"), "first", secs(3600))?;
+    // The deployment flips the link.
+    let tmp = dir.path().join("app.db.new");
+    std::os::unix::fs::symlink(&v2, &tmp)?;
+    std::fs::rename(&tmp, &link)?;
+    let rival = Engine::open(&link)?.claim(&key("job"), "second", secs(3600))?;
+    assert_eq!(rival.epoch(), 1, "v2 never saw the first tenure");
+    // The first engine must now refuse to go on (as for a replaced file).
+    let noticed = eventually(Duration::from_secs(5), || {
+        matches!(
+            engine.lease(&key("job")),
+            Err(Error::DatabaseReplaced { .. })
+        )
+    });
+    // Two connections at once: the second is opened anew, by the link.
+    let views = (|| -> Result<(Option<String>, Option<String>), Box<dyn std::error::Error>> {
+        let a = engine.connection()?;
+        let b = engine.connection()?;
+        let holder = |c: &leasehold::rusqlite::Connection| {
+            c.query_row(
+                "SELECT holder FROM leasehold_leases WHERE namespace = 'test' AND name = 'job'",
+                [],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .ok()
+            .flatten()
+        };
+        Ok((holder(&a), holder(&b)))
+    })();
+    assert!(
+        noticed,
+        "the engine never noticed; its connections see holders {views:?}"
+    );
+    Ok(())
+}
