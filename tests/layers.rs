@@ -27,6 +27,8 @@ fn module_of(src: &Path, file: &Path) -> String {
         .collect();
     match parts.as_slice() {
         [core, file] if core == "core" => format!("core::{file}"),
+        // A backend's side of the testing kit belongs to the kit's floor.
+        [_, kit, ..] if kit == "testing" => "testing".to_owned(),
         [top, ..] => top.clone(),
         [] => unreachable!("a file has a path"),
     }
@@ -125,6 +127,7 @@ fn allowed(from: &str) -> Option<&'static [&'static str]> {
         "driver" => Some(&["core::"]),
         "engine" => Some(&["core::", "driver"]),
         "memory" => Some(&["core::", "driver", "engine"]),
+        "postgres" => Some(&["core::", "driver", "engine", "root"]),
         "leadership" => Some(&["core::", "engine", "sqlite"]),
         _ => None,
     }

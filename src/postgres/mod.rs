@@ -45,6 +45,8 @@ pub(crate) mod api;
 pub(crate) mod error;
 pub(crate) mod schema;
 pub(crate) mod store;
+#[cfg(feature = "testing")]
+pub(crate) mod testing;
 
 use std::collections::HashSet;
 use std::fmt;

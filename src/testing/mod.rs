@@ -29,9 +29,12 @@
 //! The nemeses send signals, so the workload needs a Unix host.
 
 mod check;
+pub(crate) mod database;
 #[cfg(feature = "postgres")]
 mod pg;
 mod recorder;
+mod worker;
+mod workload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -44,13 +47,18 @@ use crate::Clock;
 pub use check::{CheckOptions, CheckReport, LeaseEvent, WriteRow, check_recorded, read_histories};
 #[cfg(feature = "postgres")]
 pub use pg::{PgDatabase, PgOptions, PgServer, server_binaries, with_dbname};
+// The PostgreSQL side: its writes table, guarded write and check.
+#[cfg(feature = "postgres")]
+pub use crate::postgres::testing::{pg_check, pg_create_writes_table, pg_guarded_write};
 pub use recorder::{Entry, Recorder};
 // The SQLite side of the kit: its writes table and guarded write, reading a
 // run back from the file, and the multi-process workload.
-pub use crate::sqlite::testing::{
-    Fault, Nemesis, RunReport, Span, Strike, Target, WRITES_TABLE, WorkerConfig, WorkerEnd,
-    WorkerRecord, Workload, WorkloadBuilder, check, create_writes_table, guarded_write,
-    serve_worker, workload_key,
+pub use crate::sqlite::testing::{WRITES_TABLE, check, create_writes_table, guarded_write};
+pub use database::RunDatabase;
+pub use worker::{WorkerConfig, serve_worker};
+pub use workload::{
+    Fault, Nemesis, RunReport, Span, Strike, Target, WorkerEnd, WorkerRecord, Workload,
+    WorkloadBuilder, workload_key,
 };
 
 /// Milliseconds on the wall clock, shared by every process of one host.

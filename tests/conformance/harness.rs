@@ -540,7 +540,113 @@ mod pg {
         }
 
         fn processes() -> Option<Box<dyn Processes<Postgres>>> {
-            None
+            Some(Box::new(PgProcesses::default()))
+        }
+    }
+
+    /// PostgreSQL's multi-process side: a database of its own per run
+    /// directory, the engine's tables and the writes table in schema `lh`;
+    /// workers are this test binary run again, as for SQLite.
+    #[derive(Default)]
+    struct PgProcesses {
+        databases: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, PgDatabase>>,
+    }
+
+    const RUN_SCHEMA: &str = "lh";
+
+    impl PgProcesses {
+        /// The run database of `dir` (made on first use).
+        fn database(&self, dir: &Path) -> testing::RunDatabase {
+            let mut dbs = self.databases.lock().expect("databases");
+            let db = dbs
+                .entry(dir.to_owned())
+                .or_insert_with(|| server().create_database().expect("a run database"));
+            testing::RunDatabase::Postgres {
+                url: db.url().to_owned(),
+                schema: RUN_SCHEMA.to_owned(),
+            }
+        }
+
+        fn url(&self, dir: &Path) -> String {
+            match self.database(dir) {
+                testing::RunDatabase::Postgres { url, .. } => url,
+                _ => unreachable!("a PostgreSQL run"),
+            }
+        }
+    }
+
+    impl Processes<Postgres> for PgProcesses {
+        fn run(
+            &self,
+            workload: &Workload,
+            dir: &Path,
+            on_strike: &mut dyn FnMut(&Strike),
+        ) -> std::io::Result<RunReport> {
+            workload
+                .clone()
+                .with_database(self.database(dir))
+                .run_observed(dir, &worker_command, on_strike)
+        }
+
+        fn prepare(&self, dir: &Path, clock: Option<ManualClock>) -> Result<Engine<Postgres>> {
+            let url = self.url(dir);
+            let mut builder = PgEngine::builder(&url)
+                .schema(RUN_SCHEMA)
+                .event_retention(10_000_000);
+            if let Some(clock) = clock {
+                builder = builder.clock(clock);
+            }
+            let engine = builder.build()?;
+            testing::pg_create_writes_table(&mut *engine.client()?, RUN_SCHEMA)?;
+            Ok(engine)
+        }
+
+        fn engine(&self, dir: &Path) -> Result<Engine<Postgres>> {
+            PgEngine::builder(&self.url(dir)).schema(RUN_SCHEMA).build()
+        }
+
+        fn spawn_worker(
+            &self,
+            workload: &Workload,
+            dir: &Path,
+            proc: u32,
+        ) -> std::io::Result<Child> {
+            let mut cmd = worker_command();
+            workload
+                .clone()
+                .with_database(self.database(dir))
+                .worker_config(dir, proc)
+                .set_env(&mut cmd)?;
+            cmd.stdout(std::process::Stdio::null());
+            cmd.spawn()
+        }
+
+        fn intact(&self, dir: &Path) -> std::result::Result<(), String> {
+            // A read-only engine opens only on this build's schema, its
+            // migrations' checksums intact.
+            PgEngine::builder(&self.url(dir))
+                .schema(RUN_SCHEMA)
+                .read_only(true)
+                .build()
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+
+        fn recorded_write(
+            &self,
+            engine: &Engine<Postgres>,
+            key: &Key,
+            token: Option<&LeaseToken<Postgres>>,
+            proc: u32,
+            holder: &str,
+            epoch: u64,
+            seq: u64,
+        ) -> Result<()> {
+            testing::pg_guarded_write(engine, key, token, proc, holder, epoch, seq)
+        }
+
+        fn check(&self, dir: &Path, key: &Key, opts: CheckOptions) -> std::io::Result<CheckReport> {
+            testing::pg_check(&self.url(dir), RUN_SCHEMA, dir, key, opts)
         }
     }
 }

@@ -12,8 +12,12 @@
 //!    reading a value back, and — if it can — the multi-process side
 //!    ([`Processes`](harness::Processes)).
 //! 2. Add one line to the `backends` of the `conformance!` invocation
-//!    below (`postgres: crate::harness::PostgresHarness,`). Its tests are then
-//!    `cargo test --test conformance postgres::`.
+//!    below (as `postgres: crate::harness::PostgresHarness,` is). Its tests
+//!    are then `cargo test --test conformance postgres::`.
+//!
+//! PostgreSQL's tests run on a throwaway server the test process starts
+//! from the machine's binaries (or `$LEASEHOLD_TEST_PG`), a database per
+//! test; see `leasehold::testing::PgServer`.
 //!
 //! # What a backend may skip
 //!

@@ -1,22 +1,146 @@
 //! The testing kit on SQLite: the writes table, the guarded write whose row
 //! records what the lease table said at commit, reading a run back for the
-//! checker, and the multi-process workload with its nemeses.
-
-mod worker;
-mod workload;
+//! checker, and a workload's SQLite side (its file, its leader, its write
+//! lock, its workers' engines and writes).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use crate::testing::{CheckOptions, CheckReport, LeaseEvent, WriteRow, check_recorded, wall_ms};
-use crate::{Engine, Key, LeaseToken, Txn};
-
-pub use worker::{WorkerConfig, serve_worker};
-pub use workload::{
-    Fault, Nemesis, RunReport, Span, Strike, Target, WorkerEnd, WorkerRecord, Workload,
-    WorkloadBuilder, workload_key,
+use crate::testing::database::{Recorded, RunDatabase, WorkerSide};
+use crate::testing::{
+    CheckOptions, CheckReport, LeaseEvent, OffsetClock, WriteRow, check_recorded, wall_ms,
 };
+use crate::{Engine, Key, LeaseToken, Sqlite, Txn};
+
+/// The file a run's database lives in, in the run's directory.
+const RUN_DB: &str = "db.sqlite";
+
+/// Creates the run's file with the writes table, keeping every event.
+pub(crate) fn prepare(dir: &Path) -> std::io::Result<()> {
+    let db = dir.join(RUN_DB);
+    if db.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists: a workload runs in a fresh directory",
+                db.display()
+            ),
+        ));
+    }
+    let io = |e: crate::Error| std::io::Error::other(e.to_string());
+    let engine = Engine::builder(&db)
+        .event_retention(10_000_000)
+        .build()
+        .map_err(io)?;
+    create_writes_table(&*engine.connection().map_err(io)?)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The holder the lease row of `key` names.
+pub(crate) fn holder(dir: &Path, key: &Key) -> Option<String> {
+    let conn = Connection::open(dir.join(RUN_DB)).ok()?;
+    conn.query_row(
+        "SELECT holder FROM leasehold_leases WHERE namespace = ?1 AND name = ?2",
+        [key.namespace(), key.name()],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .flatten()
+}
+
+/// Holds the write lock (taken within `wait`) until `length` has passed.
+pub(crate) fn hold_lock(
+    dir: &Path,
+    wait: Duration,
+    length: Duration,
+    held: &mut dyn FnMut(),
+) -> bool {
+    let Ok(mut conn) = Connection::open(dir.join(RUN_DB)) else {
+        return false;
+    };
+    let _ = conn.busy_timeout(wait);
+    let Ok(tx) = conn.transaction_with_behavior(TransactionBehavior::Immediate) else {
+        return false;
+    };
+    let taken = Instant::now();
+    held();
+    std::thread::sleep(length.saturating_sub(taken.elapsed()));
+    let _ = tx.commit();
+    true
+}
+
+impl WorkerSide for Sqlite {
+    type Held = crate::PooledConnection;
+
+    fn open(
+        _database: &RunDatabase,
+        dir: &Path,
+        clock: OffsetClock,
+        busy: Duration,
+        pool: u32,
+    ) -> crate::Result<Engine> {
+        Engine::builder(dir.join(RUN_DB))
+            .clock(clock)
+            .busy_timeout(busy)
+            .pool_size(pool)
+            .event_retention(10_000_000)
+            .build()
+    }
+
+    fn checkout(engine: &Engine) -> Option<crate::PooledConnection> {
+        engine.connection().ok()
+    }
+
+    fn commit_write(
+        engine: &Engine,
+        key: &Key,
+        token: Option<&LeaseToken>,
+        w: Recorded<'_>,
+    ) -> crate::Result<()> {
+        guarded_write(engine, key, token, w.proc, w.holder, w.epoch, w.seq)
+    }
+
+    fn own_txn_write(
+        engine: &Engine,
+        key: &Key,
+        token: Option<&LeaseToken>,
+        w: Recorded<'_>,
+        inside: &dyn Fn(),
+    ) -> crate::Result<()> {
+        let storage = |e| {
+            let context = crate::Context::new("write").key(key).holder(w.holder);
+            crate::sqlite::error::fail(context, e, engine.busy_timeout())
+        };
+        let mut conn = engine.connection()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let began = wall_ms();
+        if let Some(token) = token {
+            token.check_in(&tx)?;
+        }
+        inside();
+        std::thread::sleep(Duration::from_millis(1));
+        tx.execute(
+            INSERT_WRITE,
+            rusqlite::params![
+                i64::from(w.proc),
+                w.holder,
+                w.epoch,
+                w.seq,
+                key.namespace(),
+                key.name(),
+                began
+            ],
+        )
+        .map_err(storage)?;
+        tx.commit().map_err(storage)
+    }
+}
 
 /// The application table guarded writes go to.
 pub const WRITES_TABLE: &str = "checker_writes";
@@ -85,7 +209,7 @@ pub fn guarded_write(
 /// Inserts one row of [`WRITES_TABLE`] with the lease as the writing
 /// transaction sees it. Parameters: proc, holder, epoch, seq, namespace,
 /// name, and the wall clock (ms) before the guard.
-pub(crate) const INSERT_WRITE: &str = "INSERT INTO checker_writes
+const INSERT_WRITE: &str = "INSERT INTO checker_writes
          (proc, holder, epoch, seq, lease_holder, lease_epoch, lease_until_ms, wall_ms)
      SELECT ?1, ?2, ?3, ?4, l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?7
      FROM (SELECT 1) LEFT JOIN main.leasehold_leases l ON l.namespace = ?5 AND l.name = ?6";

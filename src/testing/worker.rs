@@ -8,13 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use rusqlite::TransactionBehavior;
 use serde::{Deserialize, Serialize};
 
+use super::database::{Recorded, RunDatabase, WorkerSide};
 use super::workload::Span;
-use super::{INSERT_WRITE, guarded_write};
-use crate::testing::{OffsetClock, Recorder, Rng, wall_ms};
-use crate::{Engine, Error, Key, LeaseToken, Tenure};
+use crate::engine::{Engine, Tenure};
+use crate::testing::{OffsetClock, Recorder, Rng};
+use crate::{Error, Key};
 
 /// The environment variable that tells a process it is a worker, and how.
 /// Its format (JSON) is internal: orchestrator and worker are one build.
@@ -37,6 +37,7 @@ const ENV_WORKER: &str = "LEASEHOLD_CHECKER_WORKER";
 /// [`serve`]: WorkerConfig::serve
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
+    pub(super) database: RunDatabase,
     pub(super) dir: PathBuf,
     pub(super) proc: u32,
     pub(super) key: Key,
@@ -57,6 +58,9 @@ pub struct WorkerConfig {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
+    /// A PostgreSQL run's connection string and schema; SQLite without.
+    #[serde(default)]
+    postgres: Option<(String, String)>,
     dir: PathBuf,
     proc: u32,
     namespace: String,
@@ -147,6 +151,11 @@ impl WorkerConfig {
 
     fn encode(&self) -> std::io::Result<String> {
         let wire = Wire {
+            postgres: match &self.database {
+                RunDatabase::Sqlite => None,
+                #[cfg(feature = "postgres")]
+                RunDatabase::Postgres { url, schema } => Some((url.clone(), schema.clone())),
+            },
             dir: self.dir.clone(),
             proc: self.proc,
             namespace: self.key.namespace().to_owned(),
@@ -178,7 +187,19 @@ impl WorkerConfig {
         let wire: Wire = serde_json::from_str(value).map_err(|e| invalid(e.to_string()))?;
         let key = Key::new(wire.namespace, wire.name).map_err(|e| invalid(e.to_string()))?;
         crate::core::key::duration_ms("lease", wire.lease).map_err(|e| invalid(e.to_string()))?;
+        let database = match wire.postgres {
+            None => RunDatabase::Sqlite,
+            #[cfg(feature = "postgres")]
+            Some((url, schema)) => RunDatabase::Postgres { url, schema },
+            #[cfg(not(feature = "postgres"))]
+            Some(_) => {
+                return Err(invalid(
+                    "a PostgreSQL run, in a build without PostgreSQL".into(),
+                ));
+            }
+        };
         Ok(WorkerConfig {
+            database,
             dir: wire.dir,
             proc: wire.proc,
             key,
@@ -219,7 +240,16 @@ impl WorkerConfig {
                 std::process::exit(0);
             });
         }
+        match &self.database {
+            RunDatabase::Sqlite => self.work::<crate::Sqlite>(),
+            #[cfg(feature = "postgres")]
+            RunDatabase::Postgres { .. } => self.work::<crate::postgres::Postgres>(),
+        }
+    }
+
+    fn work<B: WorkerSide>(&self) -> ! {
         let WorkerConfig {
+            database,
             dir,
             proc,
             key,
@@ -232,14 +262,8 @@ impl WorkerConfig {
         let (proc, lease, guard, seed) = (*proc, *lease, *guard, *seed);
         let clock = OffsetClock::new();
         // Opening may meet a held write lock (the lock-holder fault): retry.
-        let engine = loop {
-            match Engine::builder(dir.join("db.sqlite"))
-                .clock(clock.clone())
-                .busy_timeout(lease / 2)
-                .pool_size(POOL_SIZE)
-                .event_retention(10_000_000)
-                .build()
-            {
+        let engine: Engine<B> = loop {
+            match B::open(database, dir, clock.clone(), lease / 2, POOL_SIZE) {
                 Ok(engine) => break engine,
                 Err(e) if e.is_transient() => std::thread::sleep(Duration::from_millis(10)),
                 Err(e) => panic!("worker engine: {e}"),
@@ -257,7 +281,7 @@ impl WorkerConfig {
                 loop {
                     std::thread::sleep(every.draw(&mut rng));
                     let held: Vec<_> = (0..POOL_SIZE)
-                        .filter_map(|_| engine.connection().ok())
+                        .filter_map(|_| B::checkout(&engine))
                         .collect();
                     if held.len() == POOL_SIZE as usize {
                         // The whole pool is taken: an episode of exhaustion.
@@ -269,7 +293,7 @@ impl WorkerConfig {
             });
         }
         let mut seq = 0u64;
-        let mut tenure: Option<(Tenure, Instant)> = None;
+        let mut tenure: Option<(Tenure<B>, Instant)> = None;
         loop {
             if offset_checked.elapsed() > Duration::from_millis(20) {
                 offset_checked = Instant::now();
@@ -339,24 +363,18 @@ impl WorkerConfig {
             // Every other write goes through a transaction of the worker's
             // own (`check_in`), which says when it is inside it, so that
             // kills can land there; the others through a `Txn`.
+            let write = Recorded {
+                proc,
+                holder: &holder,
+                epoch: t.epoch(),
+                seq,
+            };
             let written = if seq.is_multiple_of(2) {
-                write_in_own_txn(
-                    &engine,
-                    key,
-                    guard.then_some(&token),
-                    (proc, &holder, t.epoch(), seq),
-                    || say("in txn"),
-                )
+                B::own_txn_write(&engine, key, guard.then_some(&token), write, &|| {
+                    say("in txn");
+                })
             } else {
-                guarded_write(
-                    &engine,
-                    key,
-                    guard.then_some(&token),
-                    proc,
-                    &holder,
-                    t.epoch(),
-                    seq,
-                )
+                B::commit_write(&engine, key, guard.then_some(&token), write)
             };
             match written {
                 Ok(()) => rec.ok(n, None),
@@ -416,47 +434,6 @@ pub fn serve_worker() -> bool {
     }
 }
 
-/// A guarded write in an immediate transaction of the caller's (the
-/// `check_in` style): `inside` runs once the guard has passed, then the
-/// row is written a moment later. The wall clock is read inside the
-/// transaction, before the guard.
-fn write_in_own_txn(
-    engine: &Engine,
-    key: &Key,
-    token: Option<&LeaseToken>,
-    (proc, holder, epoch, seq): (u32, &str, u64, u64),
-    inside: impl Fn(),
-) -> crate::Result<()> {
-    let storage = |e| {
-        let context = crate::Context::new("write").key(key).holder(holder);
-        crate::sqlite::error::fail(context, e, engine.busy_timeout())
-    };
-    let mut conn = engine.connection()?;
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(storage)?;
-    let began = wall_ms();
-    if let Some(token) = token {
-        token.check_in(&tx)?;
-    }
-    inside();
-    std::thread::sleep(Duration::from_millis(1));
-    tx.execute(
-        INSERT_WRITE,
-        rusqlite::params![
-            i64::from(proc),
-            holder,
-            epoch,
-            seq,
-            key.namespace(),
-            key.name(),
-            began
-        ],
-    )
-    .map_err(storage)?;
-    tx.commit().map_err(storage)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +448,7 @@ mod tests {
         )
         .expect("a valid key");
         let config = WorkerConfig {
+            database: RunDatabase::Sqlite,
             dir: PathBuf::from("/tmp/with, commas/and \"quotes\"/ünï"),
             proc: 4_000_000_000,
             key,

@@ -12,13 +12,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+use super::WorkerConfig;
+use super::database::RunDatabase;
+use crate::testing::{CheckOptions, CheckReport, Rng, wall_ms};
+use crate::{Error, Key, MAX_DURATION};
 use chrono::TimeDelta;
 use nix::sys::signal::{Signal, kill};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-
-use super::{WorkerConfig, check, create_writes_table};
-use crate::testing::{CheckOptions, CheckReport, Rng, wall_ms};
-use crate::{Engine, Error, Key, MAX_DURATION};
 
 /// Faults injected by a [`Workload`]. Their timings are set on the
 /// [`WorkloadBuilder`].
@@ -119,6 +118,7 @@ pub fn workload_key() -> Key {
 /// as often as wanted, each time in a fresh directory.
 #[derive(Clone, Debug)]
 pub struct Workload {
+    database: RunDatabase,
     workers: u32,
     duration: Duration,
     lease: Duration,
@@ -208,6 +208,7 @@ pub struct Workload {
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until built"]
 pub struct WorkloadBuilder {
+    database: RunDatabase,
     workers: u32,
     duration: Duration,
     lease: Duration,
@@ -227,6 +228,7 @@ pub struct WorkloadBuilder {
 impl Default for WorkloadBuilder {
     fn default() -> WorkloadBuilder {
         WorkloadBuilder {
+            database: RunDatabase::Sqlite,
             workers: 3,
             duration: Duration::from_secs(10),
             lease: Duration::from_millis(250),
@@ -246,6 +248,13 @@ impl Default for WorkloadBuilder {
 }
 
 impl WorkloadBuilder {
+    /// The database the run uses: a SQLite file in the run's directory (the
+    /// default), or a PostgreSQL schema.
+    pub fn database(mut self, database: RunDatabase) -> WorkloadBuilder {
+        self.database = database;
+        self
+    }
+
     /// Worker processes running at any time (a killed one is replaced).
     pub fn workers(mut self, workers: u32) -> WorkloadBuilder {
         self.workers = workers;
@@ -397,6 +406,7 @@ impl WorkloadBuilder {
             }
         }
         Ok(Workload {
+            database: self.database,
             workers: self.workers,
             duration: self.duration,
             lease,
@@ -552,6 +562,17 @@ impl Workload {
         WorkloadBuilder::default()
     }
 
+    /// The database the run uses.
+    pub fn database(&self) -> &RunDatabase {
+        &self.database
+    }
+
+    /// The same workload on another database.
+    pub fn with_database(mut self, database: RunDatabase) -> Workload {
+        self.database = database;
+        self
+    }
+
     /// Worker processes at any time.
     pub fn workers(&self) -> u32 {
         self.workers
@@ -637,6 +658,7 @@ impl Workload {
             lease: self.lease,
             guard: self.guard,
             seed: self.seed,
+            database: self.database.clone(),
             pool_exhaustion: self
                 .nemeses
                 .contains(&Nemesis::PoolExhaustion)
@@ -686,31 +708,12 @@ impl Workload {
         worker_command: &dyn Fn() -> Command,
         on_strike: &mut dyn FnMut(&Strike),
     ) -> std::io::Result<RunReport> {
-        let db = dir.join("db.sqlite");
-        if db.exists() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists: a workload runs in a fresh directory",
-                    db.display()
-                ),
-            ));
-        }
-        {
-            let io = |e: crate::Error| std::io::Error::other(e.to_string());
-            let engine = Engine::builder(&db)
-                .event_retention(10_000_000)
-                .build()
-                .map_err(io)?;
-            create_writes_table(&*engine.connection().map_err(io)?)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-        }
+        self.database.prepare(dir)?;
         let mut rng = Rng::new(self.seed);
         let mut report = RunReport::default();
         let mut fleet = Fleet {
             workload: self,
             dir,
-            db: db.clone(),
             command: worker_command,
             began: Instant::now(),
             running: Vec::new(),
@@ -801,22 +804,20 @@ impl Workload {
                     strike
                 }
                 Nemesis::LockHolder => {
-                    let Ok(mut conn) = Connection::open(&db) else {
-                        continue;
-                    };
-                    let _ = conn.busy_timeout(self.lease);
-                    // Counted only when it got the lock.
-                    let Ok(tx) = conn.transaction_with_behavior(TransactionBehavior::Immediate)
-                    else {
-                        continue;
-                    };
-                    let taken = Instant::now();
                     let length = self.lock_hold.draw(&mut rng);
-                    let strike = fleet.strike(Fault::LockHeld { length }, None, None);
-                    on_strike(&strike);
-                    std::thread::sleep(length.saturating_sub(taken.elapsed()));
-                    let _ = tx.commit();
-                    strike
+                    let mut struck = None;
+                    // Counted only when it got the lock.
+                    let held =
+                        self.database
+                            .hold_lock(dir, &self.key, self.lease, length, &mut || {
+                                let strike = fleet.strike(Fault::LockHeld { length }, None, None);
+                                on_strike(&strike);
+                                struck = Some(strike);
+                            });
+                    match struck {
+                        Some(strike) if held => strike,
+                        _ => continue,
+                    }
                 }
                 Nemesis::PoolExhaustion => unreachable!("filtered out above"),
             };
@@ -848,8 +849,7 @@ impl Workload {
         report.workers.sort_by_key(|w| w.proc);
         let died = std::mem::take(&mut fleet.died);
         drop(fleet);
-        report.check = check(
-            &db,
+        report.check = self.database.check(
             dir,
             &self.key,
             CheckOptions {
@@ -899,7 +899,6 @@ impl Running {
 struct Fleet<'a> {
     workload: &'a Workload,
     dir: &'a Path,
-    db: PathBuf,
     command: &'a dyn Fn() -> Command,
     began: Instant,
     running: Vec<Running>,
@@ -982,18 +981,10 @@ impl Fleet<'_> {
 
     /// The index of the worker the lease row names as holder.
     fn leader(&self) -> Option<usize> {
-        let key = self.workload.key();
-        let conn = Connection::open(&self.db).ok()?;
-        let holder: String = conn
-            .query_row(
-                "SELECT holder FROM leasehold_leases WHERE namespace = ?1 AND name = ?2",
-                [key.namespace(), key.name()],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()
-            .ok()
-            .flatten()
-            .flatten()?;
+        let holder = self
+            .workload
+            .database
+            .holder(self.dir, self.workload.key())?;
         self.running
             .iter()
             .position(|w| format!("w{}", w.proc) == holder)
