@@ -924,11 +924,6 @@ fn a_watcher_reads_every_event_once_and_in_commit_order_while_engines_write() ->
 }
 
 #[test]
-#[ignore = "src/postgres/store.rs: events_after reads the history ORDER BY tx, id, where tx is \
-            the writing transaction's id (pg_current_xact_id(), assigned at its first write), \
-            which is not commit order: a caller's transaction that wrote before it claimed \
-            (in_txn) waits on the row lock of a release that got a later id, commits after it, \
-            and its `claimed h2 e2` is read before the `released h1 e1` it waited for"]
 fn a_claim_waiting_in_a_transaction_that_wrote_first_is_read_after_the_release_it_waited_for()
 -> TestResult {
     let Some(db) = fresh_database() else {
@@ -993,13 +988,6 @@ fn a_claim_waiting_in_a_transaction_that_wrote_first_is_read_after_the_release_i
 // ---------------------------------------------------------------------------
 
 #[test]
-#[ignore = "src/postgres/store.rs, src/postgres/api.rs: guards take FOR SHARE on the lease row, \
-            and new FOR SHARE lockers join the row's lock ahead of the renewal's queued UPDATE, \
-            so while guarded transactions overlap (8-16 sessions here) the renewal never gets the \
-            row: lock_timeout does not bound the wait (an UPDATE with lock_timeout = 3s waited \
-            59.6 s, until the lease lapsed), statement_timeout ends it as Busy after its budget \
-            (~400 ms for a 1 s lease), and the tracker steps down: the leader loses leadership \
-            under its own guarded writes"]
 fn a_leader_keeps_renewing_while_sixteen_sessions_write_under_its_guard() -> TestResult {
     const WRITERS: usize = 16;
     const WINDOW: Duration = Duration::from_millis(2500);
@@ -1147,10 +1135,6 @@ fn a_connection_string_that_does_not_parse_is_refused_without_showing_its_passwo
 }
 
 #[test]
-#[ignore = "src/postgres/mod.rs: redact() hides a password only as `user:password@` in a URL or as \
-            an unquoted `password=value` word; a URL's `?password=` query parameter, a quoted \
-            `password='a b'`, and `password = value` with spaces around `=` (all accepted by the \
-            parser) appear in the InvalidArgument error when the string fails to parse"]
 fn a_connection_string_that_does_not_parse_never_shows_its_password_in_any_accepted_form() {
     let mut shown_passwords = Vec::new();
     for url in [
@@ -1228,11 +1212,6 @@ fn an_unreachable_server_fails_to_open_quickly_without_showing_the_password() {
 }
 
 #[test]
-#[ignore = "src/postgres/mod.rs: PgBuilder::build connects with the `postgres` crate, whose \
-            connect_timeout bounds only the socket connect; a server that accepts the TCP \
-            connection but never answers the startup message (a stopped postmaster, a \
-            half-dead proxy) keeps build() waiting forever, and keepalives/tcp_user_timeout do \
-            not fire because the peer's kernel acknowledges everything"]
 fn a_server_that_accepts_but_never_answers_fails_to_open_within_the_connect_timeout() {
     // A listener that never accepts: the kernel completes the handshake and
     // buffers the startup message, and nothing ever answers.

@@ -40,10 +40,13 @@ CREATE TABLE leasehold_pins (
 );
 
 -- The history: one row per tenure transition or pin change. Ids come from a
--- sequence and do not follow commit order; `tx` (the writing transaction)
--- does, in the sense readers need: a reader takes the events of every
--- transaction below its snapshot's xmin, all of which have ended, and goes
--- on from that horizon.
+-- sequence and do not follow commit order; `tx` does, in the sense readers
+-- need. It is the writing transaction's id, or the key's previous event's
+-- if that is later (a transaction that took its id before it waited for the
+-- key's row). Either way it is at least the writer's own id, so a reader
+-- that takes the events below its snapshot's xmin (every transaction below
+-- it has ended) and goes on from there misses none, and a key's events come
+-- in the order their transactions committed.
 CREATE TABLE leasehold_events (
     id        bigserial PRIMARY KEY,
     tx        xid8   NOT NULL DEFAULT pg_current_xact_id(),
@@ -99,6 +102,22 @@ CREATE TRIGGER leasehold_leases_epoch_never_decreases
 BEFORE UPDATE OF epoch ON leasehold_leases
 FOR EACH ROW WHEN (NEW.epoch < OLD.epoch)
 EXECUTE FUNCTION leasehold_epoch_never_decreases();
+
+-- Fair turns at a key's row. A row share lock (a guard's FOR SHARE) is
+-- granted while an update of the row waits, so guards arriving one after
+-- another can keep a renewal, a revoke or a claim waiting for ever. Every
+-- operation therefore takes an advisory lock on the key first, exclusive
+-- before it locks the row FOR UPDATE, shared before a guard's FOR SHARE:
+-- the lock manager queues those in order, so a guard that comes after a
+-- waiting operation waits behind it. (A key's hash names the lock; two keys
+-- that share one only share their queue.)
+CREATE FUNCTION leasehold_turn(ns text, nm text) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+    SELECT true FROM (SELECT pg_advisory_xact_lock(hashtextextended(ns || '/' || nm, 1818782068))) AS queued
+$$;
+
+CREATE FUNCTION leasehold_shared_turn(ns text, nm text) RETURNS boolean LANGUAGE sql VOLATILE AS $$
+    SELECT true FROM (SELECT pg_advisory_xact_lock_shared(hashtextextended(ns || '/' || nm, 1818782068))) AS queued
+$$;
 
 -- The server's time in milliseconds since the Unix epoch, at the moment of
 -- the call (clock_timestamp(), not now(): now() is the transaction's start).

@@ -193,6 +193,7 @@ impl LeaseToken<Postgres> {
                        AND greatest(l.expiry_ms, l.pinned_until_ms)
                            > greatest(coalesce({now}::bigint, {s}.leasehold_now_us() / 1000), l.updated_ms)
                        AND (SELECT uuid::text FROM {s}.leasehold_instance) = {instance}::text
+                       AND {s}.leasehold_shared_turn({ns}::text, {name}::text)
                      FOR SHARE OF l)",
             s = db.quoted,
             ns = n(0),

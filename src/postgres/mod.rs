@@ -43,6 +43,7 @@
 
 pub(crate) mod api;
 pub(crate) mod error;
+mod pool;
 pub(crate) mod schema;
 pub(crate) mod store;
 #[cfg(feature = "testing")]
@@ -54,7 +55,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
 
 use crate::core::backend::{Backend, ChangeFeed, Changes, Nudge, sealed};
 use crate::core::clock::{Clock, LocalTime, SystemClock, to_ms};
@@ -64,6 +64,8 @@ use crate::core::store::Store;
 use crate::driver::{HandleError, LogErrors};
 use crate::engine::Engine;
 use crate::postgres::error::fail;
+use crate::postgres::pool::redact;
+pub use crate::postgres::pool::{PgConnectError, PgManager};
 use crate::postgres::schema::quote_ident;
 use crate::postgres::store::{PgStore, Sql};
 
@@ -83,13 +85,13 @@ pub type PgLeaseTracker = crate::engine::LeaseTracker<Postgres>;
 /// A pooled PostgreSQL connection of an engine; derefs to
 /// [`postgres::Client`]. A transaction left open rolls back when the client
 /// drops it (as `postgres::Transaction` does).
-pub type PgPooledClient = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type PgPooledClient = r2d2::PooledConnection<pool::PgManager>;
 
 pub use postgres as client;
 
 /// The PostgreSQL backend; see the [module docs](self).
 pub struct Postgres {
-    pub(crate) pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pub(crate) pool: r2d2::Pool<pool::PgManager>,
     /// For the listener and for cancelling.
     pub(crate) config: postgres::Config,
     pub(crate) schema: String,
@@ -369,7 +371,16 @@ impl PgBuilder {
             path: describe.clone().into(),
             source: crate::postgres::error::storage(e, budget),
         };
-        let mut first = config.connect(NoTls).map_err(open_err)?;
+        // The whole connect, startup exchange included, within the connect
+        // timeout plus the busy timeout.
+        let connect_limit = config.get_connect_timeout().copied().unwrap_or(budget) + budget;
+        let mut first = pool::connect(&config, connect_limit).map_err(|e| match e {
+            PgConnectError::Server(e) => open_err(e),
+            silent @ PgConnectError::Silent(waited) => Error::Open {
+                path: describe.clone().into(),
+                source: StorageError::new(StorageKind::Busy { waited }, silent),
+            },
+        })?;
         let server_time = ServerTime::default();
         let sent = std::time::Instant::now();
         let server_us: i64 = first
@@ -402,7 +413,7 @@ impl PgBuilder {
         let instance = schema::instance(&mut first, &self.schema, budget)?;
         drop(first);
         let idle = self.idle_in_transaction.as_millis();
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let manager = pool::PgManager::new(config.clone(), connect_limit);
         let pool = r2d2::Pool::builder()
             .max_size(self.pool_size)
             .min_idle(Some(0))
@@ -449,15 +460,14 @@ struct SessionSettings {
     idle_in_transaction_ms: u128,
 }
 
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for SessionSettings {
-    fn on_acquire(
-        &self,
-        client: &mut postgres::Client,
-    ) -> std::result::Result<(), postgres::Error> {
-        client.batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {}",
-            self.idle_in_transaction_ms
-        ))
+impl r2d2::CustomizeConnection<postgres::Client, PgConnectError> for SessionSettings {
+    fn on_acquire(&self, client: &mut postgres::Client) -> std::result::Result<(), PgConnectError> {
+        client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                self.idle_in_transaction_ms
+            ))
+            .map_err(PgConnectError::Server)
     }
 }
 
@@ -466,37 +476,6 @@ fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// A connection string without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => {
-            // key=value form: hide password=…
-            url.split_whitespace()
-                .map(|kv| {
-                    if kv.starts_with("password=") {
-                        "password=***".to_owned()
-                    } else {
-                        kv.to_owned()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    }
 }
 
 /// Where a configuration points: hosts, port and database, for messages.

@@ -109,7 +109,8 @@ impl Sql {
             format!(
                 "UPDATE {leases} SET expiry_ms = greatest(expiry_ms, $4), updated_ms = $3
                  WHERE namespace = $1 AND name = $2 AND holder = $5 AND epoch = $6{extra}
-                   AND updated_ms <= $3 AND (expiry_ms > $3 OR pinned_until_ms > $3)"
+                   AND updated_ms <= $3 AND (expiry_ms > $3 OR pinned_until_ms > $3)
+                   AND {s}.leasehold_turn($1, $2)"
             )
         };
         // The guard, judged at $4 (ms) or, when NULL, the server's time,
@@ -123,6 +124,7 @@ impl Sql {
                                   AND greatest(expiry_ms, pinned_until_ms)
                                       > greatest((SELECT us FROM t) / 1000, updated_ms)
                                   AND (SELECT uuid::text FROM {s}.leasehold_instance) = $5
+                                  AND {s}.leasehold_shared_turn($1, $2)
                                 FOR SHARE OF {leases_bare}),
                         (SELECT us FROM t)",
                 leases_bare = "leasehold_leases",
@@ -140,7 +142,8 @@ impl Sql {
             ),
             lock: format!(
                 "WITH l AS (SELECT namespace, {RECORD} FROM {leases}
-                            WHERE namespace = $1 AND name = $2 FOR UPDATE)
+                            WHERE namespace = $1 AND name = $2 AND {s}.leasehold_turn($1, $2)
+                            FOR UPDATE)
                  SELECT l.holder, l.epoch, l.started_ms, l.expiry_ms, l.pinned_until_ms, l.updated_ms, l.namespace IS NOT NULL,
                         {now_us}
                  FROM (SELECT 1) AS one LEFT JOIN l ON true"
@@ -182,9 +185,20 @@ impl Sql {
                  WHERE namespace = $1 ORDER BY name, entity"
             ),
             namespaces: format!("SELECT DISTINCT namespace FROM {leases} ORDER BY namespace"),
+            // Ordered by the writing transaction's id, or by the key's
+            // previous event's if that is later: a caller's transaction may
+            // have taken its id before it waited for the key's row, and its
+            // event must still follow the ones it waited for. (The key's
+            // latest event by id is its latest by commit: the row lock
+            // orders them.)
             record_event: format!(
-                "INSERT INTO {events} (at_ms, namespace, name, kind, holder, epoch, entity, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id"
+                "INSERT INTO {events} (tx, at_ms, namespace, name, kind, holder, epoch, entity, detail)
+                 VALUES (greatest(pg_current_xact_id(),
+                                  coalesce((SELECT p.tx FROM {events} p
+                                            WHERE p.namespace = $2 AND p.name = $3
+                                            ORDER BY p.id DESC LIMIT 1), '0'::xid8)),
+                         $1, $2, $3, $4, $5, $6, $7, $8)
+                 RETURNING id"
             ),
             trim: format!(
                 "WITH gone AS (DELETE FROM {events} WHERE id <= $1 RETURNING tx)

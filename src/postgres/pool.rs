@@ -1,0 +1,274 @@
+//! Connections: every connect bounded by a deadline of ours (the `postgres`
+//! crate's `connect_timeout` covers the socket's connect, not the startup
+//! exchange after it, which a server that accepts and never answers holds
+//! for ever), the pool's manager built on that, and connection strings with
+//! their passwords hidden for messages.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+
+/// Why the pool could not open a connection (the error of
+/// [`PgManager`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PgConnectError {
+    /// The server (or the way to it) refused.
+    Server(postgres::Error),
+    /// Nothing came back within the deadline (a server that accepted the
+    /// connection and never answered, or a network that swallows packets).
+    Silent(Duration),
+}
+
+impl fmt::Display for PgConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgConnectError::Server(e) => write!(f, "{e}"),
+            PgConnectError::Silent(after) => write!(
+                f,
+                "the server did not complete the connection within {after:?} (it accepted it \
+                 and stopped answering, or the network drops its packets)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PgConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PgConnectError::Server(e) => Some(e),
+            PgConnectError::Silent(_) => None,
+        }
+    }
+}
+
+/// Runs `connect` on a thread of its own and waits at most `limit`; a
+/// connect given up on goes on in that thread until the socket gives up
+/// (then its connection, if any, is dropped).
+pub(crate) fn within(
+    limit: Duration,
+    connect: impl FnOnce() -> Result<Client, postgres::Error> + Send + 'static,
+) -> Result<Client, PgConnectError> {
+    let (sent, answer) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("leasehold-pg-connect".into())
+        .spawn(move || {
+            let _ = sent.send(connect());
+        });
+    if spawned.is_err() {
+        return Err(PgConnectError::Silent(Duration::ZERO));
+    }
+    match answer.recv_timeout(limit) {
+        Ok(result) => result.map_err(PgConnectError::Server),
+        Err(_) => Err(PgConnectError::Silent(limit)),
+    }
+}
+
+/// `config`'s connect, bounded by `limit`.
+pub(crate) fn connect(
+    config: &postgres::Config,
+    limit: Duration,
+) -> Result<Client, PgConnectError> {
+    let config = config.clone();
+    within(limit, move || config.connect(NoTls))
+}
+
+/// The engine pool's connection manager: `r2d2_postgres`'s, with each
+/// connect (startup exchange included) bounded by the connect timeout plus
+/// the busy timeout, so that a server that accepts connections and never
+/// answers cannot hold a connect for ever.
+#[derive(Debug)]
+pub struct PgManager {
+    inner: Arc<PostgresConnectionManager<NoTls>>,
+    limit: Duration,
+}
+
+impl PgManager {
+    pub(crate) fn new(config: postgres::Config, limit: Duration) -> PgManager {
+        PgManager {
+            inner: Arc::new(PostgresConnectionManager::new(config, NoTls)),
+            limit,
+        }
+    }
+}
+
+impl r2d2::ManageConnection for PgManager {
+    type Connection = Client;
+    type Error = PgConnectError;
+
+    fn connect(&self) -> Result<Client, PgConnectError> {
+        let inner = Arc::clone(&self.inner);
+        within(self.limit, move || inner.connect())
+    }
+
+    fn is_valid(&self, client: &mut Client) -> Result<(), PgConnectError> {
+        self.inner.is_valid(client).map_err(PgConnectError::Server)
+    }
+
+    fn has_broken(&self, client: &mut Client) -> bool {
+        self.inner.has_broken(client)
+    }
+}
+
+/// A connection string without its password, for messages: a URL's
+/// `user:password@` and `password=` parameter, and a `key=value` string's
+/// `password` value (quoted or not, spaces around `=` or not).
+pub(crate) fn redact(url: &str) -> String {
+    if let Some(scheme) = url.find("://") {
+        return redact_url(url, scheme + 3);
+    }
+    redact_key_values(url).unwrap_or_else(|| {
+        if url.contains("password") {
+            "(a connection string holding a password, not shown)".to_owned()
+        } else {
+            url.to_owned()
+        }
+    })
+}
+
+fn redact_url(url: &str, after_scheme: usize) -> String {
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], Some(&url[q + 1..])),
+        None => (url, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    // The authority ends at the first '/' after the scheme; its userinfo
+    // at the last '@' in it.
+    let rest = &head[after_scheme..];
+    let authority_end = rest.find('/').map_or(rest.len(), |i| i);
+    let authority = &rest[..authority_end];
+    out.push_str(&head[..after_scheme]);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    out.push_str(&rest[authority_end..]);
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// libpq's `key = value` form, the password's value replaced; `None` if
+/// it does not scan.
+fn redact_key_values(text: &str) -> Option<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        // Whitespace between pairs.
+        if chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // The key.
+        let start = i;
+        while i < chars.len() && !chars[i].is_whitespace() && chars[i] != '=' {
+            i += 1;
+        }
+        let key: String = chars[start..i].iter().collect();
+        out.push_str(&key);
+        while i < chars.len() && chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+        }
+        if chars.get(i) != Some(&'=') {
+            return None;
+        }
+        out.push('=');
+        i += 1;
+        while i < chars.len() && chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+        }
+        // The value: quoted (with backslash escapes) or up to whitespace.
+        let value_start = i;
+        if chars.get(i) == Some(&'\'') {
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return None,
+                    Some('\\') => i += 2,
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                if chars[i] == '\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+        }
+        let i_end = i.min(chars.len());
+        if key == "password" {
+            out.push_str("***");
+        } else {
+            out.extend(&chars[value_start..i_end]);
+        }
+        i = i_end;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden_in_every_form_the_parser_accepts() {
+        for (given, shown) in [
+            (
+                "postgres://u:secret@h:5432/db?sslmode=disable",
+                "postgres://u:***@h:5432/db?sslmode=disable",
+            ),
+            (
+                "postgresql://u@h/db?password=secret&application_name=x",
+                "postgresql://u@h/db?password=***&application_name=x",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+            (
+                "host=h user=u password=secret port=1",
+                "host=h user=u password=*** port=1",
+            ),
+            (
+                "host=h password='my secret' port=1",
+                "host=h password=*** port=1",
+            ),
+            ("host=h password = secret", "host=h password = ***"),
+            ("password='it\\'s secret' host=h", "password=*** host=h"),
+            (
+                "host=h password='unterminated secret",
+                "(a connection string holding a password, not shown)",
+            ),
+        ] {
+            assert_eq!(redact(given), shown, "{given}");
+        }
+    }
+}
