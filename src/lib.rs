@@ -1,4 +1,5 @@
-//! Leadership leases stored in SQLite, whose tokens gate writes inside your
+//! Leadership leases stored in your application's own database — SQLite on
+//! one host, PostgreSQL across many — whose tokens gate writes inside your
 //! own transaction: a write commits only while its writer still leads.
 //!
 //! ```
@@ -68,6 +69,11 @@
 //!   guards in your `rusqlite` transaction ([`LeaseToken::check_in`]), as
 //!   SQL ([`Guard`]) or in a [`Txn`], and operations in your transaction
 //!   ([`Engine::in_txn`]).
+//! - `postgres` (feature `postgres`, on with the default `cli`) — a schema
+//!   of a PostgreSQL database, for services on several hosts: time from the
+//!   server, the lease row locked `FOR UPDATE` by each operation and `FOR
+//!   SHARE` by each guard, hand-over pushed with `LISTEN`/`NOTIFY` (see the
+//!   module's docs for isolation levels, timeouts, poolers and replicas).
 //! - [`memory`] — the whole contract in one process, for unit tests.
 //! - [`engine`] — the generic types, for code written over any backend.
 //! - [`leadership`] — Juju's leadership traits on top.
@@ -81,7 +87,9 @@
 //!   released or revoked; a token from a claim commits only inside that exact
 //!   tenure. This holds whatever the clocks do and however long a process
 //!   pauses, because the guard is evaluated inside the same SQLite write
-//!   transaction as the write, and SQLite commits one writer at a time.
+//!   transaction as the write, and SQLite commits one writer at a time. (On
+//!   PostgreSQL the guard's `FOR SHARE` on the lease row, held to commit,
+//!   keeps every tenure change waiting instead.)
 //! - **Liveness depends on time.** When a lapsed lease may be taken over is
 //!   decided by the engine's clock ([`Clock`]). Within an engine, time never
 //!   runs backwards: each engine keeps a high-water mark of the instants it

@@ -26,7 +26,13 @@ pub struct PgOptions {
     pub settings: Vec<(String, String)>,
 }
 
-/// A PostgreSQL server of a test's own; see the [module docs](self).
+/// A throwaway PostgreSQL server for tests (features `testing` and
+/// `postgres`): started from the machine's server binaries in a temporary
+/// directory (as the `postgres` user when run as root: `initdb` refuses
+/// root), reachable on a Unix socket (and on loopback TCP if asked), and
+/// stopped — its directory removed — when it is dropped, or when the
+/// process that started it ends, however it ends (a reaper process holds
+/// a pipe from it).
 #[derive(Debug)]
 pub struct PgServer {
     dir: Option<PathBuf>,

@@ -111,7 +111,8 @@ pub fn workload_key() -> Key {
 
 /// A multi-process workload on one file: workers claim one lease, renew,
 /// release now and then, and write rows only through guarded transactions,
-/// recording everything; nemeses strike meanwhile; [`check`] judges.
+/// recording everything; nemeses strike meanwhile; the history checker
+/// ([`check_recorded`](super::check_recorded)) judges.
 ///
 /// Built with [`Workload::builder`] (see [`WorkloadBuilder`] for the
 /// settings, their defaults and an example), then [`run`](Workload::run)
@@ -648,7 +649,7 @@ impl Workload {
     /// in `dir`, for a test that starts (and kills) workers itself: put it
     /// in the worker's environment with [`WorkerConfig::set_env`]. The
     /// directory must hold a database with the writes table
-    /// ([`create_writes_table`]). Unlike `run`'s workers, such a worker
+    /// ([`create_writes_table`](super::create_writes_table)). Unlike `run`'s workers, such a worker
     /// does not watch its standard input: it runs until killed.
     pub fn worker_config(&self, dir: &Path, proc: u32) -> WorkerConfig {
         WorkerConfig {
