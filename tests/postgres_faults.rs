@@ -128,3 +128,99 @@ fn after_an_immediate_restart_the_engine_and_its_trackers_carry_on() {
     );
     assert!(tracker.epoch().expect("leading") >= epoch);
 }
+
+/// Ends every session of the server named `application` (as an operator's
+/// `pg_terminate_backend` would); how many it ended.
+fn terminate(url: &str, application: &str) -> i64 {
+    use leasehold::postgres::client::{Client, NoTls};
+    let mut admin = Client::connect(url, NoTls).expect("admin connection");
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1",
+            &[&application],
+        )
+        .expect("terminate")
+        .get(0)
+}
+
+#[test]
+fn a_waiter_wakes_after_its_engines_listener_was_cut_off_and_reconnected() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.create_database().expect("database");
+    let waiting = PgEngine::connect(db.url()).expect("connect");
+    let other = PgEngine::connect(db.url()).expect("connect");
+    let key = Key::new("faults", "listener").unwrap();
+    other
+        .claim(&key, "holder", Duration::from_secs(600))
+        .expect("claim");
+    // The waiter's engine listens once something waits: start waiting.
+    let (woke_tx, woke) = std::sync::mpsc::channel();
+    let waiter = {
+        let (waiting, key) = (waiting.clone(), key.clone());
+        std::thread::spawn(move || {
+            let result = waiting.block_until_released_timeout(&key, Duration::from_secs(60));
+            let _ = woke_tx.send(result.is_ok());
+        })
+    };
+    // Cut the listening sessions off (both engines'), until one was found.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while terminate(db.url(), "leasehold-listen") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listener to cut off"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The release is announced while, or after, the listener reconnects:
+    // the waiter must hear of it either way (a reconnect counts everything
+    // as changed).
+    other.release(&key, "holder").expect("release");
+    assert_eq!(
+        woke.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "the waiter did not wake after the release"
+    );
+    waiter.join().expect("waiter");
+}
+
+#[test]
+fn without_listen_a_successor_takes_over_by_polling() {
+    let Some(server) = PgServer::shared() else {
+        return;
+    };
+    let db = server.create_database().expect("database");
+    // As behind a pooler in transaction mode: no notices at all.
+    let follower = PgEngine::builder(db.url())
+        .listen(false)
+        .watch_interval(Duration::from_millis(50))
+        .build()
+        .expect("connect");
+    let leader = PgEngine::builder(db.url())
+        .listen(false)
+        .build()
+        .expect("connect");
+    let key = Key::new("faults", "polling").unwrap();
+    leader
+        .claim(&key, "first", Duration::from_secs(600))
+        .expect("claim");
+    let tracker = follower
+        .tracker(&key, "second")
+        .guarantee(Duration::from_secs(30))
+        .build()
+        .expect("tracker");
+    assert_eq!(
+        tracker.wait_minion().wait_timeout(Duration::from_secs(10)),
+        Some(true)
+    );
+    let leads = tracker.wait_leader();
+    leader.release(&key, "first").expect("release");
+    assert_eq!(
+        leads.wait_timeout(Duration::from_secs(10)),
+        Some(true),
+        "the follower never saw the release: {:?}",
+        tracker.last_error()
+    );
+}

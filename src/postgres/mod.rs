@@ -54,8 +54,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use postgres::NoTls;
-
 use crate::core::backend::{Backend, ChangeFeed, Changes, Nudge, sealed};
 use crate::core::clock::{Clock, LocalTime, SystemClock, to_ms};
 use crate::core::error::{Context, Error, Result, StorageError, StorageKind};
@@ -72,6 +70,13 @@ use crate::postgres::store::{PgStore, Sql};
 pub use crate::postgres::api::{PgGuard, PgInTxn, PgOp, PgTxn};
 
 pub use crate::postgres::schema::{PG_SCHEMA_VERSION, PgMigration, pg_migrations};
+
+/// `url`, a connection string in any form [`Engine::<Postgres>::builder`]
+/// takes, with its password hidden: for messages and logs (the command
+/// line prints connection strings only through it).
+pub fn redacted(url: &str) -> String {
+    redact(url)
+}
 
 /// The lease engine on PostgreSQL.
 pub type PgEngine = Engine<Postgres>;
@@ -748,13 +753,23 @@ impl Backend for Postgres {
 fn listen(config: &postgres::Config, channel: &str, heard: &Mutex<Heard>, nudge: &Weak<dyn Nudge>) {
     let probe = format!("leasehold-probe-{}", std::process::id());
     let mut backoff = Duration::from_millis(10);
+    // Named, so that an operator sees which session is whose.
+    let mut config = config.clone();
+    config.application_name("leasehold-listen");
+    let limit = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10))
+        * 2;
     loop {
         if nudge.strong_count() == 0 {
             return;
         }
-        let connected = config.connect(NoTls).and_then(|mut client| {
-            client.batch_execute(&format!("LISTEN {}", quote_ident(channel)))?;
-            client.execute("SELECT pg_notify($1, $2)", &[&channel, &probe])?;
+        let connected = pool::connect(&config, limit).and_then(|mut client| {
+            client
+                .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+                .and_then(|()| client.execute("SELECT pg_notify($1, $2)", &[&channel, &probe]))
+                .map_err(PgConnectError::Server)?;
             Ok(client)
         });
         let mut client = match connected {
