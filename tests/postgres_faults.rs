@@ -224,3 +224,307 @@ fn without_listen_a_successor_takes_over_by_polling() {
         tracker.last_error()
     );
 }
+
+// The history checker under the faults only a network and a server have.
+// Workers are this test binary run again (into the `worker` test below),
+// each behind a proxy of its own to a durable server on loopback TCP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use leasehold::testing::{self, Entry, Fault, Nemesis, RunDatabase, RunReport, Span, Workload};
+
+/// The entry point of the workers (a no-op in the test process itself).
+#[test]
+fn worker() {
+    testing::serve_worker();
+}
+
+fn worker_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("exe"));
+    cmd.args(["worker", "--exact", "--nocapture", "--test-threads=1"]);
+    cmd
+}
+
+/// One durable server on loopback TCP for the network runs of this
+/// process; `None` without binaries.
+fn tcp_server() -> Option<Arc<Mutex<PgServer>>> {
+    static SERVER: OnceLock<Option<Arc<Mutex<PgServer>>>> = OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            let server = match PgServer::start(PgOptions {
+                durable: true,
+                tcp: true,
+                ..PgOptions::default()
+            }) {
+                Ok(server) => server,
+                Err(e) => {
+                    assert!(
+                        std::env::var_os("LEASEHOLD_REQUIRE_PG").is_none(),
+                        "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
+                    );
+                    eprintln!("*** PostgreSQL fault tests SKIPPED: {e} ***");
+                    return None;
+                }
+            };
+            Some(Arc::new(Mutex::new(server)))
+        })
+        .clone()
+}
+
+const LEASE: Duration = Duration::from_millis(250);
+
+/// A run of `nemesis` on a fresh database of `server`, its checker's
+/// verdict asserted; the report, the run's directory and its connection
+/// string.
+fn run_with(
+    server: &Arc<Mutex<PgServer>>,
+    nemesis: Nemesis,
+    shape: impl FnOnce(testing::WorkloadBuilder) -> testing::WorkloadBuilder,
+) -> (RunReport, tempfile::TempDir, testing::PgDatabase) {
+    let (db, addr) = {
+        let server = server.lock().expect("server");
+        (
+            server.create_database().expect("database"),
+            server.tcp_addr().expect("TCP"),
+        )
+    };
+    let workload = shape(
+        Workload::builder()
+            .database(RunDatabase::Postgres {
+                url: db.url().to_owned(),
+                schema: "lh".to_owned(),
+            })
+            .network(addr)
+            .workers(3)
+            .lease(LEASE)
+            .duration(Duration::from_secs(5))
+            .nemeses([nemesis])
+            .seed(0x1ea5e),
+    )
+    .build()
+    .expect("workload");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = workload
+        .run(dir.path(), &worker_command)
+        .expect("the workload ran");
+    let c = &report.check;
+    assert!(
+        c.passed(),
+        "violations under {nemesis:?} (history in {}): {:#?}",
+        dir.path().display(),
+        c.violations
+    );
+    assert!(c.acknowledged_writes > 0, "writes happened: {c:?}");
+    assert!(
+        report
+            .faults
+            .get(&format!("{nemesis:?}"))
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{nemesis:?} struck: {:?}",
+        report.faults
+    );
+    (report, dir, db)
+}
+
+/// Each key's tenures as (epoch, holder, server time of the claim), in
+/// commit order.
+fn claims(db: &testing::PgDatabase) -> Vec<(i64, String, i64)> {
+    use leasehold::postgres::client::{Client, NoTls};
+    let mut client = Client::connect(db.url(), NoTls).expect("connect");
+    client
+        .query(
+            "SELECT epoch, holder, at_ms FROM lh.leasehold_events WHERE kind = 'claimed'
+             ORDER BY tx, id",
+            &[],
+        )
+        .expect("events")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Writes of process `proc` invoked at most a second before wall time
+/// `after_ms` (the write a cut caught) or later, that failed.
+fn failed_writes_after(dir: &tempfile::TempDir, proc: u32, after_ms: i64) -> usize {
+    let entries = testing::read_histories(dir.path()).expect("histories");
+    let mut invoked: HashMap<u64, (String, i64)> = HashMap::new();
+    let mut failed = 0;
+    for e in &entries {
+        match e {
+            Entry::Invoke {
+                proc: p,
+                n,
+                op,
+                wall_ms,
+                ..
+            } if *p == proc => {
+                invoked.insert(*n, (op.clone(), *wall_ms));
+            }
+            Entry::Fail { proc: p, n, .. }
+                if *p == proc
+                    && invoked
+                        .get(n)
+                        .is_some_and(|(op, at)| op == "write" && *at >= after_ms - 1000) =>
+            {
+                failed += 1;
+            }
+            _ => {}
+        }
+    }
+    failed
+}
+
+#[test]
+fn a_cut_leaders_successor_takes_over_in_time_and_the_healed_leaders_write_is_refused() {
+    let Some(server) = tcp_server() else {
+        return;
+    };
+    // Cuts of four leases: the leader must be replaced while cut off. A
+    // worker's idle-in-transaction timeout is one lease (two of its busy
+    // timeouts): a leader cut inside its guarded transaction holds the row
+    // that long after its lease.
+    let cut = LEASE * 4;
+    let (report, dir, db) = run_with(&server, Nemesis::NetCut, |w| {
+        w.net_cut(Span::exactly(cut))
+            .interval(Span::between(LEASE * 2, LEASE * 4))
+    });
+    let claims = claims(&db);
+    let mut in_txn = 0;
+    for strike in &report.strikes {
+        let Fault::NetCut { in_txn: inside, .. } = strike.fault else {
+            continue;
+        };
+        in_txn += usize::from(inside);
+        let target = strike.target.as_ref().expect("a target");
+        // The next tenure after the cut began within the lease plus the
+        // session timeout (and scheduling slack on a loaded machine).
+        let next = claims
+            .iter()
+            .find(|(_, holder, at)| *at >= strike.wall_ms && *holder != target.holder);
+        let Some((_, _, at)) = next else {
+            panic!(
+                "no successor after the cut at {} ms: {claims:?}",
+                strike.wall_ms
+            );
+        };
+        let limit = (LEASE * 2 + Duration::from_millis(750)).as_millis() as i64;
+        assert!(
+            at - strike.wall_ms <= limit,
+            "the successor took over {} ms after the cut (limit {limit} ms)",
+            at - strike.wall_ms
+        );
+        // The cut leader's next write, after the heal, was refused (or
+        // failed with its session): nothing of it committed, as the
+        // checker confirmed.
+        assert!(
+            failed_writes_after(&dir, target.proc, strike.wall_ms) > 0,
+            "the cut leader {} never had a write refused after the cut",
+            target.holder
+        );
+    }
+    assert!(in_txn > 0, "some cuts landed inside a guarded transaction");
+}
+
+#[test]
+fn resets_of_the_leaders_connections() {
+    let Some(server) = tcp_server() else {
+        return;
+    };
+    run_with(&server, Nemesis::NetReset, |w| w);
+}
+
+#[test]
+fn a_delay_longer_than_the_lease_on_the_leaders_link() {
+    let Some(server) = tcp_server() else {
+        return;
+    };
+    run_with(&server, Nemesis::NetDelay, |w| {
+        w.net_delay(LEASE + LEASE / 2)
+            .net_cut(Span::exactly(LEASE * 3))
+    });
+}
+
+#[test]
+fn the_leaders_sessions_terminated_by_the_server() {
+    let Some(server) = tcp_server() else {
+        return;
+    };
+    let (report, ..) = run_with(&server, Nemesis::Terminate, |w| w);
+    assert!(
+        report
+            .strikes
+            .iter()
+            .any(|s| matches!(s.fault, Fault::Terminate { sessions } if sessions > 0)),
+        "some terminations ended sessions: {:?}",
+        report.strikes
+    );
+}
+
+#[test]
+fn immediate_server_restarts_mid_workload_lose_no_acknowledged_write() {
+    // A server of its own: the restarts would disturb the other runs.
+    let Some(server) = own_server_tcp() else {
+        return;
+    };
+    let server = Arc::new(Mutex::new(server));
+    run_with(&server, Nemesis::ServerRestart, |w| {
+        w.server(Arc::clone(&server))
+            .interval(Span::between(LEASE * 2, LEASE * 4))
+    });
+}
+
+#[test]
+fn the_checker_catches_unguarded_writes_on_postgresql() {
+    let Some(server) = tcp_server() else {
+        return;
+    };
+    let (db, addr) = {
+        let server = server.lock().expect("server");
+        (
+            server.create_database().expect("database"),
+            server.tcp_addr().expect("TCP"),
+        )
+    };
+    let workload = Workload::builder()
+        .database(RunDatabase::Postgres {
+            url: db.url().to_owned(),
+            schema: "lh".to_owned(),
+        })
+        .network(addr)
+        .workers(3)
+        .lease(LEASE)
+        .duration(Duration::from_secs(4))
+        .guard(false)
+        .nemeses([Nemesis::NetCut])
+        .net_cut(Span::exactly(LEASE * 4))
+        .build()
+        .expect("workload");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = workload.run(dir.path(), &worker_command).expect("ran");
+    assert!(
+        !report.check.passed(),
+        "unguarded writes by cut-off leaders went unnoticed: {:?}",
+        report.check
+    );
+}
+
+fn own_server_tcp() -> Option<PgServer> {
+    match PgServer::start(PgOptions {
+        durable: true,
+        tcp: true,
+        ..PgOptions::default()
+    }) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            assert!(
+                std::env::var_os("LEASEHOLD_REQUIRE_PG").is_none(),
+                "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
+            );
+            eprintln!("*** PostgreSQL fault tests SKIPPED: {e} ***");
+            None
+        }
+    }
+}

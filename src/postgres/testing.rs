@@ -199,6 +199,72 @@ pub(crate) fn prepare(url: &str, schema: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A worker's connection string: `url`'s user, password and database, the
+/// session named `application`, through `via` (a proxy) if given, else to
+/// `url`'s hosts.
+pub(crate) fn worker_url(
+    url: &str,
+    via: Option<std::net::SocketAddr>,
+    application: &str,
+) -> String {
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return url.to_owned();
+    };
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    match via {
+        Some(addr) => {
+            parts.push(format!("host={}", addr.ip()));
+            parts.push(format!("port={}", addr.port()));
+        }
+        None => {
+            let hosts: Vec<String> = config
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(name) => name.clone(),
+                    postgres::config::Host::Unix(path) => path.display().to_string(),
+                })
+                .collect();
+            if !hosts.is_empty() {
+                parts.push(format!("host={}", quote(&hosts.join(","))));
+            }
+            let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+            if !ports.is_empty() {
+                parts.push(format!("port={}", ports.join(",")));
+            }
+        }
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!(
+            "password={}",
+            quote(&String::from_utf8_lossy(password))
+        ));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={}", quote(db)));
+    }
+    parts.push(format!("application_name={}", quote(application)));
+    parts.join(" ")
+}
+
+/// Ends every session named `application`; how many.
+pub(crate) fn terminate(url: &str, application: &str) -> u32 {
+    let Ok(mut client) = Client::connect(url, NoTls) else {
+        return 0;
+    };
+    client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1",
+            &[&application],
+        )
+        .map_or(0, |r| u32::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+}
+
 /// The holder the lease row of `key` names.
 pub(crate) fn holder(url: &str, schema: &str, key: &Key) -> Option<String> {
     let mut client = Client::connect(url, NoTls).ok()?;

@@ -40,6 +40,41 @@ impl RunDatabase {
         }
     }
 
+    /// The database as worker `application` (its holder's name) connects
+    /// to it: named in the server's sessions, and through `via` (a proxy's
+    /// address) if given.
+    pub(crate) fn for_worker(
+        &self,
+        application: &str,
+        via: Option<std::net::SocketAddr>,
+    ) -> RunDatabase {
+        match self {
+            RunDatabase::Sqlite => {
+                let _ = (application, via);
+                RunDatabase::Sqlite
+            }
+            #[cfg(feature = "postgres")]
+            RunDatabase::Postgres { url, schema } => RunDatabase::Postgres {
+                url: crate::postgres::testing::worker_url(url, via, application),
+                schema: schema.clone(),
+            },
+        }
+    }
+
+    /// Ends the server sessions of worker `application`; how many.
+    pub(crate) fn terminate(&self, application: &str) -> u32 {
+        match self {
+            RunDatabase::Sqlite => {
+                let _ = application;
+                0
+            }
+            #[cfg(feature = "postgres")]
+            RunDatabase::Postgres { url, .. } => {
+                crate::postgres::testing::terminate(url, application)
+            }
+        }
+    }
+
     /// The holder the lease row of `key` names, if any.
     pub(crate) fn holder(&self, dir: &Path, key: &Key) -> Option<String> {
         match self {
@@ -64,7 +99,10 @@ impl RunDatabase {
         held: &mut dyn FnMut(),
     ) -> bool {
         match self {
-            RunDatabase::Sqlite => crate::sqlite::testing::hold_lock(dir, wait, length, held),
+            RunDatabase::Sqlite => {
+                let _ = key;
+                crate::sqlite::testing::hold_lock(dir, wait, length, held)
+            }
             #[cfg(feature = "postgres")]
             RunDatabase::Postgres { url, schema } => {
                 crate::postgres::testing::hold_lock(url, schema, key, wait, length, held)

@@ -42,6 +42,25 @@ pub enum Nemesis {
     /// every [`WorkloadBuilder::pool_interval`] for
     /// [`WorkloadBuilder::pool_hold`].
     PoolExhaustion,
+    /// Cut the leader's network link (its [`Proxy`](super::Proxy)) for
+    /// [`WorkloadBuilder::net_cut`], half the time while it is inside a
+    /// guarded write transaction, then heal it. Needs
+    /// [`WorkloadBuilder::network`].
+    NetCut,
+    /// Close every connection of the leader's link at once. Needs
+    /// [`WorkloadBuilder::network`].
+    NetReset,
+    /// Delay the leader's traffic by [`WorkloadBuilder::net_delay`] (by
+    /// default longer than the lease) for [`WorkloadBuilder::net_cut`],
+    /// then heal. Needs [`WorkloadBuilder::network`].
+    NetDelay,
+    /// End the leader's server sessions (`pg_terminate_backend`):
+    /// PostgreSQL runs only.
+    Terminate,
+    /// Stop the server at once (`pg_ctl -m immediate`), keep it down for
+    /// [`WorkloadBuilder::server_down`], start it again. Needs
+    /// [`WorkloadBuilder::server`].
+    ServerRestart,
 }
 
 /// A length of time drawn afresh each time it is used: from `min` up to,
@@ -120,6 +139,12 @@ pub fn workload_key() -> Key {
 #[derive(Clone, Debug)]
 pub struct Workload {
     database: RunDatabase,
+    network: Option<std::net::SocketAddr>,
+    #[cfg(feature = "postgres")]
+    server: Option<ServerHandle>,
+    net_cut: Span,
+    net_delay: Duration,
+    server_down: Span,
     workers: u32,
     duration: Duration,
     lease: Duration,
@@ -210,6 +235,12 @@ pub struct Workload {
 #[must_use = "a builder does nothing until built"]
 pub struct WorkloadBuilder {
     database: RunDatabase,
+    network: Option<std::net::SocketAddr>,
+    #[cfg(feature = "postgres")]
+    server: Option<ServerHandle>,
+    net_cut: Option<Span>,
+    net_delay: Option<Duration>,
+    server_down: Option<Span>,
     workers: u32,
     duration: Duration,
     lease: Duration,
@@ -230,6 +261,12 @@ impl Default for WorkloadBuilder {
     fn default() -> WorkloadBuilder {
         WorkloadBuilder {
             database: RunDatabase::Sqlite,
+            network: None,
+            #[cfg(feature = "postgres")]
+            server: None,
+            net_cut: None,
+            net_delay: None,
+            server_down: None,
             workers: 3,
             duration: Duration::from_secs(10),
             lease: Duration::from_millis(250),
@@ -253,6 +290,48 @@ impl WorkloadBuilder {
     /// default), or a PostgreSQL schema.
     pub fn database(mut self, database: RunDatabase) -> WorkloadBuilder {
         self.database = database;
+        self
+    }
+
+    /// Puts each worker behind a [`Proxy`](super::Proxy) of its own to
+    /// `server`, the database server's loopback TCP address, so that the
+    /// network nemeses can cut, reset or delay one worker's link
+    /// (PostgreSQL runs only; the run's connection string still serves the
+    /// orchestrator).
+    pub fn network(mut self, server: std::net::SocketAddr) -> WorkloadBuilder {
+        self.network = Some(server);
+        self
+    }
+
+    /// The server [`Nemesis::ServerRestart`] stops and starts (durable:
+    /// `PgOptions::durable`, or acknowledged writes may vanish).
+    #[cfg(feature = "postgres")]
+    pub fn server(
+        mut self,
+        server: std::sync::Arc<std::sync::Mutex<super::PgServer>>,
+    ) -> WorkloadBuilder {
+        self.server = Some(ServerHandle(server));
+        self
+    }
+
+    /// How long [`Nemesis::NetCut`] keeps a link cut, and
+    /// [`Nemesis::NetDelay`] delays it. Default: one to three leases.
+    pub fn net_cut(mut self, length: Span) -> WorkloadBuilder {
+        self.net_cut = Some(length);
+        self
+    }
+
+    /// The delay [`Nemesis::NetDelay`] adds to each chunk. Default: one and
+    /// a half leases.
+    pub fn net_delay(mut self, delay: Duration) -> WorkloadBuilder {
+        self.net_delay = Some(delay);
+        self
+    }
+
+    /// How long [`Nemesis::ServerRestart`] keeps the server down. Default:
+    /// half a lease to one lease.
+    pub fn server_down(mut self, down: Span) -> WorkloadBuilder {
+        self.server_down = Some(down);
         self
     }
 
@@ -381,6 +460,41 @@ impl WorkloadBuilder {
             .lock_hold
             .unwrap_or(Span::between(lease / 2, lease / 2 + lease));
         let clock_step = self.clock_step.unwrap_or(lease * 2);
+        let net_cut = self.net_cut.unwrap_or(Span::between(lease, lease * 3));
+        let net_delay = self.net_delay.unwrap_or(lease + lease / 2);
+        let server_down = self.server_down.unwrap_or(Span::between(lease / 2, lease));
+        let postgres = !matches!(self.database, RunDatabase::Sqlite);
+        for nemesis in &self.nemeses {
+            let missing = match nemesis {
+                Nemesis::NetCut | Nemesis::NetReset | Nemesis::NetDelay
+                    if self.network.is_none() =>
+                {
+                    Some("a network (WorkloadBuilder::network)")
+                }
+                Nemesis::Terminate if !postgres => Some("a PostgreSQL database"),
+                #[cfg(feature = "postgres")]
+                Nemesis::ServerRestart if self.server.is_none() => {
+                    Some("a server (WorkloadBuilder::server)")
+                }
+                #[cfg(not(feature = "postgres"))]
+                Nemesis::ServerRestart => Some("a server (feature postgres)"),
+                _ => None,
+            };
+            if let Some(missing) = missing {
+                return Err(Error::invalid(
+                    "nemesis",
+                    &format!("{nemesis:?}"),
+                    format!("needs {missing}"),
+                ));
+            }
+        }
+        if self.network.is_some() && !postgres {
+            return Err(Error::invalid(
+                "network",
+                "sqlite",
+                "a network sits between workers and a server: PostgreSQL runs only",
+            ));
+        }
         if clock_step > MAX_DURATION {
             return Err(Error::invalid(
                 "clock step",
@@ -397,6 +511,8 @@ impl WorkloadBuilder {
             ("lock hold", lock_hold),
             ("pool interval", self.pool_interval),
             ("pool hold", self.pool_hold),
+            ("net cut", net_cut),
+            ("server down", server_down),
         ] {
             if span.min > span.max {
                 return Err(Error::invalid(
@@ -408,6 +524,12 @@ impl WorkloadBuilder {
         }
         Ok(Workload {
             database: self.database,
+            network: self.network,
+            #[cfg(feature = "postgres")]
+            server: self.server,
+            net_cut,
+            net_delay,
+            server_down,
             workers: self.workers,
             duration: self.duration,
             lease,
@@ -423,6 +545,18 @@ impl WorkloadBuilder {
             pool_interval: self.pool_interval,
             pool_hold: self.pool_hold,
         })
+    }
+}
+
+/// The server of a run, shared with the caller (for Debug and Clone).
+#[cfg(feature = "postgres")]
+#[derive(Clone)]
+struct ServerHandle(std::sync::Arc<std::sync::Mutex<super::PgServer>>);
+
+#[cfg(feature = "postgres")]
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgServer")
     }
 }
 
@@ -509,6 +643,11 @@ impl Strike {
             Fault::Pause { .. } => Nemesis::Pause,
             Fault::ClockStep { .. } => Nemesis::ClockStep,
             Fault::LockHeld { .. } => Nemesis::LockHolder,
+            Fault::NetCut { .. } => Nemesis::NetCut,
+            Fault::NetReset => Nemesis::NetReset,
+            Fault::NetDelay { .. } => Nemesis::NetDelay,
+            Fault::Terminate { .. } => Nemesis::Terminate,
+            Fault::ServerRestart { .. } => Nemesis::ServerRestart,
         }
     }
 }
@@ -539,6 +678,34 @@ pub enum Fault {
         /// How long it was to be held (or until the observer returned, if
         /// later).
         length: Duration,
+    },
+    /// The worker's link was cut, then healed after `length` (or after the
+    /// observer returned, if later).
+    NetCut {
+        /// How long it was to stay cut.
+        length: Duration,
+        /// Whether the worker had just said it was inside a write
+        /// transaction whose guard passed.
+        in_txn: bool,
+    },
+    /// The worker's connections were closed.
+    NetReset,
+    /// The worker's traffic was delayed by `delay` for `length`.
+    NetDelay {
+        /// Each chunk's delay.
+        delay: Duration,
+        /// How long the delay lasted.
+        length: Duration,
+    },
+    /// The worker's server sessions were ended.
+    Terminate {
+        /// How many.
+        sessions: u32,
+    },
+    /// The server was stopped at once and started again.
+    ServerRestart {
+        /// How long it was to stay down.
+        down: Duration,
     },
 }
 
@@ -659,7 +826,7 @@ impl Workload {
             lease: self.lease,
             guard: self.guard,
             seed: self.seed,
-            database: self.database.clone(),
+            database: self.database.for_worker(&format!("w{proc}"), None),
             pool_exhaustion: self
                 .nemeses
                 .contains(&Nemesis::PoolExhaustion)
@@ -718,6 +885,7 @@ impl Workload {
             command: worker_command,
             began: Instant::now(),
             running: Vec::new(),
+            proxies: Vec::new(),
             records: Vec::new(),
             next_proc: 1,
             hogs: 0,
@@ -820,6 +988,76 @@ impl Workload {
                         _ => continue,
                     }
                 }
+                Nemesis::NetCut | Nemesis::NetDelay => {
+                    let Some(i) = fleet.leader() else {
+                        continue;
+                    };
+                    // Half the cuts inside the leader's guarded write
+                    // transaction; the rest between its check and its write.
+                    let in_txn = nemesis == Nemesis::NetCut
+                        && rng.below(2) == 0
+                        && fleet.await_line(i, "in txn", self.lease);
+                    if !in_txn && !fleet.await_line(i, "working", self.lease) {
+                        continue;
+                    }
+                    let length = self.net_cut.draw(&mut rng);
+                    let Some(proxy) = fleet.proxy(i) else {
+                        continue;
+                    };
+                    let began = Instant::now();
+                    let fault = if nemesis == Nemesis::NetCut {
+                        proxy.cut();
+                        Fault::NetCut { length, in_txn }
+                    } else {
+                        proxy.delay(self.net_delay);
+                        Fault::NetDelay {
+                            delay: self.net_delay,
+                            length,
+                        }
+                    };
+                    let strike = fleet.strike(fault, Some(i), Some(i));
+                    on_strike(&strike);
+                    std::thread::sleep(length.saturating_sub(began.elapsed()));
+                    if let Some(proxy) = fleet.proxy(i) {
+                        proxy.heal();
+                    }
+                    strike
+                }
+                Nemesis::NetReset => {
+                    let Some(i) = fleet.leader() else {
+                        continue;
+                    };
+                    let Some(proxy) = fleet.proxy(i) else {
+                        continue;
+                    };
+                    proxy.reset();
+                    let strike = fleet.strike(Fault::NetReset, Some(i), Some(i));
+                    on_strike(&strike);
+                    strike
+                }
+                Nemesis::Terminate => {
+                    let Some(i) = fleet.leader() else {
+                        continue;
+                    };
+                    let holder = format!("w{}", fleet.running[i].proc);
+                    let sessions = self.database.terminate(&holder);
+                    let strike = fleet.strike(Fault::Terminate { sessions }, Some(i), Some(i));
+                    on_strike(&strike);
+                    strike
+                }
+                Nemesis::ServerRestart => {
+                    let down = self.server_down.draw(&mut rng);
+                    let leader = fleet.leader();
+                    let Some(strike) = self.restart_server(down, &mut || {
+                        let strike = fleet.strike(Fault::ServerRestart { down }, None, leader);
+                        on_strike(&strike);
+                        strike
+                    })?
+                    else {
+                        continue;
+                    };
+                    strike
+                }
                 Nemesis::PoolExhaustion => unreachable!("filtered out above"),
             };
             let name = match strike.fault {
@@ -864,6 +1102,30 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Stops the run's server at once, calls `struck` while it is down,
+    /// keeps it down for `down`, and starts it again; `None` without a
+    /// server.
+    fn restart_server(
+        &self,
+        down: Duration,
+        struck: &mut dyn FnMut() -> Strike,
+    ) -> std::io::Result<Option<Strike>> {
+        #[cfg(feature = "postgres")]
+        if let Some(ServerHandle(server)) = &self.server {
+            let mut server = server.lock().unwrap_or_else(|e| e.into_inner());
+            server.crash()?;
+            let stopped = Instant::now();
+            let strike = struck();
+            std::thread::sleep(down.saturating_sub(stopped.elapsed()));
+            server.restart()?;
+            return Ok(Some(strike));
+        }
+        let _ = (down, struck);
+        Ok(None)
+    }
+}
+
 /// Returns once process `pid`, a child, has stopped (or ended): a signal
 /// is delivered asynchronously, and a pause's observer must run while the
 /// worker is stopped. The child's status is left for [`Child::wait`].
@@ -903,6 +1165,9 @@ struct Fleet<'a> {
     command: &'a dyn Fn() -> Command,
     began: Instant,
     running: Vec<Running>,
+    /// Each worker's link to the server, by process number, when the run
+    /// has a network.
+    proxies: Vec<(u32, super::Proxy)>,
     records: Vec<WorkerRecord>,
     next_proc: u32,
     /// Episodes of pool exhaustion, as the workers reported them.
@@ -915,6 +1180,14 @@ impl Fleet<'_> {
     fn spawn(&mut self) -> std::io::Result<()> {
         let proc = self.next_proc;
         let mut config = self.workload.worker_config(self.dir, proc);
+        if let Some(server) = self.workload.network {
+            let proxy = super::Proxy::start(server)?;
+            config.database = self
+                .workload
+                .database
+                .for_worker(&format!("w{proc}"), Some(proxy.addr()));
+            self.proxies.push((proc, proxy));
+        }
         // We keep the write end of its standard input: if this process
         // dies, the worker reads end of file and exits. One paused then
         // cannot read, but alone in its process group it is orphaned by
@@ -991,6 +1264,15 @@ impl Fleet<'_> {
             .position(|w| format!("w{}", w.proc) == holder)
     }
 
+    /// The link of worker `i`, if the run has a network.
+    fn proxy(&self, i: usize) -> Option<&super::Proxy> {
+        let proc = self.running[i].proc;
+        self.proxies
+            .iter()
+            .find(|(p, _)| *p == proc)
+            .map(|(_, proxy)| proxy)
+    }
+
     /// A strike at worker `i` (if any), happening now.
     fn strike(&self, fault: Fault, i: Option<usize>, leader: Option<usize>) -> Strike {
         Strike {
@@ -1014,6 +1296,7 @@ impl Fleet<'_> {
     /// records its life.
     fn retire(&mut self, i: usize, how: WorkerEnd) {
         let mut w = self.running.remove(i);
+        self.proxies.retain(|(p, _)| *p != w.proc);
         let end = match w.child.try_wait() {
             Ok(Some(status)) => WorkerEnd::Died(status),
             _ => {
