@@ -200,7 +200,8 @@ impl EngineBuilder {
     /// # Errors
     ///
     /// - [`Error::InvalidArgument`] for an empty, in-memory or `file:` URI
-    ///   path, a directory, a zero pool size, a zero event retention, a
+    ///   path, a directory, a FIFO, a device or a socket (refused before
+    ///   SQLite opens it: nothing is created beside it), a zero pool size, a zero event retention, a
     ///   watch interval of zero or over 60 s, or a busy timeout over an hour;
     /// - [`Error::NotADatabase`] if the file is not a SQLite database;
     /// - [`Error::SchemaTooNew`] / [`Error::SchemaMismatch`] if another
@@ -232,6 +233,15 @@ impl EngineBuilder {
                 "path",
                 &shown,
                 "is a directory; name a database file",
+            ));
+        }
+        if let Some(what) = special_file(&self.path) {
+            // SQLite's read-only open of a FIFO blocks until a writer comes;
+            // on a device it fails after creating `<path>-journal` beside it.
+            return Err(Error::invalid(
+                "path",
+                &shown,
+                format!("is {what}, not a database file; name a database file"),
             ));
         }
         if self.pool_size == 0 {
@@ -463,6 +473,32 @@ fn open_flags(read_only: bool) -> OpenFlags {
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     }
+}
+
+/// What `path` names (following links) if it is neither a regular file,
+/// nor a directory, nor missing: a FIFO, a device or a socket, which
+/// SQLite must not be handed (it would wait for ever for a FIFO's writer,
+/// and leave a journal beside a device).
+#[cfg(unix)]
+fn special_file(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file(_path: &Path) -> Option<&'static str> {
+    None
 }
 
 /// The directory of `path`, if this process cannot create files in it.
