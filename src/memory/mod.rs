@@ -5,7 +5,9 @@
 //! A [`MemoryDatabase`] is shared by every engine opened on it (as
 //! processes share a SQLite file); each write transaction holds the
 //! database's one lock from its first read to its commit, so operations and
-//! guarded transactions serialize as on SQLite. Time is the engine's clock,
+//! guarded transactions serialize as on SQLite. Reads take no lock: they
+//! answer at once from the last committed state, as SQLite's readers do
+//! from their snapshot while a writer works. Time is the engine's clock,
 //! never behind the instants it has used nor the mark the database keeps.
 //!
 //! ```
@@ -308,12 +310,11 @@ impl fmt::Debug for Memory {
 
 impl Memory {
     /// Runs `f` on a copy of the state under the database's lock, keeping
-    /// the copy if `f` succeeds and `write` is set.
+    /// the copy if `f` succeeds.
     fn transaction<T>(
         &self,
         budget: Duration,
         ctx: &dyn Fn() -> Context,
-        write: bool,
         f: impl FnOnce(&mut MemoryStore<'_>) -> Result<T>,
     ) -> Result<T> {
         let budget = budget.min(self.busy_timeout);
@@ -331,16 +332,31 @@ impl Memory {
         };
         let value = f(&mut store)?;
         let changed = store.changed;
-        if write && changed {
+        if changed {
             let mut state = store.state;
             state.version += 1;
             *self.db.state() = state;
         }
         drop(lock);
-        if write && changed {
+        if changed {
             self.db.notify();
         }
         Ok(value)
+    }
+
+    /// Runs `f` on a copy of the last committed state, without the
+    /// database's lock (as a SQLite reader in WAL mode reads its snapshot
+    /// while a writer works): a commit replaces the state whole under the
+    /// state's own mutex, so the copy is never a writer's half-done work,
+    /// and a read inside an open transaction, or beside one, answers at
+    /// once. Whatever `f` changes is dropped.
+    fn snapshot<T>(&self, f: impl FnOnce(&mut MemoryStore<'_>) -> Result<T>) -> Result<T> {
+        let committed = self.db.state().clone();
+        f(&mut MemoryStore {
+            backend: self,
+            state: committed,
+            changed: false,
+        })
     }
 
     /// Persists the high-water mark now if the clock was seen stepping back
@@ -353,7 +369,7 @@ impl Memory {
             return;
         }
         let ctx = || Context::new("persist clock");
-        let _ = self.transaction(Duration::from_millis(10), &ctx, true, |st| {
+        let _ = self.transaction(Duration::from_millis(10), &ctx, |st| {
             let now = st.now().map_err(|e| Error::storage(ctx(), e))?;
             st.finish_write(now.ms)
                 .map_err(|e| Error::storage(ctx(), e))
@@ -368,18 +384,18 @@ impl Backend for Memory {
         ctx: &dyn Fn() -> Context,
         f: impl FnOnce(&mut dyn Store) -> Result<T>,
     ) -> Result<T> {
-        self.transaction(budget, ctx, true, |st| f(st))
+        self.transaction(budget, ctx, |st| f(st))
     }
 
+    /// Reads the last committed state, never waiting for a transaction
+    /// (see `Memory::snapshot`).
     fn read<T>(
         &self,
-        budget: Duration,
-        ctx: &dyn Fn() -> Context,
+        _budget: Duration,
+        _ctx: &dyn Fn() -> Context,
         f: impl FnOnce(&mut dyn Store) -> Result<T>,
     ) -> Result<T> {
-        // Reads take the lock too: a memory database has no snapshots, and
-        // a reader must not see a writer's half-done work.
-        let value = self.transaction(budget, ctx, false, |st| f(st))?;
+        let value = self.snapshot(|st| f(st))?;
         self.persist_after_step_back();
         Ok(value)
     }
@@ -721,7 +737,7 @@ impl Engine<Memory> {
         self.ensure_running(&ctx)?;
         let value = self
             .backend()
-            .transaction(self.busy_timeout(), &ctx, true, |store| {
+            .transaction(self.busy_timeout(), &ctx, |store| {
                 f(&mut MemoryTxn { store })
             })?;
         self.changed();
