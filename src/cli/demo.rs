@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use leasehold::{Engine, Key, Txn};
+use leasehold::engine::{Engine, LeaseToken};
+use leasehold::postgres::client::IsolationLevel;
+use leasehold::postgres::{PgEngine, Postgres};
+use leasehold::{Backend, Error, Key, Txn};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -19,9 +22,14 @@ use serde_json::json;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::{CliError, Output, output, print};
+use super::{CliError, Db, Opened, Output, on_engine, output, print};
 
 const APP: &str = "demo-app";
+
+/// The environment variable that hands a PostgreSQL worker its connection
+/// string: never an argument, which other users of the host can read
+/// (`ps`), since it may hold a password.
+const WORKER_PG_URL: &str = "LEASEHOLD_DEMO_PG";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -38,8 +46,13 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    #[arg(long)]
-    database: PathBuf,
+    /// The SQLite file.
+    #[arg(long, required_unless_present = "pg_schema")]
+    database: Option<PathBuf>,
+    /// Instead: PostgreSQL, this schema, the connection string in
+    /// `$LEASEHOLD_DEMO_PG`.
+    #[arg(long, conflicts_with = "database")]
+    pg_schema: Option<String>,
     #[arg(long)]
     name: String,
     #[arg(long)]
@@ -89,7 +102,36 @@ pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
     // would stay stopped for ever. The kernel kills it instead.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    let engine = Engine::open(&args.database)?;
+    let key = leasehold::leadership::key(APP)?;
+    match (&args.database, &args.pg_schema) {
+        (Some(path), _) => {
+            let engine = leasehold::Engine::open(path)?;
+            work(&engine, &args, |token, epoch, seq| {
+                sqlite_write(&engine, token, &key, &args.name, epoch, seq)
+            })
+        }
+        (None, Some(schema)) => {
+            let url = std::env::var(WORKER_PG_URL).map_err(|_| {
+                CliError::Usage(format!("{WORKER_PG_URL} must hold the connection string"))
+            })?;
+            let engine = super::open_pg(&url, schema, false)?;
+            let quoted = quote_ident(schema);
+            work(&engine, &args, |token, epoch, seq| {
+                pg_write(&engine, &quoted, token, &key, &args.name, epoch, seq)
+            })
+        }
+        (None, None) => Err(CliError::Usage(
+            "--database or --pg-schema is required".into(),
+        )),
+    }
+}
+
+/// The worker's loop on `engine`, writing with `write(token, epoch, seq)`.
+fn work<B: Backend>(
+    engine: &Engine<B>,
+    args: &WorkerArgs,
+    write: impl Fn(&LeaseToken<B>, u64, u64) -> Result<(), String>,
+) -> Result<u8, CliError> {
     let key = leasehold::leadership::key(APP)?;
     let tracker = engine
         .tracker(&key, &args.name)
@@ -127,41 +169,109 @@ pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
             break;
         }
         seq += 1;
-        let mut txn = Txn::new();
-        token.add_to(&mut txn);
-        // The row also records the lease as this very transaction sees it
-        // (holder, epoch, and until when it runs), and the wall clock just
-        // before the transaction began (no later than its guard), so the
-        // verdict can tell whether it committed inside the tenure: a lease
-        // that ran out keeps its holder on the row until someone claims.
-        let began_ms = leasehold::chrono::Utc::now().timestamp_millis();
-        txn.execute(
-            "INSERT INTO demo_writes
-                 (worker, epoch, seq, at_ms, lease_holder, lease_epoch, lease_until_ms, began_ms)
-             SELECT ?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER),
-                    l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?6
-             FROM (SELECT 1) LEFT JOIN leasehold_leases l ON l.namespace = ?4 AND l.name = ?5",
-            (
-                args.name.as_str(),
-                epoch,
-                seq,
-                key.namespace().to_owned(),
-                key.name().to_owned(),
-                began_ms,
-            ),
-        );
-        match engine.commit(&txn) {
-            Ok(_) => report(&Report::Wrote { epoch, seq }),
-            Err(e) => report(&Report::Refused {
-                epoch,
-                seq,
-                reason: e.to_string(),
-            }),
+        match write(&token, epoch, seq) {
+            Ok(()) => report(&Report::Wrote { epoch, seq }),
+            Err(reason) => report(&Report::Refused { epoch, seq, reason }),
         }
     }
     tracker.stop();
     report(&Report::Stopped);
     Ok(0)
+}
+
+/// One guarded row on SQLite, through a [`Txn`].
+fn sqlite_write(
+    engine: &leasehold::Engine,
+    token: &leasehold::LeaseToken,
+    key: &Key,
+    worker: &str,
+    epoch: u64,
+    seq: u64,
+) -> Result<(), String> {
+    let mut txn = Txn::new();
+    token.add_to(&mut txn);
+    // The row also records the lease as this very transaction sees it
+    // (holder, epoch, and until when it runs), and the wall clock just
+    // before the transaction began (no later than its guard), so the
+    // verdict can tell whether it committed inside the tenure: a lease
+    // that ran out keeps its holder on the row until someone claims.
+    let began_ms = leasehold::chrono::Utc::now().timestamp_millis();
+    txn.execute(
+        "INSERT INTO demo_writes
+             (worker, epoch, seq, at_ms, lease_holder, lease_epoch, lease_until_ms, began_ms)
+         SELECT ?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER),
+                l.holder, l.epoch, max(l.expiry_ms, l.pinned_until_ms), ?6
+         FROM (SELECT 1) LEFT JOIN leasehold_leases l ON l.namespace = ?4 AND l.name = ?5",
+        (
+            worker.to_owned(),
+            epoch,
+            seq,
+            key.namespace().to_owned(),
+            key.name().to_owned(),
+            began_ms,
+        ),
+    );
+    engine.commit(&txn).map(drop).map_err(|e| e.to_string())
+}
+
+/// One guarded row on PostgreSQL: the token checked inside a transaction
+/// of the worker's own (`check_in`, which holds the lease row `FOR SHARE`
+/// until the commit), then the row. Its `ord` follows commit order: the
+/// table is locked (EXCLUSIVE, held to the commit) before the row takes
+/// the next number, and at READ COMMITTED the insert's snapshot, taken
+/// after the lock, sees every earlier writer's row (a `bigserial` would
+/// not follow commits). As on SQLite the row records the lease as the
+/// transaction sees it, and when the transaction began, by the server's
+/// clock, which the lease's times are in.
+fn pg_write(
+    engine: &PgEngine,
+    schema: &str,
+    token: &LeaseToken<Postgres>,
+    key: &Key,
+    worker: &str,
+    epoch: u64,
+    seq: u64,
+) -> Result<(), String> {
+    let pg = |e: leasehold::postgres::client::Error| e.to_string();
+    let lease = |e: Error| e.to_string();
+    let mut client = engine.client().map_err(lease)?;
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .map_err(pg)?;
+    token.check_in(&mut tx).map_err(lease)?;
+    tx.batch_execute(&format!(
+        "LOCK TABLE {schema}.demo_writes IN EXCLUSIVE MODE"
+    ))
+    .map_err(pg)?;
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.demo_writes
+                 (ord, worker, epoch, seq, at_ms, lease_holder, lease_epoch, lease_until_ms, began_ms)
+             SELECT (SELECT coalesce(max(ord), 0) + 1 FROM {schema}.demo_writes), $1, $2, $3,
+                    floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                    l.holder, l.epoch, greatest(l.expiry_ms, l.pinned_until_ms),
+                    floor(extract(epoch FROM transaction_timestamp()) * 1000)::bigint
+             FROM (SELECT 1) AS one
+             LEFT JOIN {schema}.leasehold_leases l ON l.namespace = $4 AND l.name = $5"
+        ),
+        &[
+            &worker,
+            &as_i64(epoch),
+            &as_i64(seq),
+            &key.namespace(),
+            &key.name(),
+        ],
+    )
+    .map_err(pg)?;
+    tx.commit().map_err(pg)
+}
+
+/// `ident` as a double-quoted SQL identifier.
+fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 struct Worker {
@@ -192,7 +302,7 @@ pub enum What {
 }
 
 fn spawn_worker(
-    db: &Path,
+    db: &Db,
     name: &str,
     guarantee: Duration,
     interval: Duration,
@@ -206,10 +316,19 @@ fn spawn_worker(
     if state.abandoned {
         return Err(CliError::Failed("the demo was stopped".into()));
     }
-    let mut child = Command::new(exe)
-        .arg("__demo-worker")
-        .arg("--database")
-        .arg(db)
+    let mut command = Command::new(exe);
+    command.arg("__demo-worker");
+    match db {
+        Db::Sqlite(path) => {
+            command.arg("--database").arg(path);
+        }
+        Db::Postgres { url, schema } => {
+            command
+                .args(["--pg-schema", schema])
+                .env(WORKER_PG_URL, url);
+        }
+    }
+    let mut child = command
         .args(["--name", name])
         .args(["--guarantee-ms", &guarantee.as_millis().to_string()])
         .args(["--interval-ms", &interval.as_millis().to_string()])
@@ -298,6 +417,91 @@ const DEMO_TABLE: &str = "CREATE TABLE demo_writes (
          worker TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
          lease_holder TEXT, lease_epoch INTEGER, lease_until_ms INTEGER, began_ms INTEGER);";
 
+/// The table on PostgreSQL, in `schema` (quoted): `ord` is the commit
+/// order (see [`pg_write`]).
+fn pg_demo_table(schema: &str) -> String {
+    format!(
+        "CREATE TABLE {schema}.demo_writes (
+             ord bigint NOT NULL UNIQUE, worker text NOT NULL, epoch bigint NOT NULL,
+             seq bigint NOT NULL, at_ms bigint NOT NULL, lease_holder text, lease_epoch bigint,
+             lease_until_ms bigint, began_ms bigint)"
+    )
+}
+
+/// One row of the demo's table, as the verdict reads it.
+#[derive(Debug)]
+struct Row {
+    /// Its place in commit order: SQLite's rowid (one writer at a time),
+    /// PostgreSQL's `ord`.
+    id: i64,
+    worker: String,
+    epoch: u64,
+    lease_holder: Option<String>,
+    lease_epoch: Option<u64>,
+    lease_until_ms: Option<i64>,
+    began_ms: Option<i64>,
+}
+
+/// Every row of the demo's table, in commit order.
+fn rows(engine: &Opened) -> Result<Vec<Row>, CliError> {
+    match engine {
+        Opened::Sqlite(engine) => {
+            let sql = |e: leasehold::rusqlite::Error| {
+                CliError::Failed(format!("reading the verdict: {e}"))
+            };
+            let conn = engine.connection()?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT rowid, worker, epoch, lease_holder, lease_epoch, lease_until_ms, began_ms
+                     FROM demo_writes ORDER BY rowid",
+                )
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Row {
+                        id: r.get(0)?,
+                        worker: r.get(1)?,
+                        epoch: r.get(2)?,
+                        lease_holder: r.get(3)?,
+                        lease_epoch: r.get(4)?,
+                        lease_until_ms: r.get(5)?,
+                        began_ms: r.get(6)?,
+                    })
+                })
+                .map_err(sql)?;
+            rows.collect::<Result<_, _>>().map_err(sql)
+        }
+        Opened::Postgres(engine) => {
+            let sql = |e: leasehold::postgres::client::Error| {
+                CliError::Failed(format!("reading the verdict: {e}"))
+            };
+            let schema = quote_ident(engine.schema());
+            let unsigned = |n: Option<i64>| n.map(|n| u64::try_from(n).unwrap_or(0));
+            Ok(engine
+                .client()?
+                .query(
+                    &format!(
+                        "SELECT ord, worker, epoch, lease_holder, lease_epoch, lease_until_ms, began_ms
+                         FROM {schema}.demo_writes ORDER BY ord"
+                    ),
+                    &[],
+                )
+                .map_err(sql)?
+                .into_iter()
+                .map(|r| Row {
+                    id: r.get(0),
+                    worker: r.get(1),
+                    epoch: unsigned(r.get(2)).unwrap_or(0),
+                    lease_holder: r.get(3),
+                    lease_epoch: unsigned(r.get(4)),
+                    lease_until_ms: r.get(5),
+                    began_ms: r.get(6),
+                })
+                .collect())
+        }
+    }
+}
+
 /// The verdict, computed from the database alone.
 pub struct Verdict {
     pub rows_per_epoch: BTreeMap<u64, Vec<(String, u64)>>,
@@ -305,26 +509,21 @@ pub struct Verdict {
     pub problems: Vec<String>,
 }
 
-fn verdict(engine: &Engine) -> Result<Verdict, CliError> {
-    let conn = engine.connection()?;
-    let sql = |e: leasehold::rusqlite::Error| CliError::Failed(format!("reading the verdict: {e}"));
-    let mut rows_per_epoch: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
-    let mut stmt = conn
-        .prepare("SELECT epoch, worker, count(*) FROM demo_writes GROUP BY epoch, worker ORDER BY epoch, worker")
-        .map_err(sql)?;
-    let grouped = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, u64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u64>(2)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in grouped {
-        let (epoch, worker, n) = row.map_err(sql)?;
-        rows_per_epoch.entry(epoch).or_default().push((worker, n));
+/// Judges `rows` (in commit order) against the demo lease's history on
+/// `engine`.
+fn verdict<B: Backend>(engine: &Engine<B>, rows: &[Row]) -> Result<Verdict, CliError> {
+    let mut grouped: BTreeMap<u64, BTreeMap<String, u64>> = BTreeMap::new();
+    for row in rows {
+        *grouped
+            .entry(row.epoch)
+            .or_default()
+            .entry(row.worker.clone())
+            .or_default() += 1;
     }
+    let rows_per_epoch: BTreeMap<u64, Vec<(String, u64)>> = grouped
+        .into_iter()
+        .map(|(epoch, writers)| (epoch, writers.into_iter().collect()))
+        .collect();
     let key = leasehold::leadership::key(APP)?;
     let mut holders_by_epoch = HashMap::new();
     for e in engine.history(&key, 10_000)? {
@@ -352,73 +551,45 @@ fn verdict(engine: &Engine) -> Result<Verdict, CliError> {
     }
     // Inside its writing transaction, the lease was the writer's, in that
     // epoch: no row committed after its tenure ended.
-    let mut stmt = conn
-        .prepare(
-            "SELECT rowid, worker, epoch, lease_holder, lease_epoch FROM demo_writes
-             WHERE lease_holder IS NOT worker OR lease_epoch IS NOT epoch",
-        )
-        .map_err(sql)?;
-    let outside = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u64>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<u64>>(4)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in outside {
-        let (rowid, worker, epoch, holder, lease_epoch) = row.map_err(sql)?;
+    let inside = |r: &Row| {
+        r.lease_holder.as_deref() == Some(r.worker.as_str()) && r.lease_epoch == Some(r.epoch)
+    };
+    for r in rows.iter().filter(|r| !inside(r)) {
         problems.push(format!(
-            "row {rowid} by {worker} for epoch {epoch} committed while the lease was {} at epoch {}",
-            holder.as_deref().unwrap_or("vacant"),
-            lease_epoch.map_or("-".into(), |e| e.to_string())
+            "row {} by {} for epoch {} committed while the lease was {} at epoch {}",
+            r.id,
+            r.worker,
+            r.epoch,
+            r.lease_holder.as_deref().unwrap_or("vacant"),
+            r.lease_epoch.map_or("-".into(), |e| e.to_string())
         ));
     }
     // ... and had not run out: the transaction began before the lease's
-    // expiry (the demo's processes share one clock).
-    let mut stmt = conn
-        .prepare(
-            "SELECT rowid, worker, epoch, began_ms, lease_until_ms FROM demo_writes
-             WHERE lease_holder IS worker AND lease_epoch IS epoch AND began_ms >= lease_until_ms",
-        )
-        .map_err(sql)?;
-    let late = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in late {
-        let (rowid, worker, epoch, began, until) = row.map_err(sql)?;
-        problems.push(format!(
-            "row {rowid} by {worker} for epoch {epoch} was written in a transaction begun {} ms after the lease ran out",
-            began - until
-        ));
-    }
-    // In commit order, epochs never go back.
-    let mut stmt = conn
-        .prepare("SELECT rowid, epoch FROM demo_writes ORDER BY rowid")
-        .map_err(sql)?;
-    let mut highest = 0;
-    for row in stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u64>(1)?)))
-        .map_err(sql)?
-    {
-        let (rowid, epoch) = row.map_err(sql)?;
-        if epoch < highest {
+    // expiry (the demo's processes share one clock; on PostgreSQL both are
+    // the server's).
+    for r in rows.iter().filter(|r| inside(r)) {
+        if let (Some(began), Some(until)) = (r.began_ms, r.lease_until_ms)
+            && began >= until
+        {
             problems.push(format!(
-                "row {rowid} of epoch {epoch} committed after a row of epoch {highest}"
+                "row {} by {} for epoch {} was written in a transaction begun {} ms after the lease ran out",
+                r.id,
+                r.worker,
+                r.epoch,
+                began - until
             ));
         }
-        highest = highest.max(epoch);
+    }
+    // In commit order, epochs never go back.
+    let mut highest = 0;
+    for r in rows {
+        if r.epoch < highest {
+            problems.push(format!(
+                "row {} of epoch {} committed after a row of epoch {highest}",
+                r.id, r.epoch
+            ));
+        }
+        highest = highest.max(r.epoch);
     }
     Ok(Verdict {
         rows_per_epoch,
@@ -578,27 +749,103 @@ fn inspect(db: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// As [`inspect`], on PostgreSQL: refuses (before anything is changed) a
+/// schema that has a `demo_writes` table (any case), whose leasehold
+/// schema is older than this build's (the demo would migrate it), or
+/// whose demo lease someone holds or pins. Reads only: a read-only engine
+/// (which creates no schema) and one plain connection.
+fn inspect_pg(db: &Db, url: &str, schema: &str) -> Result<(), CliError> {
+    let refuse = |why: String| {
+        CliError::Invalid(format!(
+            "refusing to run the demo on {}: {why}; the demo changes nothing it did not create (pass another --db or --schema, or no --db for a temporary SQLite file)",
+            db.describe()
+        ))
+    };
+    // Bad connection strings and unreachable servers are told here, by the
+    // engine (its messages hide passwords).
+    let engine = match super::open_pg(url, schema, true) {
+        Ok(engine) => Some(engine),
+        Err(CliError::Lease(Error::NotMigrated { found: 0, .. })) => None,
+        Err(CliError::Lease(Error::NotMigrated {
+            found, expected, ..
+        })) => {
+            return Err(refuse(format!(
+                "its leasehold schema is version {found}, and the demo would migrate it to {expected} (`leasehold migrate` does that, if you mean to)"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    let failed = |e: leasehold::postgres::client::Error| {
+        CliError::Failed(format!("cannot read {}: {e}", db.describe()))
+    };
+    let mut config: leasehold::postgres::client::Config = url
+        .parse()
+        .map_err(|e| CliError::Invalid(format!("{}: {e}", db.describe())))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    let mut client = config
+        .connect(leasehold::postgres::client::NoTls)
+        .map_err(failed)?;
+    let table: Option<String> = client
+        .query_opt(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND lower(c.relname) = 'demo_writes' LIMIT 1",
+            &[&schema],
+        )
+        .map_err(failed)?
+        .map(|row| row.get(0));
+    drop(client);
+    if let Some(name) = table {
+        return Err(refuse(format!(
+            "schema {schema} already has {name:?} (the demo's table, from an earlier demo? drop it if it is not yours)"
+        )));
+    }
+    let Some(engine) = engine else {
+        return Ok(());
+    };
+    let key = leasehold::leadership::key(APP)?;
+    let Some(lease) = engine.lease(&key)? else {
+        return Ok(());
+    };
+    if let Some(holder) = lease.holder().filter(|_| lease.is_held()) {
+        return Err(refuse(format!(
+            "{key} is held by {holder}, so no worker of the demo could lead"
+        )));
+    }
+    let pinners: Vec<&str> = lease.pins().iter().map(|p| p.entity()).collect();
+    if !pinners.is_empty() {
+        return Err(refuse(format!(
+            "{key} is pinned by {}, so its leaders' leases would not lapse",
+            pinners.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the demo on `db` (from an explicit `--db`; `LEASEHOLD_DB` is not
 /// used: the demo writes a table of its own), or on a fresh temporary file.
-pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<u8, CliError> {
+pub fn demo(global_db: Option<&Db>, args: DemoArgs, out: Output) -> Result<u8, CliError> {
     // Everything that can refuse, before anything starts or changes.
     if let Some(svg) = &args.svg {
         output::writable(svg)?;
-        if let Some(db) = global_db {
+        if let Some(Db::Sqlite(db)) = global_db {
             output::not_the_database(svg, db)?;
         }
     }
-    if let Some(db) = global_db {
-        inspect(db)?;
+    match global_db {
+        Some(Db::Sqlite(path)) => inspect(path)?,
+        Some(db @ Db::Postgres { url, schema }) => inspect_pg(db, url, schema)?,
+        None => {}
     }
     let leftovers = Leftovers::default();
     let tmp;
     let (db, temporary) = match global_db {
-        Some(p) => (p.clone(), false),
+        Some(db) => (db.clone(), false),
         None => {
             tmp = tempfile::tempdir()?;
             leftovers.lock().dir = Some(tmp.path().to_path_buf());
-            (tmp.path().join("demo.db"), true)
+            (Db::Sqlite(tmp.path().join("demo.db")), true)
         }
     };
     // Stopped by a signal, or by a reader that went away: stop the workers
@@ -618,7 +865,12 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
         let leftovers = leftovers.clone();
         print::on_exit(move || leftovers.abandon());
     }
-    let played = play(&db, temporary, &args, out, &leftovers);
+    let played = open_for_demo(&db).and_then(|engine| {
+        let rows = || rows(&engine);
+        on_engine!(engine, |e| play(
+            e, &db, &rows, temporary, &args, out, &leftovers
+        ))
+    });
     if played.is_err() {
         leftovers.abandon();
     }
@@ -627,8 +879,27 @@ pub fn demo(global_db: Option<&PathBuf>, args: DemoArgs, out: Output) -> Result<
     played
 }
 
-fn play(
-    db: &Path,
+/// Opens (creating, migrating) the demo's database and creates its table.
+fn open_for_demo(db: &Db) -> Result<Opened, CliError> {
+    let engine = super::open(db)?;
+    let created = match &engine {
+        Opened::Sqlite(engine) => engine
+            .connection()?
+            .execute_batch(DEMO_TABLE)
+            .map_err(|e| e.to_string()),
+        Opened::Postgres(engine) => engine
+            .client()?
+            .batch_execute(&pg_demo_table(&quote_ident(engine.schema())))
+            .map_err(|e| e.to_string()),
+    };
+    created.map_err(|e| CliError::Failed(format!("cannot create the demo's table: {e}")))?;
+    Ok(engine)
+}
+
+fn play<B: Backend>(
+    engine: &Engine<B>,
+    db: &Db,
+    rows: &dyn Fn() -> Result<Vec<Row>, CliError>,
     temporary: bool,
     args: &DemoArgs,
     out: Output,
@@ -648,17 +919,12 @@ fn play(
         )
     };
     let lease = guarantee * 2;
-    let engine = Engine::open(db)?;
-    engine
-        .connection()?
-        .execute_batch(DEMO_TABLE)
-        .map_err(|e| CliError::Failed(format!("cannot create the demo's table: {e}")))?;
     let key: Key = leasehold::leadership::key(APP)?;
     if !out.quiet && !out.json {
         print::line(&format!(
             "leasehold demo: {} worker processes lead {key} in {}{}",
             args.workers,
-            db.display(),
+            db.describe(),
             if temporary {
                 " (temporary; pass --db PATH to keep it)"
             } else {
@@ -798,7 +1064,7 @@ fn play(
     let elapsed = start.elapsed();
     moments.sort_by_key(|m| m.at);
 
-    let verdict = verdict(&engine)?;
+    let verdict = verdict(engine, &rows()?)?;
     let accepted = moments
         .iter()
         .filter(|m| matches!(m.what, What::Wrote(_)))
@@ -809,7 +1075,9 @@ fn play(
         .count();
     if let Some(path) = &args.svg {
         // Checked again: the file system may have changed meanwhile.
-        output::not_the_database(path, db)?;
+        if let Db::Sqlite(db) = db {
+            output::not_the_database(path, db)?;
+        }
         output::write(path, super::svg::timeline(&moments, elapsed).as_bytes())?;
     }
     if out.quiet {
@@ -839,7 +1107,7 @@ fn play(
                 "epochs": verdict.rows_per_epoch.len(),
                 "rows_per_epoch": rows,
                 "seconds": elapsed.as_secs_f64(),
-                "database": if temporary { None } else { Some(db.display().to_string()) },
+                "database": if temporary { None } else { Some(db.describe()) },
                 "svg": args.svg.as_ref().map(|p| p.display().to_string()),
             })
             .to_string(),
@@ -910,7 +1178,7 @@ mod tests {
         // it grants has run out on the wall clock already, yet nobody has
         // claimed, so the row still names the writer.
         let clock = ManualClock::new(Utc::now() - Span::seconds(10));
-        let engine = Engine::builder(dir.path().join("demo.db"))
+        let engine = leasehold::Engine::builder(dir.path().join("demo.db"))
             .clock(clock)
             .build()
             .expect("engine");
@@ -933,7 +1201,8 @@ mod tests {
             ),
         )
         .expect("an unguarded write");
-        let v = verdict(&engine).expect("verdict");
+        let rows = rows(&Opened::Sqlite(engine.clone())).expect("rows");
+        let v = verdict(&engine, &rows).expect("verdict");
         assert!(
             v.problems
                 .iter()

@@ -4,41 +4,81 @@
 use std::time::Duration;
 
 use leasehold::chrono::{DateTime, SecondsFormat, Utc};
-use leasehold::{Engine, Event, Key, Lease, Tenure};
+use leasehold::engine::{Engine, Tenure};
+use leasehold::postgres::{PG_SCHEMA_VERSION, pg_migrations};
+use leasehold::{Backend, Event, Key, Lease};
 use serde_json::{Value, json};
 
-use super::{CliError, Output};
+use super::{CliError, Db, Opened, Output};
 
-pub fn print_sql(out: Output) -> Result<u8, CliError> {
-    {
-        if out.json {
-            let all: Vec<Value> = leasehold::migrations()
-                .iter()
-                .map(|m| json!({"version": m.version(), "name": m.name(), "sql": m.script()}))
-                .collect();
-            out.json(&json!({ "migrations": all }));
-        } else {
-            for m in leasehold::migrations() {
-                super::print::line(&format!(
-                    "-- leasehold migration {:04}_{}",
-                    m.version(),
-                    m.name()
-                ));
-                super::print::line(&m.script());
+/// Prints the SQL of every migration: PostgreSQL's scripts for `schema` when
+/// `db` is PostgreSQL, SQLite's otherwise.
+pub fn print_sql(db: Option<&Db>, out: Output) -> Result<u8, CliError> {
+    let (schema, migrations): (Option<&str>, Vec<(u32, &str, String)>) = match db {
+        Some(Db::Postgres { schema, .. }) => {
+            if schema.is_empty() || schema.len() > 63 {
+                return Err(CliError::Invalid(format!(
+                    "invalid schema {schema:?}: must be 1 to 63 bytes long"
+                )));
             }
+            (
+                Some(schema),
+                pg_migrations()
+                    .iter()
+                    .map(|m| (m.version(), m.name(), m.script(schema)))
+                    .collect(),
+            )
+        }
+        _ => (
+            None,
+            leasehold::migrations()
+                .iter()
+                .map(|m| (m.version(), m.name(), m.script()))
+                .collect(),
+        ),
+    };
+    if out.json {
+        let all: Vec<Value> = migrations
+            .iter()
+            .map(|(version, name, sql)| json!({"version": version, "name": name, "sql": sql}))
+            .collect();
+        match schema {
+            Some(schema) => out.json(&json!({ "migrations": all, "schema": schema })),
+            None => out.json(&json!({ "migrations": all })),
+        }
+    } else {
+        for (version, name, sql) in &migrations {
+            match schema {
+                Some(schema) => super::print::line(&format!(
+                    "-- leasehold migration {version:04}_{name} (PostgreSQL, schema {schema})"
+                )),
+                None => super::print::line(&format!("-- leasehold migration {version:04}_{name}")),
+            }
+            super::print::line(sql);
         }
     }
     Ok(0)
 }
 
-pub fn migrate(engine: &Engine, out: Output) -> Result<u8, CliError> {
-    let conn = engine.connection()?;
-    let version = leasehold::schema_version(&conn)?;
-    out.say(format!(
-        "{}: leasehold schema version {version}",
-        engine.path().display()
-    ));
-    out.json(&json!({ "version": version }));
+/// Applies the schema (opening the engine did) and says its version.
+pub fn migrate(engine: &Opened, db: &Db, out: Output) -> Result<u8, CliError> {
+    let (place, version) = match engine {
+        Opened::Sqlite(engine) => {
+            let conn = engine.connection()?;
+            (
+                engine.path().display().to_string(),
+                leasehold::schema_version(&conn)?,
+            )
+        }
+        // A read-write engine opened: the schema is this build's (a newer
+        // one is refused).
+        Opened::Postgres(_) => (db.describe(), PG_SCHEMA_VERSION),
+    };
+    out.say(format!("{place}: leasehold schema version {version}"));
+    match db {
+        Db::Postgres { schema, .. } => out.json(&json!({ "version": version, "schema": schema })),
+        Db::Sqlite(_) => out.json(&json!({ "version": version })),
+    }
     Ok(0)
 }
 
@@ -120,8 +160,8 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
-pub fn list(
-    engine: &Engine,
+pub fn list<B: Backend>(
+    engine: &Engine<B>,
     namespace: Option<&str>,
     all: bool,
     out: Output,
@@ -167,7 +207,7 @@ pub fn list(
     Ok(0)
 }
 
-pub fn show(engine: &Engine, key: &Key, out: Output) -> Result<u8, CliError> {
+pub fn show<B: Backend>(engine: &Engine<B>, key: &Key, out: Output) -> Result<u8, CliError> {
     let Some(lease) = engine.lease(key)? else {
         return Err(CliError::NotHeld(format!(
             "{key} was never claimed or pinned"
@@ -241,7 +281,12 @@ pub fn event_line(key: &Key, e: &Event) -> String {
     )
 }
 
-pub fn history(engine: &Engine, key: &Key, limit: usize, out: Output) -> Result<u8, CliError> {
+pub fn history<B: Backend>(
+    engine: &Engine<B>,
+    key: &Key,
+    limit: usize,
+    out: Output,
+) -> Result<u8, CliError> {
     let events = engine.history(key, limit)?;
     if events.is_empty() && engine.lease(key)?.is_none() {
         return Err(CliError::NotHeld(format!(
@@ -260,7 +305,7 @@ pub fn history(engine: &Engine, key: &Key, limit: usize, out: Output) -> Result<
     Ok(0)
 }
 
-fn tenure_json(t: &Tenure) -> Value {
+fn tenure_json<B: Backend>(t: &Tenure<B>) -> Value {
     json!({
         "namespace": t.key().namespace(),
         "name": t.key().name(),
@@ -272,8 +317,8 @@ fn tenure_json(t: &Tenure) -> Value {
     })
 }
 
-pub fn claim(
-    engine: &Engine,
+pub fn claim<B: Backend>(
+    engine: &Engine<B>,
     key: &Key,
     holder: &str,
     d: Duration,
@@ -297,14 +342,19 @@ pub fn claim(
     Ok(0)
 }
 
-pub fn release(engine: &Engine, key: &Key, holder: &str, out: Output) -> Result<u8, CliError> {
+pub fn release<B: Backend>(
+    engine: &Engine<B>,
+    key: &Key,
+    holder: &str,
+    out: Output,
+) -> Result<u8, CliError> {
     engine.release(key, holder)?;
     out.json(&json!({"released": true, "namespace": key.namespace(), "name": key.name(), "holder": holder}));
     out.say(format!("released {key} ({holder})"));
     Ok(0)
 }
 
-pub fn revoke(engine: &Engine, key: &Key, out: Output) -> Result<u8, CliError> {
+pub fn revoke<B: Backend>(engine: &Engine<B>, key: &Key, out: Output) -> Result<u8, CliError> {
     let ended = engine.revoke(key)?;
     out.json(&json!({
         "revoked": ended.is_some(),
@@ -324,8 +374,8 @@ pub fn revoke(engine: &Engine, key: &Key, out: Output) -> Result<u8, CliError> {
     Ok(0)
 }
 
-pub fn pin(
-    engine: &Engine,
+pub fn pin<B: Backend>(
+    engine: &Engine<B>,
     key: &Key,
     entity: &str,
     reason: &str,
@@ -341,7 +391,12 @@ pub fn pin(
     Ok(0)
 }
 
-pub fn unpin(engine: &Engine, key: &Key, entity: &str, out: Output) -> Result<u8, CliError> {
+pub fn unpin<B: Backend>(
+    engine: &Engine<B>,
+    key: &Key,
+    entity: &str,
+    out: Output,
+) -> Result<u8, CliError> {
     if !engine.unpin(key, entity)? {
         return Err(CliError::NotHeld(format!("{key} has no pin by {entity}")));
     }

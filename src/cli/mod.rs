@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use leasehold::postgres::PgEngine;
 use leasehold::{Engine, Error, Key};
 
 const EXIT_CODES: &str = "\
@@ -36,14 +37,30 @@ Exit codes:
   run exits with its command's status (128 + N if killed by signal N), or
   4 if the lease was lost while it ran, however the command ended.";
 
-/// Leadership leases in SQLite: see, steer and use them from the shell.
+/// Leadership leases in SQLite or PostgreSQL: see, steer and use them from
+/// the shell.
 #[derive(Debug, Parser)]
 #[command(name = "leasehold", version, after_help = EXIT_CODES, arg_required_else_help = true)]
 pub struct Cli {
-    /// The database file; default: $LEASEHOLD_DB. Commands that change
-    /// leases create it if missing; commands that only read refuse.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// The database: a SQLite file, or a PostgreSQL connection string
+    /// (postgres://…, postgresql://…, or key=value pairs such as
+    /// "host=/run/postgresql dbname=app"); default: $LEASEHOLD_DB. Commands
+    /// that change leases create a missing SQLite file (or PostgreSQL
+    /// schema); commands that only read refuse.
+    ///
+    /// A value is PostgreSQL if it starts with postgres:// or
+    /// postgresql://, or if it starts with a libpq keyword and "=" (host=,
+    /// dbname=, user=, port=, service=, …) and no file of that name
+    /// exists; anything else is a SQLite file (write ./host=x for a file
+    /// named like that).
+    #[arg(long, global = true, value_name = "PATH|URL")]
     db: Option<PathBuf>,
+
+    /// The PostgreSQL schema of leasehold's tables; default:
+    /// $LEASEHOLD_SCHEMA, else public. PostgreSQL only: refused (exit 2)
+    /// with a SQLite file, where $LEASEHOLD_SCHEMA is ignored.
+    #[arg(long, global = true, value_name = "NAME")]
+    schema: Option<String>,
 
     /// Print results, and errors, as JSON.
     #[arg(long, global = true)]
@@ -128,7 +145,8 @@ enum Command {
     /// Run a command while holding a lease; stop it if the lease is lost.
     ///
     /// The command gets LEASEHOLD_NAMESPACE, LEASEHOLD_NAME, LEASEHOLD_HOLDER,
-    /// LEASEHOLD_EPOCH and LEASEHOLD_DB (an absolute path), so it can guard
+    /// LEASEHOLD_EPOCH and LEASEHOLD_DB (an absolute path; on PostgreSQL the
+    /// connection string as given, and LEASEHOLD_SCHEMA), so it can guard
     /// its own writes with its tenure's token. Its standard output is its
     /// own: leasehold's messages go to stderr. A tracker keeps the lease
     /// meanwhile; if it is lost the command gets SIGTERM, then SIGKILL after
@@ -171,9 +189,11 @@ enum Command {
     /// Show what leasehold is for: worker processes, a leader killed and a
     /// leader paused, guarded writes, a timeline and a verdict.
     ///
-    /// Runs on --db if given, else on a fresh temporary file ($LEASEHOLD_DB
-    /// is not used). It changes nothing it did not create: it refuses a
-    /// --db that is not a SQLite database, has a demo_writes table, or
+    /// Runs on --db if given (a SQLite file, or a PostgreSQL connection
+    /// string with --schema, default public), else on a fresh temporary
+    /// file ($LEASEHOLD_DB and $LEASEHOLD_SCHEMA are not used). It changes
+    /// nothing it did not create: it refuses a --db that is not a SQLite
+    /// database, a database or schema that has a demo_writes table, or one
     /// whose demo lease is held or pinned.
     Demo(demo::DemoArgs),
     #[command(hide = true, name = "__demo-worker")]
@@ -370,10 +390,16 @@ fn main_with(args: Vec<OsString>) -> ExitCode {
         json: cli.json,
         quiet: cli.quiet,
     };
+    let raw_db = cli
+        .db
+        .clone()
+        .or_else(|| std::env::var_os("LEASEHOLD_DB").map(PathBuf::from))
+        .and_then(|p| p.to_str().map(str::to_owned));
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            report(&e, out.json);
+            let message = scrub(e.message(), raw_db.as_deref());
+            print_error(e.kind(), e.code(), &message, out.json);
             ExitCode::from(e.code())
         }
     }
@@ -447,14 +473,174 @@ fn one_line(message: &str) -> String {
         .collect()
 }
 
-/// The database: `--db`, else `$LEASEHOLD_DB`.
-fn db_path(db: Option<&PathBuf>) -> Result<PathBuf, CliError> {
+/// Where the leases are.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database: the connection string as given (it may hold
+    /// a password: print [`Db::describe`], never this), and the schema.
+    Postgres { url: String, schema: String },
+}
+
+impl Db {
+    /// For messages: the path, or the connection string with its password
+    /// hidden, and the schema.
+    pub fn describe(&self) -> String {
+        match self {
+            Db::Sqlite(path) => path.display().to_string(),
+            Db::Postgres { url, schema } => {
+                format!("{} (schema {schema})", leasehold::postgres::redacted(url))
+            }
+        }
+    }
+}
+
+/// libpq's connection keywords (PostgreSQL's "Parameter Key Words"), and
+/// `keepalives_retries`, which the `postgres` crate takes too.
+const LIBPQ_KEYWORDS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "require_auth",
+    "channel_binding",
+    "connect_timeout",
+    "client_encoding",
+    "options",
+    "application_name",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "keepalives_retries",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslmode",
+    "sslnegotiation",
+    "sslcompression",
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslrootcert",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+];
+
+/// Whether `--db`'s value names a PostgreSQL database: a `postgres://` or
+/// `postgresql://` URL, or libpq's `key=value` form — a value that begins
+/// with a libpq keyword and `=` (spaces around it allowed) and names no
+/// existing file. Whether the rest parses is left to the PostgreSQL
+/// client, whose error (exit 5) beats a SQLite file silently created
+/// under a mistyped connection string's name.
+fn is_postgres(text: &str) -> bool {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return true;
+    }
+    let trimmed = text.trim_start();
+    let word_end = trimmed
+        .find(|c: char| c == '=' || c.is_whitespace())
+        .unwrap_or(trimmed.len());
+    let (word, rest) = trimmed.split_at(word_end);
+    LIBPQ_KEYWORDS.contains(&word)
+        && rest.trim_start().starts_with('=')
+        && std::fs::symlink_metadata(text).is_err()
+}
+
+/// The scheme of a `scheme://…` value (`[A-Za-z][A-Za-z0-9+.-]*`), if it
+/// is one.
+fn url_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    (chars.next()?.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then_some(scheme)
+}
+
+/// `message` with the `--db` value `raw` shown with its password hidden,
+/// if `raw` holds one: a connection string misspelt into a SQLite file
+/// name (`hots=/tmp password=…`) may be named by errors about that file.
+fn scrub(message: String, raw: Option<&str>) -> String {
+    let Some(raw) = raw.filter(|r| r.contains("password") || url_scheme(r).is_some()) else {
+        return message;
+    };
+    let shown = leasehold::postgres::redacted(raw);
+    if shown == raw || raw.is_empty() {
+        return message;
+    }
+    message.replace(raw, &shown)
+}
+
+/// The database: `--db`, else `$LEASEHOLD_DB`; for PostgreSQL, the schema
+/// from `--schema`, else `$LEASEHOLD_SCHEMA`, else `public`. `--schema`
+/// with a SQLite file is a usage error; `$LEASEHOLD_SCHEMA` is then
+/// ignored (one environment may serve both).
+fn target(db: Option<&PathBuf>, schema: Option<&str>) -> Result<Db, CliError> {
     let path = db
         .cloned()
         .or_else(|| std::env::var_os("LEASEHOLD_DB").map(PathBuf::from))
-        .ok_or_else(|| CliError::Usage("no database: pass --db PATH or set LEASEHOLD_DB".into()))?;
-    not_special(&path)?;
-    Ok(path)
+        .ok_or_else(|| {
+            CliError::Usage(
+                "no database: pass --db PATH (or a PostgreSQL connection string) or set LEASEHOLD_DB"
+                    .into(),
+            )
+        })?;
+    let db = classify(path, schema, true)?;
+    if let Db::Sqlite(path) = &db {
+        not_special(path)?;
+    }
+    Ok(db)
+}
+
+/// `path` as a [`Db`]: see [`is_postgres`]. With `schema_env`, a
+/// PostgreSQL schema not given defaults to `$LEASEHOLD_SCHEMA`.
+fn classify(path: PathBuf, schema: Option<&str>, schema_env: bool) -> Result<Db, CliError> {
+    if let Some(scheme) = path.to_str().and_then(url_scheme)
+        && !matches!(scheme, "postgres" | "postgresql" | "file")
+    {
+        // A mistyped scheme (postgress://) is no file name either: said,
+        // password hidden, rather than opened as a SQLite path.
+        return Err(CliError::Invalid(format!(
+            "{}: not a database leasehold can open ({scheme}://); --db takes a SQLite file or a postgres:// or postgresql:// connection string",
+            leasehold::postgres::redacted(path.to_str().unwrap_or_default())
+        )));
+    }
+    if let Some(url) = path.to_str().filter(|t| is_postgres(t)) {
+        let schema = match schema {
+            Some(s) => s.to_owned(),
+            None => schema_env
+                .then(|| std::env::var("LEASEHOLD_SCHEMA").ok())
+                .flatten()
+                .unwrap_or_else(|| "public".to_owned()),
+        };
+        return Ok(Db::Postgres {
+            url: url.to_owned(),
+            schema,
+        });
+    }
+    if schema.is_some() {
+        return Err(CliError::Usage(format!(
+            "--schema is for PostgreSQL databases; {} is a SQLite file (pass --db postgres://… or drop --schema)",
+            path.display()
+        )));
+    }
+    Ok(Db::Sqlite(path))
 }
 
 /// Refuses (invalid input) a database path that is a FIFO, a device or a
@@ -480,22 +666,60 @@ fn not_special(path: &std::path::Path) -> Result<(), CliError> {
     )))
 }
 
-fn open(db: Option<&PathBuf>) -> Result<Engine, CliError> {
-    Ok(Engine::open(db_path(db)?)?)
+/// An engine on either backend.
+pub enum Opened {
+    Sqlite(Engine),
+    Postgres(PgEngine),
+}
+
+/// Runs `$body` with `$engine` bound to the engine of an [`Opened`],
+/// whichever backend it is on (the body is compiled once per backend).
+macro_rules! on_engine {
+    ($opened:expr, |$engine:ident| $body:expr) => {
+        match $opened {
+            Opened::Sqlite(ref $engine) => $body,
+            Opened::Postgres(ref $engine) => $body,
+        }
+    };
+}
+pub(crate) use on_engine;
+
+/// A PostgreSQL engine on `url` and `schema`; `read_only` for commands
+/// that only read (no migration, no schema created, no write).
+fn open_pg(url: &str, schema: &str, read_only: bool) -> Result<PgEngine, CliError> {
+    Ok(PgEngine::builder(url)
+        .schema(schema)
+        .read_only(read_only)
+        .build()?)
+}
+
+fn open(db: &Db) -> Result<Opened, CliError> {
+    Ok(match db {
+        Db::Sqlite(path) => Opened::Sqlite(Engine::open(path)?),
+        Db::Postgres { url, schema } => Opened::Postgres(open_pg(url, schema, false)?),
+    })
 }
 
 /// For commands that only read: a missing file is a mistake, not a new
 /// database, and the file is opened read-only: it is never migrated,
-/// switched to WAL or written, and nothing waits for a writer.
-fn open_existing(db: Option<&PathBuf>) -> Result<Engine, CliError> {
-    let path = db_path(db)?;
-    if !path.exists() {
-        return Err(CliError::Invalid(format!(
-            "no database at {} (commands that only read do not create one)",
-            path.display()
-        )));
+/// switched to WAL or written, and nothing waits for a writer. On
+/// PostgreSQL, likewise: a read-only engine, which creates no schema and
+/// migrates nothing.
+fn open_existing(db: &Db) -> Result<Opened, CliError> {
+    match db {
+        Db::Sqlite(path) => {
+            if !path.exists() {
+                return Err(CliError::Invalid(format!(
+                    "no database at {} (commands that only read do not create one)",
+                    path.display()
+                )));
+            }
+            Ok(Opened::Sqlite(
+                Engine::builder(path).read_only(true).build()?,
+            ))
+        }
+        Db::Postgres { url, schema } => Ok(Opened::Postgres(open_pg(url, schema, true)?)),
     }
-    Ok(Engine::builder(path).read_only(true).build()?)
 }
 
 fn dispatch(cli: Cli) -> Result<u8, CliError> {
@@ -503,46 +727,128 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
         json: cli.json,
         quiet: cli.quiet,
     };
-    let db = cli.db.as_ref();
+    let schema = cli.schema.as_deref();
+    // Resolved when a command needs it (print-sql and the demo do without).
+    let db = || target(cli.db.as_ref(), schema);
     match cli.command {
-        Command::Migrate { print_sql: true } => leases::print_sql(out),
-        Command::Migrate { print_sql: false } => leases::migrate(&open(db)?, out),
-        Command::List { namespace, all } => match open_existing(db) {
+        Command::Migrate { print_sql: true } => {
+            // PostgreSQL's scripts for a PostgreSQL --db, else SQLite's
+            // (no database at all included, as before). Nothing is opened.
+            let db = match cli
+                .db
+                .clone()
+                .or_else(|| std::env::var_os("LEASEHOLD_DB").map(PathBuf::from))
+            {
+                Some(path) => Some(classify(path, schema, true)?),
+                None if schema.is_some() => {
+                    return Err(CliError::Usage(
+                        "--schema is for PostgreSQL databases: pass --db with a PostgreSQL connection string for its scripts".into(),
+                    ));
+                }
+                None => None,
+            };
+            leases::print_sql(db.as_ref(), out)
+        }
+        Command::Migrate { print_sql: false } => {
+            let db = db()?;
+            leases::migrate(&open(&db)?, &db, out)
+        }
+        Command::List { namespace, all } => match open_existing(&db()?) {
             // A database without leases: nothing to list.
             Err(CliError::Lease(Error::NotMigrated { found: 0, .. })) => {
                 out.json(&serde_json::Value::Array(Vec::new()));
                 Ok(0)
             }
-            engine => leases::list(&engine?, namespace.as_deref(), all, out),
+            engine => on_engine!(engine?, |e| leases::list(e, namespace.as_deref(), all, out)),
         },
-        Command::Show(k) => leases::show(&open_existing(db)?, &k.key()?, out),
+        Command::Show(k) => on_engine!(open_existing(&db()?)?, |e| leases::show(e, &k.key()?, out)),
         Command::History { key, limit } => {
-            leases::history(&open_existing(db)?, &key.key()?, limit, out)
+            on_engine!(open_existing(&db()?)?, |e| leases::history(
+                e,
+                &key.key()?,
+                limit,
+                out
+            ))
         }
         Command::Claim {
             key,
             holder,
             duration,
-        } => leases::claim(&open(db)?, &key.key()?, &holder, duration, out),
-        Command::Release { key, holder } => leases::release(&open(db)?, &key.key()?, &holder, out),
-        Command::Revoke(k) => leases::revoke(&open(db)?, &k.key()?, out),
+        } => on_engine!(open(&db()?)?, |e| leases::claim(
+            e,
+            &key.key()?,
+            &holder,
+            duration,
+            out
+        )),
+        Command::Release { key, holder } => on_engine!(open(&db()?)?, |e| leases::release(
+            e,
+            &key.key()?,
+            &holder,
+            out
+        )),
+        Command::Revoke(k) => on_engine!(open(&db()?)?, |e| leases::revoke(e, &k.key()?, out)),
         Command::Pin {
             key,
             entity,
             reason,
             duration,
-        } => leases::pin(&open(db)?, &key.key()?, &entity, &reason, duration, out),
-        Command::Unpin { key, entity } => leases::unpin(&open(db)?, &key.key()?, &entity, out),
-        Command::Run(args) => run::run(&db_path(db)?, args, out),
-        Command::Export { output } => transfer::export(&open_existing(db)?, output.as_deref()),
-        Command::Import { file, window } => {
-            transfer::import(&open(db)?, file.as_deref(), window, out)
+        } => on_engine!(open(&db()?)?, |e| leases::pin(
+            e,
+            &key.key()?,
+            &entity,
+            &reason,
+            duration,
+            out
+        )),
+        Command::Unpin { key, entity } => on_engine!(open(&db()?)?, |e| leases::unpin(
+            e,
+            &key.key()?,
+            &entity,
+            out
+        )),
+        Command::Run(args) => run::run(&db()?, args, out),
+        Command::Export { output } => {
+            let db = db()?;
+            let file = match &db {
+                Db::Sqlite(path) => Some(path.as_path()),
+                Db::Postgres { .. } => None,
+            };
+            on_engine!(open_existing(&db)?, |e| transfer::export(
+                e,
+                file,
+                output.as_deref()
+            ))
         }
+        Command::Import { file, window } => on_engine!(open(&db()?)?, |e| transfer::import(
+            e,
+            file.as_deref(),
+            window,
+            out
+        )),
         Command::Watch {
             namespace,
             duration,
-        } => watch::watch(&open_existing(db)?, namespace.as_deref(), duration, out),
-        Command::Demo(args) => demo::demo(db, args, out),
+        } => on_engine!(open_existing(&db()?)?, |e| watch::watch(
+            e,
+            namespace.as_deref(),
+            duration,
+            out
+        )),
+        Command::Demo(args) => {
+            // Only an explicit --db (never $LEASEHOLD_DB or
+            // $LEASEHOLD_SCHEMA): the demo writes a table of its own.
+            let db = match cli.db {
+                Some(path) => Some(classify(path, schema, false)?),
+                None if schema.is_some() => {
+                    return Err(CliError::Usage(
+                        "--schema is for PostgreSQL databases; without --db the demo runs on a temporary SQLite file (pass --db postgres://…)".into(),
+                    ));
+                }
+                None => None,
+            };
+            demo::demo(db.as_ref(), args, out)
+        }
         Command::DemoWorker(args) => demo::worker(args),
         Command::RunWatcher(args) => watcher::watcher(args),
     }

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use leasehold::chrono::{DateTime, Utc};
-use leasehold::{Engine, Error, Key, LeaseTracker, Tenure};
+use leasehold::engine::{Engine, LeaseTracker, Tenure};
+use leasehold::{Backend, Error, Key};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use super::{CliError, Output, parse_duration, print, watcher};
+use super::{CliError, Db, Output, parse_duration, print, watcher};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -148,17 +149,59 @@ impl Timing {
     }
 }
 
-pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
+pub fn run(db: &Db, args: RunArgs, out: Output) -> Result<u8, CliError> {
     let timing = Timing::of(args.duration, args.grace)?;
+    let key = Key::new(args.namespace.clone(), args.name.clone())?;
+    match db {
+        Db::Sqlite(path) => {
+            let engine = leasehold::Engine::open(path)?;
+            // The command may change directory: it gets the database's
+            // absolute path (canonical now that the engine has opened, or
+            // created, it).
+            let path = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path))?;
+            hold(
+                &engine,
+                &[("LEASEHOLD_DB", path.into_os_string())],
+                &key,
+                timing,
+                args,
+                out,
+            )
+        }
+        Db::Postgres { url, schema } => {
+            let engine = super::open_pg(url, schema, false)?;
+            // The connection string as given: the user's own, password and
+            // all, for the command to connect as run did.
+            hold(
+                &engine,
+                &[
+                    ("LEASEHOLD_DB", OsString::from(url)),
+                    ("LEASEHOLD_SCHEMA", OsString::from(schema)),
+                ],
+                &key,
+                timing,
+                args,
+                out,
+            )
+        }
+    }
+}
+
+/// Holds `key` on `engine` while the command runs, which gets `env` (where
+/// the database is) besides the lease's variables.
+fn hold<B: Backend>(
+    engine: &Engine<B>,
+    env: &[(&str, OsString)],
+    key: &Key,
+    timing: Timing,
+    args: RunArgs,
+    out: Output,
+) -> Result<u8, CliError> {
     let Timing {
         guarantee, grace, ..
     } = timing;
-    let key = Key::new(args.namespace.clone(), args.name.clone())?;
-    let engine = Engine::open(db)?;
-    // The command may change directory: it gets the database's absolute
-    // path (canonical now that the engine has opened, or created, it).
-    let db = std::fs::canonicalize(db).or_else(|_| std::path::absolute(db))?;
-    let tenure = claim_new(&engine, &key, &args)?;
+    let key = key.clone();
+    let tenure = claim_new(engine, &key, &args)?;
     let epoch = tenure.epoch();
     // Once the lease is lost the command is stopped, and must not resume
     // under a new tenure: the tracker does not claim again. Its first claim
@@ -207,7 +250,7 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
             )));
         }
     };
-    watcher.update(&tracker, &engine);
+    watcher.update(&tracker, engine);
     if watcher.sent.is_none() {
         // No guarantee to give the watcher: the lease was just lost.
         watcher.finish(timing);
@@ -225,7 +268,7 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
         .env("LEASEHOLD_NAME", key.name())
         .env("LEASEHOLD_HOLDER", &args.holder)
         .env("LEASEHOLD_EPOCH", epoch.to_string())
-        .env("LEASEHOLD_DB", &db)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         // The watcher's process group, so that stopping it stops whatever
         // it started too (a shell script's children).
         .process_group(watcher.pgid.as_raw())
@@ -355,7 +398,7 @@ pub fn run(db: &Path, args: RunArgs, out: Output) -> Result<u8, CliError> {
                 unreachable!("the signal thread keeps a sender")
             }
         };
-        watcher.update(&tracker, &engine);
+        watcher.update(&tracker, engine);
         if let Some(status) = event.and_then(|e| handle(e, &mut seen)) {
             break status;
         }
@@ -424,7 +467,11 @@ struct Seen {
 /// Begins a new tenure for the holder ([`Engine::claim_new`]). Refused —
 /// or, with `--wait`, waited for — while anyone holds the lease, the same
 /// holder included: two runs as one holder must not share a tenure.
-fn claim_new(engine: &Engine, key: &Key, args: &RunArgs) -> Result<Tenure, CliError> {
+fn claim_new<B: Backend>(
+    engine: &Engine<B>,
+    key: &Key,
+    args: &RunArgs,
+) -> Result<Tenure<B>, CliError> {
     loop {
         match engine.claim_new(key, &args.holder, args.duration) {
             Ok(tenure) => return Ok(tenure),
@@ -503,7 +550,7 @@ impl Watcher {
 
     /// Sends the end of the lease's guarantee if it moved (a renewal), as
     /// an absolute time on the watcher's clock.
-    fn update(&mut self, tracker: &LeaseTracker, engine: &Engine) {
+    fn update<B: Backend>(&mut self, tracker: &LeaseTracker<B>, engine: &Engine<B>) {
         let Some(until) = tracker.lease_until() else {
             return;
         };

@@ -17,7 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use leasehold::chrono::Utc;
-use leasehold::{Engine, Error, ExportedLease, ExportedPin, Key, Snapshot};
+use leasehold::engine::Engine;
+use leasehold::{Backend, Error, ExportedLease, ExportedPin, Key, Snapshot};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -68,12 +69,21 @@ enum Line {
     End(EndLine),
 }
 
-pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
+/// Writes `engine`'s leases to `output` (standard output if `None`);
+/// `db_file` is the SQLite file the engine is on, which `output` must not
+/// be (or `None` on a server).
+pub fn export<B: Backend>(
+    engine: &Engine<B>,
+    db_file: Option<&Path>,
+    output: Option<&Path>,
+) -> Result<u8, CliError> {
     if let Some(path) = output {
         // A directory, or a path whose directory is missing or read-only,
         // is a bad output file (exit 5), as for `demo --svg`.
         super::output::writable(path)?;
-        super::output::not_the_database(path, engine.path())?;
+        if let Some(db) = db_file {
+            super::output::not_the_database(path, db)?;
+        }
     }
     let snapshot = engine.export()?;
     let mut text = String::new();
@@ -83,6 +93,10 @@ pub fn export(engine: &Engine, output: Option<&Path>) -> Result<u8, CliError> {
     };
     push(&Header {
         leasehold_export: FORMAT_VERSION,
+        // The version of the lease model the lines describe, SQLite's
+        // schema version, whichever backend exported them (PostgreSQL's
+        // tables hold the same model): an import checks it against its
+        // own build's, not against the database it writes to.
         schema: leasehold::SCHEMA_VERSION,
         taken_at: super::leases::time(snapshot.taken_at),
     });
@@ -437,8 +451,8 @@ fn pin_words((reason, expires): &PinSays) -> String {
     format!("reason {reason:?}, {expires}")
 }
 
-pub fn import(
-    engine: &Engine,
+pub fn import<B: Backend>(
+    engine: &Engine<B>,
     file: Option<&Path>,
     window: Duration,
     out: Output,

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use leasehold::{Engine, EventKind, Gap, Key};
+use leasehold::engine::Engine;
+use leasehold::{Backend, EventKind, Gap, Key};
 
 use super::leases::{event_json, event_line, time};
 use super::{CliError, Output};
@@ -15,8 +16,8 @@ type Seen = (
     leasehold::chrono::DateTime<leasehold::chrono::Utc>,
 );
 
-pub fn watch(
-    engine: &Engine,
+pub fn watch<B: Backend>(
+    engine: &Engine<B>,
     namespace: Option<&str>,
     duration: Option<Duration>,
     out: Output,
@@ -149,7 +150,10 @@ pub fn watch(
 }
 
 /// Every lease held now (of `namespace`, or of all).
-fn held_leases(engine: &Engine, namespace: Option<&str>) -> Result<HashMap<Key, Seen>, CliError> {
+fn held_leases<B: Backend>(
+    engine: &Engine<B>,
+    namespace: Option<&str>,
+) -> Result<HashMap<Key, Seen>, CliError> {
     let namespaces = match namespace {
         Some(ns) => vec![ns.to_owned()],
         None => engine.namespaces()?,
