@@ -55,7 +55,7 @@ fn handover(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    let d = handover_after_kill(&db, &mut successor);
+                    let d = handover_after_kill("doomed", &db, &mut successor);
                     kill_ms.push(d.as_secs_f64() * 1e3);
                     d
                 })

@@ -74,13 +74,14 @@ fn throughput(name: &str, f: &Figure, per: f64, min: f64, baseline: &str) -> Row
 }
 
 /// The report's sections, in order.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "writes",
     "claims",
     "reads",
     "handover",
     "watch",
     "contention",
+    "postgres",
 ];
 
 fn main() {
@@ -254,7 +255,7 @@ fn main() {
         drop(full_successor);
         let n = if quick { 6 } else { 40 };
         let kill: Vec<f64> = (0..n)
-            .map(|_| handover_after_kill(&db, &mut successor).as_secs_f64() * 1e3)
+            .map(|_| handover_after_kill("doomed", &db, &mut successor).as_secs_f64() * 1e3)
             .collect();
         rows.push(latency(
             "hand-over after SIGKILL, from expiry",
@@ -286,6 +287,9 @@ fn main() {
     }
     if want("contention") {
         contention(p, &mut rows);
+    }
+    if want("postgres") {
+        postgres(quick, &mut rows);
     }
     print(quick, &rows);
 }
@@ -382,6 +386,134 @@ fn contention(p: &std::path::Path, rows: &mut Vec<Row>) {
         ratio: String::new(),
         target: "≥ 3×".into(),
         holds: None,
+    });
+}
+
+/// Time ratio over `clients` clients (per call: wall time / calls).
+fn clients_row(name: &str, c: &common::pg::Clients, max: f64, baseline: &str) -> Row {
+    let f = Figure {
+        leasehold: c.leasehold.clone(),
+        baseline: c.baseline.clone(),
+        ratio: c.ratio.clone(),
+    };
+    slower(name, &f, max, baseline)
+}
+
+/// The PostgreSQL section: a durable server of its own (fsync and
+/// synchronous commit on), over its Unix socket.
+fn postgres(quick: bool, rows: &mut Vec<Row>) {
+    use common::pg;
+    use leasehold::postgres::PgEngine;
+    eprintln!("measuring PostgreSQL (a durable server of the report's own)…");
+    let server = match pg::server() {
+        Ok(server) => server,
+        Err(e) => {
+            rows.push(Row {
+                figure: "PostgreSQL".into(),
+                leasehold: format!("skipped: {e}"),
+                baseline: "run .ci/install-postgres".into(),
+                ratio: String::new(),
+                target: String::new(),
+                holds: None,
+            });
+            return;
+        }
+    };
+    let db = server.create_database().expect("database");
+    let url = db.url().to_owned();
+    pg::items(&url);
+    let engine = PgEngine::connect(&url).expect("engine");
+    let key = leasehold::Key::new("bench", "writer").expect("key");
+    let token = engine
+        .claim(&key, "writer", Duration::from_secs(24 * 3600))
+        .expect("claim")
+        .token();
+    let (rounds, round) = pg::shape();
+    for clients in [1, 16] {
+        let c = pg::measure_clients(
+            clients,
+            rounds,
+            round,
+            &|| pg::fragment_job(&url, &token),
+            &|| pg::bare_job(&url),
+        );
+        rows.push(clients_row(
+            &format!("pg: guarded write, SQL fragment, {clients} client(s)"),
+            &c,
+            1.10,
+            "bare txn, same UPDATE",
+        ));
+        let c = pg::measure_clients(
+            clients,
+            rounds,
+            round,
+            &|| pg::check_in_job(&url, &token),
+            &|| pg::bare_job(&url),
+        );
+        rows.push(clients_row(
+            &format!("pg: guarded write, check_in, {clients} client(s)"),
+            &c,
+            1.30,
+            "bare txn, same UPDATE",
+        ));
+    }
+    let c = pg::measure_clients(1, rounds, round, &|| pg::claim_job(&engine), &|| {
+        pg::raw_claim_job(&url)
+    });
+    let f = Figure {
+        leasehold: c.leasehold,
+        baseline: c.baseline,
+        ratio: c.ratio,
+    };
+    rows.push(throughput(
+        "pg: claim new tenure + release, 1 client",
+        &f,
+        1.0,
+        0.85,
+        "same rows by hand, notices both",
+    ));
+    // Hand-over across processes.
+    let mut successor = Helper::spawn("pg-successor", &url);
+    let n = if quick { 30 } else { 200 };
+    let release: Vec<f64> = (0..n)
+        .map(|_| {
+            handover_after_release_both(&engine, &mut successor)
+                .1
+                .as_secs_f64()
+                * 1e3
+        })
+        .collect();
+    rows.push(latency(
+        "pg: hand-over after release, from its commit",
+        release,
+        "etcd 1.5 / 2.6 ms",
+        (1.0, 5.0),
+    ));
+    let n = if quick { 6 } else { 40 };
+    let kill: Vec<f64> = (0..n)
+        .map(|_| handover_after_kill("pg-doomed", &url, &mut successor).as_secs_f64() * 1e3)
+        .collect();
+    rows.push(latency(
+        "pg: hand-over after SIGKILL, from expiry",
+        kill,
+        "etcd 280 / 500 ms",
+        (10.0, 30.0),
+    ));
+    drop(successor);
+    let window = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(10)
+    };
+    let (losses, renewals, writes) =
+        pg::renewals_under_load(&url, &engine, 16, Duration::from_millis(250), window);
+    rows.push(Row {
+        figure: "pg: renewals while 16 clients write guarded".into(),
+        leasehold: format!("{losses} lost, {renewals} renewals, {writes} writes"),
+        baseline: String::new(),
+        ratio: String::new(),
+        target: "none late".into(),
+        holds: Some(losses == 0 && renewals > 0),
     });
 }
 

@@ -3,6 +3,7 @@
 //! raw rusqlite (WAL, prepared statements), on files in one temp dir.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod procs;
 
 use std::path::Path;

@@ -23,6 +23,9 @@ pub fn serve_role() -> bool {
         return false;
     };
     let db = std::env::var("LEASEHOLD_BENCH_DB").expect("db");
+    if super::pg::serve(&role, &db) {
+        return true;
+    }
     match role.as_str() {
         "successor" => successor(&db),
         "doomed" => doomed_leader(&db),
@@ -36,7 +39,7 @@ fn key() -> Key {
     Key::new("bench", "handover").expect("key")
 }
 
-fn wall_ns() -> u128 {
+pub fn wall_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("time")
@@ -86,7 +89,7 @@ pub struct Helper {
 }
 
 impl Helper {
-    pub fn spawn(role: &str, db: &std::path::Path) -> Helper {
+    pub fn spawn(role: &str, db: impl AsRef<std::ffi::OsStr>) -> Helper {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
             .env("LEASEHOLD_BENCH_ROLE", role)
             .env("LEASEHOLD_BENCH_DB", db)
@@ -157,15 +160,18 @@ pub fn report(name: &str, mut samples_ms: Vec<f64>) -> (f64, f64) {
 
 /// One hand-over after a release; returns the latency, measured from the
 /// release call.
-pub fn handover_after_release(engine: &Engine, successor: &mut Helper) -> Duration {
+pub fn handover_after_release<B: leasehold::Backend>(
+    engine: &leasehold::engine::Engine<B>,
+    successor: &mut Helper,
+) -> Duration {
     handover_after_release_both(engine, successor).0
 }
 
 /// One hand-over after a release; returns the latency measured from the
 /// release call and from its return (once its commit is durable: what
 /// matters when the commit itself takes an fsync).
-pub fn handover_after_release_both(
-    engine: &Engine,
+pub fn handover_after_release_both<B: leasehold::Backend>(
+    engine: &leasehold::engine::Engine<B>,
     successor: &mut Helper,
 ) -> (Duration, Duration) {
     engine
@@ -190,8 +196,12 @@ pub fn handover_after_release_both(
 
 /// One hand-over after the leader is killed; returns the latency from the
 /// lease's nominal expiry.
-pub fn handover_after_kill(db: &std::path::Path, successor: &mut Helper) -> Duration {
-    let mut leader = Helper::spawn("doomed", db);
+pub fn handover_after_kill(
+    role: &str,
+    db: impl AsRef<std::ffi::OsStr>,
+    successor: &mut Helper,
+) -> Duration {
+    let mut leader = Helper::spawn(role, db);
     let expiry = leader.next_ns("claimed ");
     successor.send("track");
     assert_eq!(successor.next(), "minion");

@@ -103,22 +103,6 @@ BEFORE UPDATE OF epoch ON leasehold_leases
 FOR EACH ROW WHEN (NEW.epoch < OLD.epoch)
 EXECUTE FUNCTION leasehold_epoch_never_decreases();
 
--- Fair turns at a key's row. A row share lock (a guard's FOR SHARE) is
--- granted while an update of the row waits, so guards arriving one after
--- another can keep a renewal, a revoke or a claim waiting for ever. Every
--- operation therefore takes an advisory lock on the key first, exclusive
--- before it locks the row FOR UPDATE, shared before a guard's FOR SHARE:
--- the lock manager queues those in order, so a guard that comes after a
--- waiting operation waits behind it. (A key's hash names the lock; two keys
--- that share one only share their queue.)
-CREATE FUNCTION leasehold_turn(ns text, nm text) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-    SELECT true FROM (SELECT pg_advisory_xact_lock(hashtextextended(ns || '/' || nm, 1818782068))) AS queued
-$$;
-
-CREATE FUNCTION leasehold_shared_turn(ns text, nm text) RETURNS boolean LANGUAGE sql VOLATILE AS $$
-    SELECT true FROM (SELECT pg_advisory_xact_lock_shared(hashtextextended(ns || '/' || nm, 1818782068))) AS queued
-$$;
-
 -- The server's time in milliseconds since the Unix epoch, at the moment of
 -- the call (clock_timestamp(), not now(): now() is the transaction's start).
 CREATE FUNCTION leasehold_now_us() RETURNS bigint LANGUAGE sql VOLATILE AS $$

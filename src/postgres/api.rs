@@ -193,7 +193,7 @@ impl LeaseToken<Postgres> {
                        AND greatest(l.expiry_ms, l.pinned_until_ms)
                            > greatest(coalesce({now}::bigint, {s}.leasehold_now_us() / 1000), l.updated_ms)
                        AND (SELECT uuid::text FROM {s}.leasehold_instance) = {instance}::text
-                       AND {s}.leasehold_shared_turn({ns}::text, {name}::text)
+                       AND pg_advisory_xact_lock_shared(hashtextextended({ns}::text || '/' || {name}::text, {turns}))::text = ''
                      FOR SHARE OF l)",
             s = db.quoted,
             ns = n(0),
@@ -201,6 +201,7 @@ impl LeaseToken<Postgres> {
             holder = n(2),
             now = n(now_at),
             instance = n(now_at + 1),
+            turns = crate::postgres::store::TURNS,
         );
         PgGuard { sql, params }
     }
