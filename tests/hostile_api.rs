@@ -448,15 +448,14 @@ fn a_clock_once_an_hour_ahead_does_not_freeze_expiry_for_everyone() -> R {
 }
 
 /// The database opened through a symlink (`app.db -> releases/v1.db`)
-/// that a deployment then points elsewhere (`ln -sfn v2.db app.db`). The
-/// engine checks the identity of the file the link named when it opened,
-/// so it never notices; its tenure goes on in v1 while everyone opening
-/// `app.db` now uses v2 and claims the same key in the same epoch — two
-/// holders through one path, and `leasehold run` keeps its command
-/// running (exit 0). Worse, the pool opens new connections by the link's
-/// path: one engine then works on both files at once.
+/// that a deployment then points elsewhere (`ln -sfn v2.db app.db`).
+/// Everyone opening `app.db` now uses v2 and may claim the same key in the
+/// same epoch, so the engine must count its database as replaced (as for
+/// a file moved over the path), and its pool must never open the link anew
+/// (it used to: one engine then worked on both files at once, and its
+/// tenure went on in v1 unnoticed while `leasehold run` kept its command
+/// running).
 #[test]
-#[ignore = "src/sqlite/mod.rs ensure_usable/watch_path: the identity checked is the link target's resolved at open, and pooled connections reopen the link's path: a symlink pointed at another database goes unnoticed (two holders through one path), and one engine's connections end up on two files"]
 fn a_symlink_pointed_at_another_database_counts_as_replaced() -> R {
     let dir = tempfile::tempdir()?;
     let (v1, v2, link) = (
@@ -468,38 +467,38 @@ fn a_symlink_pointed_at_another_database_counts_as_replaced() -> R {
     Engine::open(&v1)?;
     std::os::unix::fs::symlink(&v1, &link)?;
     let engine = Engine::open(&link)?;
+    assert_eq!(engine.path(), link, "the engine names the path given");
     engine.claim(&key("job"), "first", secs(3600))?;
+    // A connection kept checked out, so that the next one is opened anew.
+    let before = engine.connection()?;
     // The deployment flips the link.
     let tmp = dir.path().join("app.db.new");
     std::os::unix::fs::symlink(&v2, &tmp)?;
     std::fs::rename(&tmp, &link)?;
     let rival = Engine::open(&link)?.claim(&key("job"), "second", secs(3600))?;
     assert_eq!(rival.epoch(), 1, "v2 never saw the first tenure");
-    // The first engine must now refuse to go on (as for a replaced file).
+    // A connection opened after the flip (unless the engine noticed
+    // already) is on v1, as every other connection of the engine.
+    let v1_real = std::fs::canonicalize(&v1)?;
+    match engine.connection() {
+        Ok(after) => {
+            assert_eq!(after.path().map(Path::new), Some(v1_real.as_path()));
+            assert_eq!(before.path().map(Path::new), Some(v1_real.as_path()));
+        }
+        Err(Error::DatabaseReplaced { .. }) => {}
+        Err(other) => return Err(other.into()),
+    }
+    drop(before);
+    // The first engine must now refuse to go on (as for a replaced file),
+    // naming the path it was given.
+    let mut last = None;
     let noticed = eventually(Duration::from_secs(5), || {
-        matches!(
-            engine.lease(&key("job")),
-            Err(Error::DatabaseReplaced { .. })
-        )
+        last = Some(engine.lease(&key("job")));
+        matches!(last, Some(Err(Error::DatabaseReplaced { .. })))
     });
-    // Two connections at once: the second is opened anew, by the link.
-    let views = (|| -> Result<(Option<String>, Option<String>), Box<dyn std::error::Error>> {
-        let a = engine.connection()?;
-        let b = engine.connection()?;
-        let holder = |c: &leasehold::rusqlite::Connection| {
-            c.query_row(
-                "SELECT holder FROM leasehold_leases WHERE namespace = 'test' AND name = 'job'",
-                [],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .ok()
-            .flatten()
-        };
-        Ok((holder(&a), holder(&b)))
-    })();
-    assert!(
-        noticed,
-        "the engine never noticed; its connections see holders {views:?}"
-    );
+    assert!(noticed, "the engine never noticed: {last:?}");
+    if let Some(Err(Error::DatabaseReplaced { path })) = last {
+        assert_eq!(path, link);
+    }
     Ok(())
 }

@@ -48,8 +48,14 @@ use crate::sqlite::store::SqliteStore;
 /// noticed through `PRAGMA data_version`, inotify on the `-wal` file, and
 /// the event table read from the last event seen.
 pub struct Sqlite {
+    /// The path as given when opening (what messages name).
     pub(crate) path: PathBuf,
-    pub(crate) canonical: Option<PathBuf>,
+    /// The path as given, made absolute (links left as they are): what it
+    /// names must stay the file opened.
+    pub(crate) given: PathBuf,
+    /// The file opened, every link resolved when the engine opened: every
+    /// connection of the engine opens it by this name.
+    pub(crate) canonical: PathBuf,
     pub(crate) pool: r2d2::Pool<SqliteConnectionManager>,
     pub(crate) time: LocalTime,
     pub(crate) busy_timeout: Duration,
@@ -91,10 +97,10 @@ impl Sqlite {
         &self.path
     }
 
-    /// The path to watch for writes, and to compare connections with: the
-    /// canonical one if known.
+    /// The file opened, every link resolved: what connections open, what
+    /// is watched for writes and what connections are compared with.
     pub(crate) fn watch_path(&self) -> &Path {
-        self.canonical.as_deref().unwrap_or(&self.path)
+        &self.canonical
     }
 
     /// A pooled connection, waiting at most `budget` for it and later for
@@ -129,9 +135,7 @@ impl Sqlite {
         let Some(theirs) = conn.path().filter(|p| !p.is_empty()) else {
             return false;
         };
-        let Some(ours) = &self.canonical else {
-            return Path::new(theirs) == self.path;
-        };
+        let ours = &self.canonical;
         Path::new(theirs) == ours || std::fs::canonicalize(theirs).is_ok_and(|p| &p == ours)
     }
 
@@ -229,6 +233,13 @@ impl Backend for Sqlite {
     /// Whether the file at the engine's path is still the one it opened,
     /// checked at most once per `every`; once it is not, every operation
     /// fails with [`Error::DatabaseReplaced`].
+    ///
+    /// Both names must still name the file opened (same device and inode):
+    /// the path as given, following links as they are now (a link pointed
+    /// at another database, or a file moved over the path, is a
+    /// replacement: processes opening the path now use that other file),
+    /// and the file opened, every link resolved at open (the name the
+    /// engine's connections open).
     fn ensure_usable(&self, every: Duration) -> Result<()> {
         let replaced = || Error::DatabaseReplaced {
             path: self.path.clone(),
@@ -249,7 +260,9 @@ impl Backend for Sqlite {
         {
             return Ok(());
         }
-        if FileIdentity::of(self.watch_path()) == Some(identity) {
+        if FileIdentity::of(&self.given) == Some(identity)
+            && FileIdentity::of(&self.canonical) == Some(identity)
+        {
             return Ok(());
         }
         log::warn!(
@@ -262,7 +275,7 @@ impl Backend for Sqlite {
 
     fn feed(&self) -> Result<Box<dyn ChangeFeed>> {
         Ok(Box::new(crate::sqlite::feed::SqliteFeed::new(
-            self.path.clone(),
+            self.canonical.clone(),
             self.read_only,
             self.busy_timeout,
         )))

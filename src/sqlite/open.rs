@@ -219,6 +219,13 @@ impl EngineBuilder {
     /// A file that fails is left as it was. A database whose schema is
     /// current and already in WAL mode is only read: opening it never
     /// waits for a writer.
+    ///
+    /// The path is resolved once, symbolic links included, and every
+    /// connection of the engine opens that file. Should the path later
+    /// name another file (a link pointed at another database, a file moved
+    /// over it, the file deleted), operations fail with
+    /// [`Error::DatabaseReplaced`] and trackers step down; errors name the
+    /// path as given.
     pub fn build(self) -> Result<Engine<Sqlite>> {
         let shown = self.path.to_string_lossy();
         if shown.is_empty() || shown == ":memory:" || shown.starts_with("file:") {
@@ -264,13 +271,23 @@ impl EngineBuilder {
                 "must be at most one hour",
             ));
         }
-        let (high_water, page_size) = self.prepare_file()?;
+        // The file the path names now, every link resolved, is the file this
+        // engine opens, for good: every pooled connection opens it by that
+        // name, so that a link pointed elsewhere later (a deployment's `ln
+        // -sfn`) cannot put some of the engine's connections on another
+        // database. What the given path names is checked against it (see
+        // `Sqlite::ensure_usable`).
+        let resolved = resolve(&self.path);
+        let (high_water, page_size) = self.prepare_file(&resolved)?;
+        // Now that the file exists (a dangling link created it), resolved
+        // again; where that fails, by the name already resolved.
+        let canonical = std::fs::canonicalize(&resolved).unwrap_or(resolved);
         let read_only = self.read_only;
         let busy_timeout = self.busy_timeout;
         let synchronous = self.synchronous;
         let lock_wait = self.lock_wait;
         let wal_limit = self.wal_limit;
-        let manager = SqliteConnectionManager::file(&self.path)
+        let manager = SqliteConnectionManager::file(&canonical)
             .with_flags(open_flags(read_only) | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(move |c| {
                 match lock_wait {
@@ -291,17 +308,16 @@ impl EngineBuilder {
             .connection_timeout(busy_timeout.max(Duration::from_millis(1)))
             .thread_pool(shared_reaper())
             .build_unchecked(manager);
-        let canonical = std::fs::canonicalize(&self.path).ok();
-        let identity = FileIdentity::of(canonical.as_deref().unwrap_or(&self.path));
+        let identity = FileIdentity::of(&canonical);
         crate::sqlite::wal::limit(self.wal_limit, page_size);
         let lock_signal = match self.lock_wait {
-            LockWait::Fair if !read_only => {
-                crate::sqlite::busy::Signal::open(canonical.as_deref().unwrap_or(&self.path))
-            }
+            LockWait::Fair if !read_only => crate::sqlite::busy::Signal::open(&canonical),
             _ => None,
         };
+        let given = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
         let backend = Sqlite {
             path: self.path,
+            given,
             canonical,
             pool,
             time: LocalTime::new(self.clock, high_water),
@@ -329,10 +345,10 @@ impl EngineBuilder {
     /// write lock is taken only to migrate, and the journal mode is changed
     /// only when it is not WAL already, so opening a current database never
     /// writes and never waits for a writer.
-    fn prepare_file(&self) -> Result<(i64, u64)> {
-        let open_err = |source: rusqlite::Error| self.open_error(source);
+    fn prepare_file(&self, file: &Path) -> Result<(i64, u64)> {
+        let open_err = |source: rusqlite::Error| self.open_error(file, source);
         let conn = Connection::open_with_flags(
-            &self.path,
+            file,
             open_flags(self.read_only)
                 | if self.read_only {
                     OpenFlags::empty()
@@ -431,9 +447,10 @@ impl EngineBuilder {
         Ok((high_water, page_size))
     }
 
-    /// Says what went wrong opening or preparing the file, as precisely as
-    /// the file and its directory allow.
-    fn open_error(&self, source: rusqlite::Error) -> Error {
+    /// Says what went wrong opening or preparing `file` (the path given,
+    /// resolved), as precisely as the file and its directory allow; the
+    /// error names the path as given.
+    fn open_error(&self, file: &Path, source: rusqlite::Error) -> Error {
         match source.sqlite_error_code() {
             Some(ErrorCode::NotADatabase) => {
                 return Error::NotADatabase {
@@ -450,7 +467,7 @@ impl EngineBuilder {
                 // SQLite creates `-wal`, `-shm` and journals beside the
                 // file; a writable file in a directory that is not says
                 // "attempt to write a readonly database", even for reads.
-                if let Some(directory) = unwritable_directory(&self.path) {
+                if let Some(directory) = unwritable_directory(file) {
                     return Error::DirectoryNotWritable {
                         path: self.path.clone(),
                         directory,
@@ -473,6 +490,29 @@ fn open_flags(read_only: bool) -> OpenFlags {
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     }
+}
+
+/// The file `path` names now, with every symbolic link resolved: the file
+/// itself if it exists; for a file yet to be created, its directory,
+/// resolved, joined with its name; the path as given where neither can be
+/// resolved (a link to nothing: SQLite creates its target; a missing
+/// directory: the open fails and says so).
+fn resolve(path: &Path) -> PathBuf {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return resolved;
+    }
+    if std::fs::symlink_metadata(path).is_ok() {
+        return path.to_path_buf();
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(dir).map_or_else(|_| path.to_path_buf(), |dir| dir.join(name))
 }
 
 /// What `path` names (following links) if it is neither a regular file,
