@@ -46,11 +46,11 @@ fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// SQLite keeps the engine's commits in the `-wal` it still has open, which
 /// nobody else sees any more: another process opening the file reads the
 /// main file alone, finds the key vacant and begins a tenure with the same
-/// epoch, and both holders' guarded writes commit — two leaders, each in
-/// its own copy of the database. The engine checks that its *main* file is
-/// still the file (`Error::DatabaseReplaced`), not its side files.
+/// epoch. The engine used to check only that its *main* file was still the
+/// file, so both holders' guarded writes committed — two leaders, each in
+/// its own copy of the database. Its `-wal` and `-shm` deleted or replaced
+/// now count as the database replaced (`Error::DatabaseReplaced`).
 #[test]
-#[ignore = "src/sqlite/mod.rs ensure_usable checks only the main file's identity: deleting -wal/-shm under a live engine leaves it writing to a WAL nobody else reads; another engine then claims the same key with the same epoch and both guarded writes commit"]
 fn deleting_the_wal_and_shm_under_a_live_engine_ends_its_tenures() -> R {
     let db = TempDb::new();
     let first = Engine::open(&db.path)?;
@@ -95,6 +95,8 @@ fn deleting_the_wal_and_shm_under_a_live_engine_ends_its_tenures() -> R {
         "the first engine's guarded writes still commit after its -wal and -shm were deleted; \
          meanwhile another process's claim of the key returned {rival}"
     );
+    let err = first.claim(&key("other"), "first", secs(60)).unwrap_err();
+    assert!(matches!(err, Error::DatabaseReplaced { .. }), "{err:?}");
     Ok(())
 }
 
@@ -110,6 +112,81 @@ fn second_claimer() {
         Ok(t) => println!("@claim granted to {} in epoch {}", t.holder(), t.epoch()),
         Err(e) => println!("@claim failed: {e}"),
     }
+}
+
+/// The side files deleted with no other process coming: the engine still
+/// notices (its commits would be invisible to any process opening the file
+/// later), and its trackers step down.
+#[test]
+fn deleting_the_wal_under_a_tracker_ends_its_tenure() -> R {
+    let db = TempDb::new();
+    let engine = Engine::open(&db.path)?;
+    let tracker = engine
+        .tracker(&key("a"), "h1")
+        .guarantee(secs(60))
+        .build()?;
+    assert_eq!(tracker.wait_leader().wait_timeout(secs(10)), Some(true));
+    let lost = tracker.wait_minion();
+    std::fs::remove_file(side(&db.path, "-wal"))?;
+    // Noticed within a second or so; generous bound for a loaded machine.
+    assert_eq!(lost.wait_timeout(secs(20)), Some(true), "stepped down");
+    let err = engine.claim(&key("b"), "h1", secs(60)).unwrap_err();
+    assert!(matches!(err, Error::DatabaseReplaced { .. }), "{err:?}");
+    Ok(())
+}
+
+/// What SQLite itself does to the side files under a live engine is not a
+/// replacement: its pool having no connection open (it keeps none idle: at
+/// first, and once its reaper closed them), other processes opening and
+/// closing the file (the last connection to close deletes the `-wal` and
+/// `-shm`), checkpoints that truncate the `-wal`, the application's own
+/// connections.
+#[test]
+fn sqlite_s_own_handling_of_the_side_files_is_not_a_replacement() -> R {
+    let db = TempDb::new();
+    Engine::open(&db.path)?.claim(&key("b"), "h2", secs(600))?;
+    let engine = Engine::builder(&db.path)
+        .pool_size(1)
+        .wal_size_limit(0)
+        .build()?;
+    // Links to the side files as they are now keep their inodes from being
+    // reused: a file deleted and created again is seen to be another.
+    for suffix in ["-wal", "-shm"] {
+        std::fs::hard_link(
+            side(&db.path, suffix),
+            side(&db.path, &format!("{suffix}.seen")),
+        )?;
+    }
+    // The engine has no pooled connection open yet: another process's
+    // connections open and close the file.
+    for _ in 0..3 {
+        let conn = leasehold::rusqlite::Connection::open(&db.path)?;
+        conn.query_row("SELECT count(*) FROM leasehold_leases", [], |_| Ok(()))?;
+        drop(conn);
+        let other = Engine::open(&db.path)?;
+        other.claim(&key("c"), "h3", secs(600))?;
+        drop(other);
+    }
+    engine.claim(&key("a"), "h1", secs(600))?;
+    {
+        // The application's own connection: checkpoints, truncating.
+        let conn = engine.connection()?;
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        conn.execute_batch("PRAGMA journal_size_limit = 0; INSERT INTO t VALUES (2);")?;
+    }
+    // Past the once-a-second check.
+    std::thread::sleep(Duration::from_millis(1100));
+    engine.claim(&key("a"), "h1", secs(600))?;
+    engine.release(&key("a"), "h1")?;
+    assert!(engine.lease(&key("b"))?.is_some_and(|l| l.is_held()));
+    use std::os::unix::fs::MetadataExt;
+    for suffix in ["-wal", "-shm"] {
+        let now = std::fs::metadata(side(&db.path, suffix))?.ino();
+        let seen = std::fs::metadata(side(&db.path, &format!("{suffix}.seen")))?.ino();
+        assert_eq!(now, seen, "{suffix} was deleted and created again");
+    }
+    Ok(())
 }
 
 /// `Engine::builder(fifo).read_only(true).build()`: SQLite would open the

@@ -34,7 +34,7 @@ use crate::core::error::{Context, Error, Result};
 use crate::core::store::Store;
 use crate::sqlite::api::{Immediate, PooledConnection};
 use crate::sqlite::busy::Signal;
-use crate::sqlite::open::FileIdentity;
+use crate::sqlite::open::{FileIdentity, SideFiles};
 use crate::sqlite::store::SqliteStore;
 
 /// The SQLite backend: one database file, shared by any number of
@@ -56,6 +56,14 @@ pub struct Sqlite {
     /// The file opened, every link resolved when the engine opened: every
     /// connection of the engine opens it by this name.
     pub(crate) canonical: PathBuf,
+    /// A connection open for the engine's life, outside the pool (which
+    /// keeps no connection idle): while it is open SQLite never deletes
+    /// the `-wal` and `-shm` (see `SideFiles`). Never used otherwise.
+    #[allow(dead_code)]
+    pub(crate) anchor: std::sync::Mutex<Connection>,
+    /// The `-wal` and `-shm` the anchor holds, to notice them deleted or
+    /// replaced.
+    pub(crate) side_files: SideFiles,
     pub(crate) pool: r2d2::Pool<SqliteConnectionManager>,
     pub(crate) time: LocalTime,
     pub(crate) busy_timeout: Duration,
@@ -239,7 +247,11 @@ impl Backend for Sqlite {
     /// at another database, or a file moved over the path, is a
     /// replacement: processes opening the path now use that other file),
     /// and the file opened, every link resolved at open (the name the
-    /// engine's connections open).
+    /// engine's connections open). And in WAL mode its `-wal` and `-shm`
+    /// must still be the files found at open, which SQLite never deletes
+    /// under a live engine (see `SideFiles`): deleted or replaced by hand,
+    /// the engine's commits go to a `-wal` no other process reads, and a
+    /// process opening the file now sees none of them.
     fn ensure_usable(&self, every: Duration) -> Result<()> {
         let replaced = || Error::DatabaseReplaced {
             path: self.path.clone(),
@@ -260,15 +272,26 @@ impl Backend for Sqlite {
         {
             return Ok(());
         }
-        if FileIdentity::of(&self.given) == Some(identity)
-            && FileIdentity::of(&self.canonical) == Some(identity)
-        {
-            return Ok(());
+        let main_kept = FileIdentity::of(&self.given) == Some(identity)
+            && FileIdentity::of(&self.canonical) == Some(identity);
+        let side_changed = if main_kept {
+            self.side_files.changed(&self.canonical)
+        } else {
+            None
+        };
+        match side_changed {
+            None if main_kept => return Ok(()),
+            None => log::warn!(
+                "leasehold: {} was deleted or replaced since it was opened; its tenures count as lost",
+                self.path.display()
+            ),
+            Some(suffix) => log::warn!(
+                "leasehold: {}{suffix} was deleted or replaced since {} was opened: this engine's \
+                 commits are no longer seen by processes opening it; its tenures count as lost",
+                self.canonical.display(),
+                self.path.display()
+            ),
         }
-        log::warn!(
-            "leasehold: {} was deleted or replaced since it was opened; its tenures count as lost",
-            self.path.display()
-        );
         self.replaced.store(true, Ordering::Release);
         Err(replaced())
     }

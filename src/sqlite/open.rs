@@ -278,10 +278,25 @@ impl EngineBuilder {
         // database. What the given path names is checked against it (see
         // `Sqlite::ensure_usable`).
         let resolved = resolve(&self.path);
-        let (high_water, page_size) = self.prepare_file(&resolved)?;
+        let Prepared {
+            anchor,
+            high_water,
+            page_size,
+            wal_mode,
+        } = self.prepare_file(&resolved)?;
         // Now that the file exists (a dangling link created it), resolved
         // again; where that fails, by the name already resolved.
         let canonical = std::fs::canonicalize(&resolved).unwrap_or(resolved);
+        // The `-wal` and `-shm` the anchor holds open. While it is open,
+        // SQLite deletes neither (a connection in WAL mode holds a shared
+        // lock on the database file as long as it is open, and only a last
+        // connection, taking the exclusive lock, deletes them), so from now
+        // on another file of their names means they were deleted by hand.
+        let side_files = if wal_mode {
+            SideFiles::of(&canonical)
+        } else {
+            SideFiles::default()
+        };
         let read_only = self.read_only;
         let busy_timeout = self.busy_timeout;
         let synchronous = self.synchronous;
@@ -319,6 +334,8 @@ impl EngineBuilder {
             path: self.path,
             given,
             canonical,
+            anchor: std::sync::Mutex::new(anchor),
+            side_files,
             pool,
             time: LocalTime::new(self.clock, high_water),
             busy_timeout,
@@ -340,12 +357,13 @@ impl EngineBuilder {
     }
 
     /// Checks and, unless read-only, migrates the file and switches it to
-    /// WAL, on a connection of its own; returns the persisted clock
-    /// high-water mark and the page size. The version is read first: the
-    /// write lock is taken only to migrate, and the journal mode is changed
-    /// only when it is not WAL already, so opening a current database never
-    /// writes and never waits for a writer.
-    fn prepare_file(&self, file: &Path) -> Result<(i64, u64)> {
+    /// WAL, on a connection of its own, which it returns to be the
+    /// engine's anchor; and the persisted clock high-water mark and the
+    /// page size. The version is read first: the write lock is taken only
+    /// to migrate, and the journal mode is changed only when it is not WAL
+    /// already, so opening a current database never writes and never waits
+    /// for a writer.
+    fn prepare_file(&self, file: &Path) -> Result<Prepared> {
         let open_err = |source: rusqlite::Error| self.open_error(file, source);
         let conn = Connection::open_with_flags(
             file,
@@ -444,7 +462,17 @@ impl EngineBuilder {
         let page_size: u64 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(open_err)?;
-        Ok((high_water, page_size))
+        // Read after a read of the file (the clock mark above), so that in
+        // WAL mode this connection now holds the `-wal` and `-shm` open.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(open_err)?;
+        Ok(Prepared {
+            anchor: conn,
+            high_water,
+            page_size,
+            wal_mode: mode.eq_ignore_ascii_case("wal"),
+        })
     }
 
     /// Says what went wrong opening or preparing `file` (the path given,
@@ -481,6 +509,17 @@ impl EngineBuilder {
             source: crate::sqlite::error::storage(source, self.busy_timeout),
         }
     }
+}
+
+/// What `EngineBuilder::prepare_file` found.
+struct Prepared {
+    /// Its connection, kept open for the engine's life (see `Sqlite::anchor`).
+    anchor: Connection,
+    /// The persisted clock mark.
+    high_water: i64,
+    page_size: u64,
+    /// Whether the file is in WAL mode.
+    wal_mode: bool,
 }
 
 /// The flags every connection of an engine opens with.
@@ -591,6 +630,55 @@ impl FileIdentity {
             inode: created.as_nanos() as u64,
         })
     }
+}
+
+/// SQLite's `-wal` and `-shm` beside a database in WAL mode, as the
+/// engine's anchor connection holds them open: which files they were
+/// when the engine opened (`None`: there was none).
+///
+/// SQLite deletes them only when the last connection to the database
+/// closes, having taken the exclusive lock that every open connection in
+/// WAL mode keeps from it (each holds a shared lock on the database file
+/// for as long as it is open); the anchor is open for the engine's life,
+/// so they are never deleted by SQLite under a live engine, however its
+/// pool opens and closes connections (it keeps none idle) and whatever
+/// other processes do. A checkpoint, `TRUNCATE` or `journal_size_limit`
+/// included, rewrites or truncates the `-wal` in place: same inode. So a
+/// `-wal` or `-shm` that vanished or is another file was deleted by hand
+/// (`rm app.db-*`): the engine's connections still write to the `-wal`
+/// they hold, which no process opening the file now reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SideFiles {
+    wal: Option<FileIdentity>,
+    shm: Option<FileIdentity>,
+}
+
+impl SideFiles {
+    /// The side files beside `db` now.
+    pub(crate) fn of(db: &Path) -> SideFiles {
+        SideFiles {
+            wal: FileIdentity::of(&side_path(db, "-wal")),
+            shm: FileIdentity::of(&side_path(db, "-shm")),
+        }
+    }
+
+    /// The first of the side files found at open that is no longer the
+    /// file at its name beside `db` (deleted, or another file), if any.
+    pub(crate) fn changed(&self, db: &Path) -> Option<&'static str> {
+        [("-wal", self.wal), ("-shm", self.shm)]
+            .into_iter()
+            .find(|(suffix, found)| {
+                found.is_some_and(|id| FileIdentity::of(&side_path(db, suffix)) != Some(id))
+            })
+            .map(|(suffix, _)| suffix)
+    }
+}
+
+/// `db` with `suffix` appended to its file name (`app.db` → `app.db-wal`).
+fn side_path(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// Runs `f` until it succeeds, fails with something other than
