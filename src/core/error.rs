@@ -324,6 +324,8 @@ impl Error {
 pub struct StorageError {
     kind: StorageKind,
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// What the backend's error says only in its sources, said after it.
+    detail: Option<String>,
 }
 
 /// How a [`StorageError`] is classified.
@@ -353,7 +355,16 @@ impl StorageError {
         StorageError {
             kind,
             inner: error.into(),
+            detail: None,
         }
+    }
+
+    /// The same error, its message followed by `detail` (a cause the
+    /// backend's error keeps in its source chain).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn with_detail(mut self, detail: Option<String>) -> StorageError {
+        self.detail = detail;
+        self
     }
 
     /// A storage error with only a message (no backend error underneath).
@@ -392,7 +403,11 @@ impl StorageError {
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.inner, f)
+        fmt::Display::fmt(&self.inner, f)?;
+        match &self.detail {
+            Some(detail) => write!(f, ": {detail}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -27,7 +27,25 @@ pub(crate) fn storage(e: postgres::Error, waited: Duration) -> StorageError {
         None if e.is_closed() => StorageKind::Retry,
         _ => StorageKind::Other,
     };
-    StorageError::new(kind, e)
+    let detail = causes(&e);
+    StorageError::new(kind, e).with_detail(detail)
+}
+
+/// The causes beneath `e` that its message does not say ("error connecting
+/// to server" says why only in its source).
+fn causes(e: &postgres::Error) -> Option<String> {
+    let mut shown = e.to_string();
+    let mut said = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !shown.contains(&text) {
+            shown.push_str(&text);
+            said.push(text);
+        }
+        next = cause.source();
+    }
+    (!said.is_empty()).then(|| said.join(": "))
 }
 
 /// Whether `e` says a table, schema or function does not exist (the

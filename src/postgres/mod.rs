@@ -516,7 +516,13 @@ impl Engine<Postgres> {
     /// `postgres://` or `postgresql://` URL or a `key=value` string.
     pub fn builder(url: &str) -> PgBuilder {
         PgBuilder {
-            config: url.parse::<postgres::Config>().map_err(|e| e.to_string()),
+            config: url.parse::<postgres::Config>().map_err(|e| {
+                // The reason is in the error's source ("unknown option …").
+                match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                }
+            }),
             url: url.to_owned(),
             schema: "public".to_owned(),
             clock: None,
