@@ -92,22 +92,28 @@
 //!   keeps every tenure change waiting instead.)
 //! - **Liveness depends on time.** When a lapsed lease may be taken over is
 //!   decided by the engine's clock ([`Clock`]). Within an engine, time never
-//!   runs backwards: each engine keeps a high-water mark of the instants it
-//!   has used, and each lease row records the time of its last write, so a
-//!   clock stepped back cannot revive an expired lease or lengthen a tenure
-//!   for that engine, or for any engine judging that row.
+//!   runs backwards: engine time is the clock's reading plus an offset that
+//!   only grows. Each engine keeps a high-water mark of the instants it has
+//!   used; when its clock reads behind it (a step back), the offset grows by
+//!   as much, so time goes on from the mark at the clock's rate. Each lease
+//!   row records the time of its last write, so a clock stepped back cannot
+//!   revive an expired lease or lengthen a tenure for that engine, or for
+//!   any engine judging that row. The offset is never taken back: after a
+//!   step back of X, engine time stays X ahead of the clock.
 //! - **Clock steps across processes.** An engine opened later starts no
-//!   earlier than the mark persisted in the database. An engine persists
-//!   the time it has used with its write transactions (at most a second
-//!   behind) and, when it sees its clock more than 100 ms behind that time
-//!   (a step back), at once — after a read too, in a write of its own that
-//!   waits at most 10 ms for the lock (else its next operation or its
-//!   background thread tries again). Not covered: a step back that no
-//!   engine able to write saw before the next engine opened — a read-only
-//!   engine's time, or time a process used only in reads in the second
-//!   before it was killed. A lease that expired in that window may then
-//!   look held to the newcomer until its clock catches up: later, never
-//!   unsafe.
+//!   earlier than the mark persisted in the database, with at least the
+//!   offset persisted there, and goes on at its clock's rate: a mark left
+//!   by a clock far ahead does not freeze time for the engines after it.
+//!   An engine persists the time it has used and its offset with its write
+//!   transactions (at most a second behind) and, once its offset grew by
+//!   more than 100 ms (a step back), at once — after a read too, in a
+//!   write of its own that waits at most 10 ms for the lock (else its next
+//!   operation or its background thread tries again). Not covered: a step
+//!   back that no engine able to write saw before the next engine opened —
+//!   a read-only engine's time, or time a process used only in reads in
+//!   the second before it was killed. A lease that expired in that window
+//!   may then look held to the newcomer for as long as the step: later,
+//!   never unsafe.
 //! - **Processes.** Any number of processes may open the same file. Engines
 //!   are `Clone + Send + Sync`; clones share a connection pool.
 //! - **Blocking.** Operations block for at most the busy timeout waiting for

@@ -76,15 +76,15 @@ fn json(o: &Output) -> Value {
 #[test]
 fn migrate_applies_and_prints_the_schema() -> R {
     let db = TempDb::new();
-    assert!(ok(&lh(&db.path, &["migrate"])).contains("schema version 3"));
-    assert_eq!(json(&lh(&db.path, &["--json", "migrate"]))["version"], 3);
+    assert!(ok(&lh(&db.path, &["migrate"])).contains("schema version 4"));
+    assert_eq!(json(&lh(&db.path, &["--json", "migrate"]))["version"], 4);
     let sql = ok(&bin().args(["migrate", "--print-sql"]).output()?);
     assert!(sql.contains("CREATE TABLE leasehold_leases"));
     assert!(sql.contains("INSERT INTO leasehold_schema"));
     let j: Value = serde_json::from_str(&ok(&bin()
         .args(["--json", "migrate", "--print-sql"])
         .output()?))?;
-    assert_eq!(j["migrations"].as_array().map(Vec::len), Some(3));
+    assert_eq!(j["migrations"].as_array().map(Vec::len), Some(4));
     Ok(())
 }
 

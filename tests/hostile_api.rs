@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use leasehold::memory::{MemoryDatabase, MemoryEngine};
-use leasehold::{Engine, Error, Txn};
+use leasehold::{Engine, Error, ManualClock, Txn};
 use support::{TempDb, key, secs};
 
 type R = Result<(), Box<dyn std::error::Error>>;
@@ -491,36 +491,99 @@ fn a_read_only_engine_creates_no_shm_beside_a_copied_database() -> R {
 
 /// One engine whose clock ran an hour ahead (a host with a wrong date,
 /// corrected since) persists its time mark, and every engine opened after
-/// it starts from that mark: engine time then stands still for everyone
-/// until the real clocks catch up. No lease expires meanwhile — a holder
-/// that died keeps its 200 ms lease for the hour — and `leasehold run`,
-/// whose renewals no longer move the lease's end, has its command stopped
-/// after half a lease every time ("was run paused or slow?"). Safety
-/// holds (guards fence by epoch); liveness is gone for as long as the
-/// skew, database-wide.
+/// it starts from that mark. Engine time used to stand still there for
+/// everyone until the real clocks caught up: no lease expired meanwhile — a
+/// holder that died kept its 200 ms lease for the hour — and `leasehold
+/// run`, whose renewals no longer moved the lease's end, had its command
+/// stopped after half a lease every time. Engine time now goes on from the
+/// mark at the clock's rate (the clock plus an offset that only grows), so
+/// a lease lapses after its duration whatever the mark says.
 #[test]
-#[ignore = "src/core/clock.rs LocalTime / src/sqlite/open.rs: a persisted time mark from a clock far ahead is trusted without bound, so engine time stands still for every later engine for the whole skew: no lease lapses (a dead holder keeps a 200 ms lease for an hour), and run's watcher stops every command"]
 fn a_clock_once_an_hour_ahead_does_not_freeze_expiry_for_everyone() -> R {
     let db = TempDb::new();
+    let open = |clock: &ManualClock| Engine::builder(&db.path).clock(clock.clone()).build();
+    clock_once_ahead(|clock| open(clock))
+}
+
+/// The same on a memory database (which persists its mark as SQLite does).
+#[test]
+fn on_memory_a_clock_once_an_hour_ahead_does_not_freeze_expiry_for_everyone() -> R {
+    let db = MemoryDatabase::new();
+    clock_once_ahead(|clock| db.engine().clock(clock.clone()).build())
+}
+
+fn clock_once_ahead<B: leasehold::Backend>(
+    open: impl Fn(&ManualClock) -> leasehold::Result<leasehold::engine::Engine<B>>,
+) -> R {
+    let now = support::t0();
     {
-        let ahead = Engine::builder(&db.path)
-            .clock(leasehold::ManualClock::new(
-                leasehold::chrono::Utc::now() + leasehold::chrono::Duration::hours(1),
-            ))
-            .build()?;
+        let ahead = open(&ManualClock::new(now + Duration::from_secs(3600)))?;
         ahead.claim(&key("elsewhere"), "fast-host", secs(1))?;
     }
-    // Hosts with right clocks, from now on.
-    let dying = Engine::open(&db.path)?;
+    // Hosts with right clocks, from now on. The first dies (killed:
+    // nothing of its own runs at its end).
+    let right = ManualClock::new(now);
+    let dying = open(&right)?;
     dying.claim(&key("job"), "dies", Duration::from_millis(200))?;
-    drop(dying);
-    std::thread::sleep(Duration::from_secs(1));
-    let next = Engine::open(&db.path)?;
+    std::mem::forget(dying);
+    right.advance(secs(1));
+    let next = open(&right)?;
     let claimed = next.claim(&key("job"), "next", secs(10));
     assert!(
         claimed.is_ok(),
         "a 200 ms lease one second old is still held: {claimed:?}"
     );
+    // Engine time goes on at the clock's rate (ahead of it by the hour).
+    let started = next.now();
+    right.advance(secs(10));
+    assert_eq!(
+        next.now() - started,
+        leasehold::chrono::TimeDelta::seconds(10)
+    );
+    assert!(!next.lease(&key("job"))?.expect("lease").is_held());
+    Ok(())
+}
+
+/// A clock stepping back under a running engine: engine time neither goes
+/// back (the lease that lapsed stays lapsed, the tenure is not
+/// lengthened) nor stands still until the clock catches up (it used to:
+/// for as long as the step, no lease lapsed): it goes on from where it was
+/// at the clock's rate, and engines opened later start from there.
+#[test]
+fn after_a_clock_step_back_time_goes_on_at_the_clocks_rate() -> R {
+    let db = TempDb::new();
+    let open = |clock: &ManualClock| Engine::builder(&db.path).clock(clock.clone()).build();
+    step_back_then_on(|clock| open(clock))?;
+    let db = MemoryDatabase::new();
+    step_back_then_on(|clock| db.engine().clock(clock.clone()).build())
+}
+
+fn step_back_then_on<B: leasehold::Backend>(
+    open: impl Fn(&ManualClock) -> leasehold::Result<leasehold::engine::Engine<B>>,
+) -> R {
+    let t0 = support::t0();
+    let clock = ManualClock::new(t0);
+    let engine = open(&clock)?;
+    engine.claim(&key("a"), "h1", secs(10))?;
+    clock.advance(secs(20));
+    assert!(!engine.lease(&key("a"))?.expect("lease").is_held());
+    clock.step_back(secs(3600));
+    // Not revived; time stands at t0 + 20 s, where it was.
+    assert!(!engine.lease(&key("a"))?.expect("lease").is_held());
+    assert_eq!(engine.now(), t0 + secs(20));
+    let tenure = engine.claim(&key("b"), "h2", secs(10))?;
+    assert_eq!(tenure.expires_at(), t0 + secs(30));
+    // Ten seconds of the clock later, the tenure has run out.
+    clock.advance(secs(10));
+    assert_eq!(engine.now(), t0 + secs(30));
+    assert!(tenure.token().check().is_err());
+    assert!(!engine.lease(&key("b"))?.expect("lease").is_held());
+    // An engine opened later, on the same clock, goes on from there too.
+    clock.advance(secs(5));
+    let later = open(&clock)?;
+    assert_eq!(later.now(), t0 + secs(35));
+    clock.advance(secs(5));
+    assert_eq!(later.now(), t0 + secs(40));
     Ok(())
 }
 

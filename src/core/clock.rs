@@ -1,9 +1,15 @@
 //! The time source: a trait, the system clock, and a manual clock for tests.
 //!
 //! The engine reads time only through [`Clock`]. It never trusts a reading to
-//! move forward: each engine keeps a high-water mark of the instants it has
-//! used (and persists it, see `ARCHITECTURE.md`), so a clock that steps
-//! backwards cannot revive an expired lease or lengthen a tenure.
+//! move forward: engine time is the clock's reading plus an offset that only
+//! grows. Each engine keeps a high-water mark of the instants it has used;
+//! when its clock reads behind it (a step back), the offset grows by the
+//! difference, so that time goes on from the mark at the clock's rate — it
+//! never goes back, and it never stands still waiting for the clock to
+//! catch up. The mark and the offset are persisted in the database (see
+//! `ARCHITECTURE.md`), and an engine opened later starts from them, so a
+//! clock that steps backwards cannot revive an expired lease or lengthen a
+//! tenure, in this engine or in later ones.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -160,39 +166,85 @@ impl Now {
 /// high-water mark.
 const HIGH_WATER_PERSIST_MS: i64 = 1000;
 
-/// A clock reading this far (ms) behind the high-water mark counts as the
-/// clock stepping back (less is two threads reading it in turn).
+/// Once the offset has grown by more than this (ms) since it was last
+/// persisted (the clock stepped back that far), the mark and the offset are
+/// persisted at once; less is persisted with the next regular write of the
+/// mark.
 const STEP_BACK_MS: i64 = 100;
 
-/// Engine time kept by one process: the clock's reading, but never earlier
-/// than any instant already used (the high-water mark), and what is known
-/// of that mark's persistence in the database (for backends whose time is
-/// the process's own; a server backend's time is its server's).
+/// Engine time kept by one process (for backends whose time is the
+/// process's own; a server backend's time is its server's): the clock's
+/// reading plus an offset, and what is known of their persistence in the
+/// database.
+///
+/// The offset starts at the larger of the offset persisted in the database
+/// and what it takes for the first reading to reach the persisted mark
+/// (the latest engine time any engine persisted); it only grows. Whenever
+/// the clock, plus the offset, reads behind the latest instant already
+/// handed out (the high-water mark), the offset grows by the difference
+/// and the mark is handed out instead. So engine time never goes back, a
+/// step back of the clock by X adds X to the offset, and from there time
+/// moves at the clock's rate: a lease lapses after its duration as the
+/// clock measures it, even right after a clock far ahead wrote the mark.
+/// The offset stays (engine time stays ahead of the clock by the steps
+/// back seen), since taking it back would move engine time backwards.
+///
+/// Readings and the state they update are taken under one lock, so that
+/// two threads reading the clock in turn are never mistaken for a step
+/// back (which would grow the offset, and engine time would run ahead).
 pub(crate) struct LocalTime {
     clock: Arc<dyn Clock>,
-    /// The latest engine time handed out; engine time never goes back.
+    /// The offset and the latest engine time handed out.
+    state: Mutex<TimeState>,
+    /// The latest engine time handed out, as `state` has it (for reads
+    /// that need no reading of the clock).
     high_water: AtomicI64,
+    /// The offset, as `state` has it.
+    offset: AtomicI64,
     /// The latest engine time known to be persisted.
     persisted: AtomicI64,
+    /// The largest offset known to be persisted.
+    persisted_offset: AtomicI64,
     /// The latest engine time written in a caller's transaction, which may
     /// yet roll back.
     unconfirmed: AtomicI64,
-    /// The high-water mark when the clock was last seen stepping back (0:
-    /// never): to persist at the next chance, so that a process opened
-    /// later does not start behind it.
-    stepped_back_to: AtomicI64,
+    /// The largest offset written in a caller's transaction, which may yet
+    /// roll back.
+    unconfirmed_offset: AtomicI64,
+}
+
+/// What [`LocalTime`]'s lock guards.
+#[derive(Debug)]
+struct TimeState {
+    /// Added to the clock's readings; never negative, never lowered.
+    offset: i64,
+    /// The latest engine time handed out; engine time never goes back.
+    high_water: i64,
 }
 
 impl LocalTime {
     /// Time from `clock`, never behind `persisted`, the mark found in the
-    /// database.
+    /// database, with no offset persisted.
     pub(crate) fn new(clock: Arc<dyn Clock>, persisted: i64) -> LocalTime {
+        LocalTime::resume(clock, persisted, 0)
+    }
+
+    /// Time from `clock` plus an offset of at least `offset`, never behind
+    /// `mark`: the mark and offset found in the database.
+    pub(crate) fn resume(clock: Arc<dyn Clock>, mark: i64, offset: i64) -> LocalTime {
+        let offset = offset.max(0);
         LocalTime {
             clock,
-            high_water: AtomicI64::new(persisted),
-            persisted: AtomicI64::new(persisted),
-            unconfirmed: AtomicI64::new(persisted),
-            stepped_back_to: AtomicI64::new(0),
+            state: Mutex::new(TimeState {
+                offset,
+                high_water: mark,
+            }),
+            high_water: AtomicI64::new(mark),
+            offset: AtomicI64::new(offset),
+            persisted: AtomicI64::new(mark),
+            persisted_offset: AtomicI64::new(offset),
+            unconfirmed: AtomicI64::new(mark),
+            unconfirmed_offset: AtomicI64::new(offset),
         }
     }
 
@@ -203,20 +255,24 @@ impl LocalTime {
     /// Engine time now, and whether the instant it stands for lies after
     /// that millisecond began.
     pub(crate) fn reading(&self) -> Now {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let clock = self.clock.now();
         let read = to_ms(clock);
         let fraction = !clock.timestamp_subsec_nanos().is_multiple_of(1_000_000);
-        let before = self.high_water.fetch_max(read, Ordering::AcqRel);
-        if before > read {
-            if before - read > STEP_BACK_MS {
-                // The clock stepped back past what was already used: have
-                // it persisted at once (a rare write).
-                self.stepped_back_to.fetch_max(before, Ordering::AcqRel);
-            }
-            Now::at(before)
-        } else {
-            Now { ms: read, fraction }
+        let at = read.saturating_add(st.offset);
+        if at < st.high_water {
+            // The clock reads behind what was already used: it stepped
+            // back (readings are taken in turn under the lock). Time goes
+            // on from the mark, at the clock's rate from now on.
+            // A grown offset is persisted at once if it grew by more than
+            // `STEP_BACK_MS` (see `persist_due`).
+            st.offset = st.offset.saturating_add(st.high_water - at);
+            self.offset.store(st.offset, Ordering::Release);
+            return Now::at(st.high_water);
         }
+        st.high_water = at;
+        self.high_water.store(at, Ordering::Release);
+        Now { ms: at, fraction }
     }
 
     pub(crate) fn now_ms(&self) -> i64 {
@@ -228,40 +284,55 @@ impl LocalTime {
         self.high_water.load(Ordering::Acquire)
     }
 
+    /// The offset added to the clock's readings now.
+    pub(crate) fn offset(&self) -> i64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
     /// Whether a write transaction at engine time `now` should also persist
-    /// the high-water mark: about once a second, and at once after a step
-    /// back. The engine's own transactions go by what is known to be
+    /// the high-water mark and the offset: about once a second, and at once
+    /// after a step back. The engine's own transactions go by what is known to be
     /// committed; callers' transactions (`owned` false) also by what other
     /// callers' transactions wrote, so that their commits do not each
     /// write the mark, while a caller's rollback cannot stop the engine's
     /// writes persisting it.
     pub(crate) fn persist_due(&self, now: i64, owned: bool) -> bool {
         let mut last = self.persisted.load(Ordering::Acquire);
+        let mut last_offset = self.persisted_offset.load(Ordering::Acquire);
         if !owned {
             last = last.max(self.unconfirmed.load(Ordering::Acquire));
+            last_offset = last_offset.max(self.unconfirmed_offset.load(Ordering::Acquire));
         }
-        now - last >= HIGH_WATER_PERSIST_MS || self.stepped_back_to.load(Ordering::Acquire) > last
+        now - last >= HIGH_WATER_PERSIST_MS || self.offset() - last_offset > STEP_BACK_MS
     }
 
-    /// Notes that a caller's transaction wrote `ms` (it may roll back).
-    pub(crate) fn written_unconfirmed(&self, ms: i64) {
+    /// Notes that a caller's transaction wrote the mark `ms` and the offset
+    /// `offset` (it may roll back).
+    pub(crate) fn written_unconfirmed(&self, ms: i64, offset: i64) {
+        self.unconfirmed_offset.fetch_max(offset, Ordering::AcqRel);
         self.unconfirmed.fetch_max(ms, Ordering::AcqRel);
     }
 
-    /// Notes that `ms` is persisted (after the commit that wrote it).
-    pub(crate) fn persisted(&self, ms: i64) {
+    /// Notes that the mark `ms` and the offset `offset` are persisted
+    /// (after the commit that wrote them).
+    pub(crate) fn persisted(&self, ms: i64, offset: i64) {
+        self.persisted_offset.fetch_max(offset, Ordering::AcqRel);
         self.persisted.fetch_max(ms, Ordering::AcqRel);
     }
 
-    /// Whether a step back was seen since the mark was last persisted.
+    /// Whether the clock was seen stepping back, by more than
+    /// [`STEP_BACK_MS`] in all, since the offset was last persisted.
     pub(crate) fn step_back_pending(&self) -> bool {
-        self.stepped_back_to.load(Ordering::Acquire) > self.persisted.load(Ordering::Acquire)
+        self.offset() - self.persisted_offset.load(Ordering::Acquire) > STEP_BACK_MS
     }
 
-    /// The mark to persist on closing, if any was used beyond the persisted.
-    pub(crate) fn unpersisted(&self) -> Option<i64> {
-        let now = self.high_water();
-        (now > self.persisted.load(Ordering::Acquire)).then_some(now)
+    /// The mark and offset to persist on closing, if either is beyond what
+    /// is persisted.
+    pub(crate) fn unpersisted(&self) -> Option<(i64, i64)> {
+        let (now, offset) = (self.high_water(), self.offset());
+        (now > self.persisted.load(Ordering::Acquire)
+            || offset > self.persisted_offset.load(Ordering::Acquire))
+        .then_some((now, offset))
     }
 }
 
@@ -270,6 +341,7 @@ impl fmt::Debug for LocalTime {
         f.debug_struct("LocalTime")
             .field("clock", &self.clock)
             .field("high_water", &self.high_water())
+            .field("offset", &self.offset())
             .finish_non_exhaustive()
     }
 }
@@ -308,6 +380,74 @@ mod tests {
         assert_eq!(to_ms(clock.now()), 7);
         // The callback asked to be dropped after its second call.
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn after_a_step_back_time_goes_on_from_the_mark_at_the_clocks_rate() {
+        let clock = ManualClock::new(from_ms(10_000));
+        let time = LocalTime::new(Arc::new(clock.clone()), 0);
+        assert_eq!(time.now_ms(), 10_000);
+        clock.step_back(Duration::from_millis(3_000));
+        // Never back: the offset takes up the step.
+        assert_eq!(time.now_ms(), 10_000);
+        assert_eq!(time.offset(), 3_000);
+        assert!(time.step_back_pending(), "persisted at once");
+        // Not standing still either: on at the clock's rate.
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(time.now_ms(), 10_500);
+        time.persisted(10_500, 3_000);
+        assert!(!time.step_back_pending());
+        // A small step back grows the offset as much, persisted with the
+        // next regular write of the mark.
+        clock.step_back(Duration::from_millis(50));
+        assert_eq!(time.now_ms(), 10_500);
+        assert_eq!(time.offset(), 3_050);
+        assert!(!time.step_back_pending());
+        assert!(!time.persist_due(10_500, true));
+        assert!(time.persist_due(11_500, true));
+        assert_eq!(time.unpersisted(), Some((10_500, 3_050)));
+    }
+
+    #[test]
+    fn an_engine_resumes_from_the_persisted_mark_and_offset() {
+        // A mark an hour ahead of this clock, no offset persisted: time
+        // starts at the mark and goes on at the clock's rate; the offset
+        // is to be persisted at once.
+        let clock = ManualClock::new(from_ms(1_000));
+        let time = LocalTime::resume(Arc::new(clock.clone()), 3_601_000, 0);
+        assert_eq!(time.now_ms(), 3_601_000);
+        assert_eq!(time.offset(), 3_600_000);
+        assert!(time.step_back_pending());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(time.now_ms(), 3_602_000);
+        // With the offset persisted, the time that passed since counts.
+        let later = ManualClock::new(from_ms(5_000));
+        let time = LocalTime::resume(Arc::new(later), 3_602_000, 3_600_000);
+        assert_eq!(time.now_ms(), 3_605_000);
+        assert!(!time.step_back_pending());
+        assert_eq!(time.unpersisted(), Some((3_605_000, 3_600_000)));
+    }
+
+    #[test]
+    fn threads_reading_the_clock_in_turn_never_grow_the_offset() {
+        let time = Arc::new(LocalTime::new(Arc::new(SystemClock), 0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let time = Arc::clone(&time);
+                std::thread::spawn(move || {
+                    let mut last = i64::MIN;
+                    for _ in 0..20_000 {
+                        let now = time.now_ms();
+                        assert!(now >= last, "{now} after {last}");
+                        last = now;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(time.offset(), 0, "the system clock did not step back");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! database's one lock from its first read to its commit, so operations and
 //! guarded transactions serialize as on SQLite. Reads take no lock: they
 //! answer at once from the last committed state, as SQLite's readers do
-//! from their snapshot while a writer works. Time is the engine's clock,
-//! never behind the instants it has used nor the mark the database keeps.
+//! from their snapshot while a writer works. Time is the engine's clock plus
+//! an offset, never behind the instants it has used nor the mark the
+//! database keeps, as on SQLite.
 //!
 //! ```
 //! use std::time::Duration;
@@ -58,6 +59,8 @@ struct State {
     next_event: i64,
     /// The persisted engine time mark.
     high_water: i64,
+    /// The persisted clock offset (see `LocalTime`).
+    clock_offset: i64,
     /// The application's own values, for guarded transactions.
     values: BTreeMap<String, String>,
     /// Bumped by every commit that changed something.
@@ -265,18 +268,20 @@ impl MemoryBuilder {
                 "must be at most one hour",
             ));
         }
-        let persisted = {
+        let (persisted, offset) = {
             let st = self.db.state();
-            st.rows
+            let mark = st
+                .rows
                 .values()
                 .map(|r| r.updated_ms)
                 .max()
                 .unwrap_or(0)
-                .max(st.high_water)
+                .max(st.high_water);
+            (mark, st.clock_offset)
         };
         let backend = Memory {
             db: self.db,
-            time: LocalTime::new(self.clock, persisted),
+            time: LocalTime::resume(self.clock, persisted, offset),
             busy_timeout: self.busy_timeout,
             event_retention: self.event_retention,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -438,11 +443,12 @@ impl Backend for Memory {
     }
 
     fn close(&self) {
-        if let Some(now) = self.time.unpersisted() {
+        if let Some((now, offset)) = self.time.unpersisted() {
             let mut st = self.db.state();
             st.high_water = st.high_water.max(now);
+            st.clock_offset = st.clock_offset.max(offset);
             drop(st);
-            self.time.persisted(now);
+            self.time.persisted(now, offset);
         }
     }
 
@@ -651,8 +657,10 @@ impl Store for MemoryStore<'_> {
 
     fn finish_write(&mut self, now: i64) -> StoreResult<()> {
         if self.backend.time.persist_due(now, true) {
+            let offset = self.backend.time.offset();
             self.state.high_water = self.state.high_water.max(now);
-            self.backend.time.persisted(now);
+            self.state.clock_offset = self.state.clock_offset.max(offset);
+            self.backend.time.persisted(now, offset);
             self.changed = true;
         }
         Ok(())

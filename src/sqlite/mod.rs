@@ -43,8 +43,9 @@ use crate::sqlite::store::SqliteStore;
 /// Its promises (see [`Backend`]): operations and guarded writes serialize
 /// on SQLite's one write lock (`BEGIN IMMEDIATE`; a deferred transaction's
 /// stale snapshot fails its first write with `SQLITE_BUSY_SNAPSHOT`);
-/// engine time is this process's clock, never behind the instants it has
-/// used and the mark persisted in the file; other processes' commits are
+/// engine time is this process's clock plus an offset that only grows,
+/// never behind the instants it has used and the mark persisted in the file
+/// (see `LocalTime`); other processes' commits are
 /// noticed through `PRAGMA data_version`, inotify on the `-wal` file, and
 /// the event table read from the last event seen.
 pub struct Sqlite {
@@ -179,8 +180,8 @@ impl Backend for Sqlite {
         let persisted = store.persisted_high_water();
         drop(store);
         tx.commit(ctx)?;
-        if let Some(ms) = persisted {
-            self.time.persisted(ms);
+        if let Some((ms, offset)) = persisted {
+            self.time.persisted(ms, offset);
         }
         Ok(value)
     }
@@ -312,20 +313,21 @@ impl Backend for Sqlite {
         self.persist_after_step_back();
     }
 
-    /// Persists the engine's high-water mark if it is ahead of the stored
-    /// one (best effort: at shutdown and drop, so that a restart with a
-    /// clock stepped back does not start behind what this engine saw).
+    /// Persists the engine's high-water mark and clock offset if either is
+    /// ahead of the stored one (best effort: at shutdown and drop, so that
+    /// a restart with a clock stepped back does not start behind what this
+    /// engine saw, and goes on at the clock's rate from there).
     fn close(&self) {
         if self.read_only || self.replaced.load(Ordering::Acquire) {
             return;
         }
-        let Some(now) = self.time.unpersisted() else {
+        let Some((now, offset)) = self.time.unpersisted() else {
             return;
         };
         if let Some(conn) = self.pool.try_get()
-            && crate::sqlite::store::persist_high_water(&conn, now).is_ok()
+            && crate::sqlite::store::persist_high_water(&conn, now, offset).is_ok()
         {
-            self.time.persisted(now);
+            self.time.persisted(now, offset);
         }
     }
 

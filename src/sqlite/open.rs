@@ -281,6 +281,7 @@ impl EngineBuilder {
         let Prepared {
             anchor,
             high_water,
+            offset,
             page_size,
             wal_mode,
         } = self.prepare_file(&resolved)?;
@@ -337,7 +338,7 @@ impl EngineBuilder {
             anchor: std::sync::Mutex::new(anchor),
             side_files,
             pool,
-            time: LocalTime::new(self.clock, high_water),
+            time: LocalTime::resume(self.clock, high_water, offset),
             busy_timeout,
             event_retention: self.event_retention,
             read_only,
@@ -449,14 +450,14 @@ impl EngineBuilder {
                 }
             }
         }
-        let high_water = crate::sqlite::store::high_water(&conn).map_err(open_err)?;
+        let (high_water, offset) = crate::sqlite::store::high_water(&conn).map_err(open_err)?;
         let clock = to_ms(self.clock.now());
-        if high_water > clock + 24 * 3600 * 1000 {
+        let ahead = high_water.saturating_sub(clock).max(offset);
+        if ahead > 24 * 3600 * 1000 {
             log::warn!(
-                "leasehold: {} records engine time {} ms ahead of this clock; \
-                 leases will not expire until the clock catches up",
+                "leasehold: {} records engine time {ahead} ms ahead of this clock; \
+                 engine time goes on from there at this clock's rate, that far ahead of it",
                 self.path.display(),
-                high_water - clock
             );
         }
         let page_size: u64 = conn
@@ -470,6 +471,7 @@ impl EngineBuilder {
         Ok(Prepared {
             anchor: conn,
             high_water,
+            offset,
             page_size,
             wal_mode: mode.eq_ignore_ascii_case("wal"),
         })
@@ -515,8 +517,9 @@ impl EngineBuilder {
 struct Prepared {
     /// Its connection, kept open for the engine's life (see `Sqlite::anchor`).
     anchor: Connection,
-    /// The persisted clock mark.
+    /// The persisted clock mark and offset.
     high_water: i64,
+    offset: i64,
     page_size: u64,
     /// Whether the file is in WAL mode.
     wal_mode: bool,

@@ -18,8 +18,10 @@ use crate::sqlite::error::stored;
 /// older builds no longer open it. Version 3 changed only a `CHECK`
 /// (version 2 code would work on it), by rebuilding `leasehold_events`:
 /// indexes or triggers an application added to that table are dropped
-/// (its views keep working).
-pub const SCHEMA_VERSION: u32 = 3;
+/// (its views keep working). Version 4 added `leasehold_clock.offset_ms`,
+/// the clock offset persisted with the time mark (version 3 code would
+/// work on it, ignoring the offset).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Milliseconds since the Unix epoch, in SQL any SQLite 3 understands
 /// (`unixepoch('subsec')` needs 3.42, and an application's own migration
@@ -53,6 +55,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "events_cheap_check",
         sql: include_str!("../../migrations/sqlite/0003_events_cheap_check.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "clock_offset",
+        sql: include_str!("../../migrations/sqlite/0004_clock_offset.sql"),
     },
 ];
 
@@ -467,6 +474,38 @@ mod tests {
             [],
         );
         assert!(bogus.is_err(), "the kind is still checked");
+        Ok(())
+    }
+
+    #[test]
+    fn version_3_databases_keep_their_clock_mark_through_version_4() -> Result<()> {
+        let conn = Connection::open_in_memory().expect("memory db");
+        for m in &migrations()[..3] {
+            conn.execute_batch(&format!("BEGIN; {} COMMIT;", m.script()))
+                .expect("script");
+        }
+        conn.execute_batch("UPDATE leasehold_clock SET high_water_ms = 1234")
+            .expect("a mark");
+        assert_eq!(migrate(&conn)?, SCHEMA_VERSION);
+        let clock: (i64, i64) = conn
+            .query_row(
+                "SELECT high_water_ms, offset_ms FROM leasehold_clock",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("clock row");
+        assert_eq!(clock, (1234, 0));
+        assert_eq!(
+            crate::sqlite::store::high_water(&conn).expect("read"),
+            (1234, 0)
+        );
+        crate::sqlite::store::persist_high_water(&conn, 1000, 50).expect("persist");
+        crate::sqlite::store::persist_high_water(&conn, 2000, 20).expect("persist");
+        assert_eq!(
+            crate::sqlite::store::high_water(&conn).expect("read"),
+            (2000, 50),
+            "neither is ever lowered"
+        );
         Ok(())
     }
 

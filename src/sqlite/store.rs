@@ -63,8 +63,8 @@ pub(crate) struct SqliteStore<'c> {
     /// Whether the engine owns the transaction (and will learn what was
     /// persisted once it commits).
     owned: bool,
-    /// The clock mark this transaction wrote, if any.
-    persisted: Option<i64>,
+    /// The clock mark and offset this transaction wrote, if any.
+    persisted: Option<(i64, i64)>,
 }
 
 impl<'c> SqliteStore<'c> {
@@ -92,9 +92,9 @@ impl<'c> SqliteStore<'c> {
         }
     }
 
-    /// The clock mark this transaction wrote (only the engine's own
-    /// transactions report it: yours may roll back).
-    pub(crate) fn persisted_high_water(&self) -> Option<i64> {
+    /// The clock mark and offset this transaction wrote (only the engine's
+    /// own transactions report them: yours may roll back).
+    pub(crate) fn persisted_high_water(&self) -> Option<(i64, i64)> {
         self.persisted.filter(|_| self.owned)
     }
 
@@ -164,25 +164,31 @@ impl<'c> SqliteStore<'c> {
     }
 }
 
-/// The latest engine time the database proves has passed: the persisted
-/// high-water mark, or any lease row's last write if later.
-pub(crate) fn high_water(conn: &Connection) -> rusqlite::Result<i64> {
+/// The latest engine time the database proves has passed (the persisted
+/// high-water mark, or any lease row's last write if later), and the
+/// largest clock offset persisted.
+pub(crate) fn high_water(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.query_row(
         "SELECT max(coalesce((SELECT high_water_ms FROM main.leasehold_clock WHERE id = 1), 0),
-                    coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0))",
+                    coalesce((SELECT max(updated_ms) FROM main.leasehold_leases), 0)),
+                coalesce((SELECT offset_ms FROM main.leasehold_clock WHERE id = 1), 0)",
         [],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
 }
 
-/// Persists the high-water mark `ms` on `conn`, in whatever transaction it
-/// is (or in one of its own).
-pub(crate) fn persist_high_water(conn: &Connection, ms: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
-    )?
-    .execute([ms])
-    .map(drop)
+/// Raises the persisted mark to `ms` and offset to `offset` (neither is
+/// ever lowered).
+const PERSIST_CLOCK: &str = "UPDATE main.leasehold_clock
+    SET high_water_ms = max(high_water_ms, ?1), offset_ms = max(offset_ms, ?2)
+    WHERE id = 1 AND (high_water_ms < ?1 OR offset_ms < ?2)";
+
+/// Persists the high-water mark `ms` and the clock offset `offset` on
+/// `conn`, in whatever transaction it is (or in one of its own).
+pub(crate) fn persist_high_water(conn: &Connection, ms: i64, offset: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(PERSIST_CLOCK)?
+        .execute([ms, offset])
+        .map(drop)
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Record> {
@@ -536,18 +542,16 @@ impl Store for SqliteStore<'_> {
         if self.persisted.is_some() || !self.db.time.persist_due(now, self.owned) {
             return Ok(());
         }
-        self.with(
-            "UPDATE main.leasehold_clock SET high_water_ms = ?1 WHERE id = 1 AND high_water_ms < ?1",
-            |st| st.execute([now]),
-        )
-        .map_err(|e| self.fail(e))?;
-        self.persisted = Some(now);
+        let offset = self.db.time.offset();
+        self.with(PERSIST_CLOCK, |st| st.execute([now, offset]))
+            .map_err(|e| self.fail(e))?;
+        self.persisted = Some((now, offset));
         if !self.owned {
             // The engine cannot see your transaction end. Noting the mark as
             // written (unconfirmed) keeps your other transactions from each
             // writing it again; should this one roll back, the engine's own
             // next write still persists it.
-            self.db.time.written_unconfirmed(now);
+            self.db.time.written_unconfirmed(now, offset);
         }
         Ok(())
     }

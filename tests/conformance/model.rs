@@ -6,7 +6,9 @@
 //! "held" means a holder whose expiry, or a live pin, lies after now; a
 //! claim by the holder extends without shortening; any other successful
 //! claim starts epoch + 1; pins never revive a tenure that ran out; engine
-//! time never goes back. proptest keeps shrunk failures in
+//! time never goes back: it is the clock plus an offset that grows by as
+//! much as the clock is seen behind the time already used, so after a step
+//! back it goes on from there at the clock's rate. proptest keeps shrunk failures in
 //! `tests/conformance/model.proptest-regressions`, replayed on every run
 //! (for every backend). The case count is the harness's
 //! (`Harness::MODEL_CASES`), or `LEASEHOLD_MODEL_CASES`.
@@ -150,6 +152,8 @@ impl Row {
 #[derive(Debug)]
 struct Model {
     clock: i64,
+    /// Added to the clock's readings; grows when the clock steps back.
+    offset: i64,
     /// The latest instant the engine has read (none yet: far in the past).
     now: i64,
     rows: BTreeMap<usize, Row>,
@@ -166,6 +170,7 @@ impl Default for Model {
     fn default() -> Model {
         Model {
             clock: 0,
+            offset: 0,
             now: i64::MIN / 2,
             rows: BTreeMap::new(),
             tenures: BTreeMap::new(),
@@ -174,9 +179,15 @@ impl Default for Model {
 }
 
 impl Model {
-    /// Engine time at an operation that reads the clock.
+    /// Engine time at an operation that reads the clock: the clock plus
+    /// the offset, which grows whenever that would be behind the time
+    /// already read (the clock stepped back).
     fn tick(&mut self) -> i64 {
-        self.now = self.now.max(self.clock);
+        let at = self.clock + self.offset;
+        if at < self.now {
+            self.offset += self.now - at;
+        }
+        self.now = self.clock + self.offset;
         self.now
     }
 
