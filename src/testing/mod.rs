@@ -51,7 +51,7 @@ pub use pg::{PgDatabase, PgOptions, PgServer, server_binaries, with_dbname};
 // The PostgreSQL side: its writes table, guarded write and check.
 #[cfg(feature = "postgres")]
 pub use crate::postgres::testing::{pg_check, pg_create_writes_table, pg_guarded_write};
-pub use proxy::{Link, Proxy};
+pub use proxy::{Link, Proxy, Upstream};
 pub use recorder::{Entry, Recorder};
 // The SQLite side of the kit: its writes table and guarded write, reading a
 // run back from the file, and the multi-process workload.

@@ -390,6 +390,15 @@ impl PgServer {
         }
     }
 
+    /// The server's Unix socket (`<dir>/.s.PGSQL.<port>`), for a
+    /// [`Proxy`](super::Proxy) in front of it; `None` for an external
+    /// server.
+    pub fn socket(&self) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(format!(".s.PGSQL.{}", self.port)))
+    }
+
     /// The loopback TCP address, if the server listens on one.
     pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
         self.tcp

@@ -1,12 +1,78 @@
 //! A TCP proxy for network faults (feature `testing`): in-process, on
-//! loopback, between clients and a server, that can cut, reset, delay and
-//! heal the traffic it carries.
+//! loopback, between clients and a server (reached at a TCP address or a
+//! Unix socket), that can cut, reset, delay and heal the traffic it
+//! carries.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// Where a [`Proxy`] forwards to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket's path (PostgreSQL's: `<dir>/.s.PGSQL.<port>`).
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Upstream {
+        Upstream::Tcp(addr)
+    }
+}
+
+/// One side of a carried connection.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
 
 /// What a [`Proxy`] does with the bytes it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +100,7 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     /// Every connection's two sockets, to close them on a reset.
-    sockets: Mutex<Vec<(u64, TcpStream, TcpStream)>>,
+    sockets: Mutex<Vec<(u64, Stream, Stream)>>,
     stopped: AtomicBool,
 }
 
@@ -48,12 +114,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts a proxy to `target` (a loopback TCP address).
+    /// Starts a proxy to `target`: a TCP address (`SocketAddr` converts)
+    /// or a Unix socket.
     ///
     /// # Errors
     ///
     /// A port cannot be bound.
-    pub fn start(target: SocketAddr) -> std::io::Result<Proxy> {
+    pub fn start(target: impl Into<Upstream>) -> std::io::Result<Proxy> {
+        let target = target.into();
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -108,8 +176,8 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for (_, a, b) in sockets.drain(..) {
-            let _ = a.shutdown(Shutdown::Both);
-            let _ = b.shutdown(Shutdown::Both);
+            a.shutdown(Shutdown::Both);
+            b.shutdown(Shutdown::Both);
         }
     }
 
@@ -132,18 +200,26 @@ impl Drop for Proxy {
     }
 }
 
-fn accept(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
+fn accept(listener: &TcpListener, target: Upstream, shared: &Arc<Shared>) {
     for client in listener.incoming() {
         if shared.stopped.load(Ordering::Acquire) {
             return;
         }
         let Ok(client) = client else { continue };
-        let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
-            let _ = client.shutdown(Shutdown::Both);
+        let _ = client.set_nodelay(true);
+        let server = match &target {
+            Upstream::Tcp(addr) => TcpStream::connect_timeout(addr, Duration::from_secs(5))
+                .inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+                .map(Stream::Tcp),
+            Upstream::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
+        };
+        let client = Stream::Tcp(client);
+        let Ok(server) = server else {
+            client.shutdown(Shutdown::Both);
             continue;
         };
-        let _ = client.set_nodelay(true);
-        let _ = server.set_nodelay(true);
         let generation = shared
             .state
             .lock()
@@ -175,7 +251,7 @@ fn accept(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>) {
 
 /// Copies `from` to `to` as the link says, until either side closes or a
 /// reset ends this connection's generation.
-fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared) {
+fn pump(mut from: Stream, mut to: Stream, generation: u64, shared: &Shared) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -187,8 +263,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if st.generation != generation || shared.stopped.load(Ordering::Acquire) {
-                let _ = to.shutdown(Shutdown::Both);
-                let _ = from.shutdown(Shutdown::Both);
+                to.shutdown(Shutdown::Both);
+                from.shutdown(Shutdown::Both);
                 return;
             }
             match st.link {
@@ -215,7 +291,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, generation: u64, shared: &Shared
             break;
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    to.shutdown(Shutdown::Write);
 }
 
 #[cfg(test)]
@@ -287,6 +363,26 @@ mod tests {
         // New connections go through.
         let mut again = TcpStream::connect(proxy.addr()).expect("connect");
         assert_eq!(round_trip(&mut again, b"y").expect("open"), b"y");
+    }
+
+    #[test]
+    fn a_unix_socket_upstream_is_carried_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("echo.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 16];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let proxy = Proxy::start(Upstream::Unix(path)).expect("proxy");
+        let mut conn = TcpStream::connect(proxy.addr()).expect("connect");
+        assert_eq!(round_trip(&mut conn, b"unix").expect("carried"), b"unix");
     }
 
     #[test]

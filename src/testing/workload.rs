@@ -139,7 +139,7 @@ pub fn workload_key() -> Key {
 #[derive(Clone, Debug)]
 pub struct Workload {
     database: RunDatabase,
-    network: Option<std::net::SocketAddr>,
+    network: Option<super::Upstream>,
     #[cfg(feature = "postgres")]
     server: Option<ServerHandle>,
     net_cut: Span,
@@ -235,7 +235,7 @@ pub struct Workload {
 #[must_use = "a builder does nothing until built"]
 pub struct WorkloadBuilder {
     database: RunDatabase,
-    network: Option<std::net::SocketAddr>,
+    network: Option<super::Upstream>,
     #[cfg(feature = "postgres")]
     server: Option<ServerHandle>,
     net_cut: Option<Span>,
@@ -294,12 +294,12 @@ impl WorkloadBuilder {
     }
 
     /// Puts each worker behind a [`Proxy`](super::Proxy) of its own to
-    /// `server`, the database server's loopback TCP address, so that the
-    /// network nemeses can cut, reset or delay one worker's link
+    /// `server` (the database server's TCP address, or its Unix socket), so
+    /// that the network nemeses can cut, reset or delay one worker's link
     /// (PostgreSQL runs only; the run's connection string still serves the
     /// orchestrator).
-    pub fn network(mut self, server: std::net::SocketAddr) -> WorkloadBuilder {
-        self.network = Some(server);
+    pub fn network(mut self, server: impl Into<super::Upstream>) -> WorkloadBuilder {
+        self.network = Some(server.into());
         self
     }
 
@@ -1180,8 +1180,8 @@ impl Fleet<'_> {
     fn spawn(&mut self) -> std::io::Result<()> {
         let proc = self.next_proc;
         let mut config = self.workload.worker_config(self.dir, proc);
-        if let Some(server) = self.workload.network {
-            let proxy = super::Proxy::start(server)?;
+        if let Some(server) = &self.workload.network {
+            let proxy = super::Proxy::start(server.clone())?;
             config.database = self
                 .workload
                 .database
