@@ -463,12 +463,14 @@ fn the_memory_backend_across_threads_keeps_one_writer_per_epoch() -> R {
 }
 
 /// A database copied with its `-wal` but not its `-shm` (a backup taken
-/// while an engine was open, or a `-shm` deleted by hand): a read-only
-/// engine creates the `-shm` beside it and leaves it there, where
-/// `EngineBuilder::read_only` (and the README, for `list`, `show`,
-/// `export`…) promise that nothing is created beside the file.
+/// while an engine was open, or a `-shm` deleted by hand): SQLite can read
+/// the `-wal` only by rebuilding its index into a new `-shm` beside the
+/// file, which nothing but a connection that first checkpoints the `-wal`
+/// into the file could remove. A read-only engine used to create it and
+/// leave it, against `EngineBuilder::read_only`'s promise (and the
+/// README's, for `list`, `show`, `export`…); it now refuses, saying why
+/// and what to do, and creates nothing.
 #[test]
-#[ignore = "src/sqlite/open.rs read_only: on a file with a -wal and no -shm, SQLite creates <db>-shm beside it (and it stays), although read-only engines promise to create nothing beside the file"]
 fn a_read_only_engine_creates_no_shm_beside_a_copied_database() -> R {
     let live = TempDb::new();
     let engine = Engine::open(&live.path)?;
@@ -477,15 +479,87 @@ fn a_read_only_engine_creates_no_shm_beside_a_copied_database() -> R {
     let copy = TempDb::new();
     std::fs::copy(&live.path, &copy.path)?;
     std::fs::copy(side(&live.path, "-wal"), side(&copy.path, "-wal"))?;
+    let refused = Engine::builder(&copy.path)
+        .read_only(true)
+        .build()
+        .map(drop);
+    let beside = |dir: &Path| -> Result<Vec<String>, std::io::Error> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.retain(|n| !n.ends_with("-lhwait"));
+        names.sort();
+        Ok(names)
+    };
+    assert_eq!(beside(copy.dir.path())?, ["test.db", "test.db-wal"]);
+    let err = refused.expect_err("refused");
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    let said = err.to_string();
+    assert!(
+        said.contains("test.db-wal") && said.contains("-shm"),
+        "{said}"
+    );
+    // Opened once not read-only (recovering the -wal, and closing last,
+    // checkpointing it into the file), the copy reads, with its claim.
+    drop(Engine::open(&copy.path)?);
+    assert_eq!(beside(copy.dir.path())?, ["test.db"]);
     let reader = Engine::builder(&copy.path).read_only(true).build()?;
     let lease = reader.lease(&key("a"))?;
     drop(reader);
     assert!(lease.is_some_and(|l| l.is_held()), "the copy's WAL is read");
-    let mut beside: Vec<String> = std::fs::read_dir(copy.dir.path())?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    beside.sort();
-    assert_eq!(beside, ["test.db", "test.db-wal"]);
+    assert_eq!(beside(copy.dir.path())?, ["test.db"]);
+    Ok(())
+}
+
+/// SQLite reads a database in WAL mode only with its `-wal` and `-shm`
+/// beside it and creates them when they are missing (a database whose
+/// last connection closed has neither); a read-only connection cannot
+/// remove them. A read-only engine used to leave both behind every time (a
+/// `leasehold list` on an idle database did); closing as the database's
+/// last connection, it now leaves nothing, and the file is unchanged. When
+/// another process has the database open, the files are that process's
+/// to remove, and stay.
+#[test]
+fn a_read_only_engine_on_a_closed_database_leaves_nothing_beside_it() -> R {
+    let db = TempDb::new();
+    {
+        let engine = Engine::open(&db.path)?;
+        engine.claim(&key("a"), "h1", secs(600))?;
+    }
+    std::fs::remove_file(side(&db.path, "-lhwait"))?;
+    let listing = || -> Result<Vec<String>, std::io::Error> {
+        let mut names: Vec<String> = std::fs::read_dir(db.dir.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        Ok(names)
+    };
+    assert_eq!(listing()?, ["test.db"]);
+    let before = std::fs::read(&db.path)?;
+    {
+        let reader = Engine::builder(&db.path).read_only(true).build()?;
+        assert!(reader.lease(&key("a"))?.is_some_and(|l| l.is_held()));
+        assert_eq!(reader.all_leases("test")?.len(), 1);
+        // Its own writes refused, as ever.
+        assert!(reader.claim(&key("b"), "h2", secs(60)).is_err());
+        let mut conn = reader.connection()?;
+        assert!(conn.execute_batch("CREATE TABLE t (x)").is_err());
+        assert!(
+            conn.transaction()
+                .is_ok_and(|tx| tx.execute_batch("CREATE TABLE t (x)").is_err())
+        );
+    }
+    assert_eq!(listing()?, ["test.db"]);
+    assert_eq!(std::fs::read(&db.path)?, before, "the file is unchanged");
+    // With a writer open meanwhile, the reader leaves the writer's files.
+    let writer = Engine::open(&db.path)?;
+    {
+        let reader = Engine::builder(&db.path).read_only(true).build()?;
+        assert!(reader.lease(&key("a"))?.is_some());
+    }
+    writer.claim(&key("c"), "h3", secs(60))?;
+    assert!(listing()?.contains(&"test.db-wal".to_owned()));
+    assert!(listing()?.contains(&"test.db-shm".to_owned()));
     Ok(())
 }
 

@@ -223,12 +223,6 @@ struct TimeState {
 }
 
 impl LocalTime {
-    /// Time from `clock`, never behind `persisted`, the mark found in the
-    /// database, with no offset persisted.
-    pub(crate) fn new(clock: Arc<dyn Clock>, persisted: i64) -> LocalTime {
-        LocalTime::resume(clock, persisted, 0)
-    }
-
     /// Time from `clock` plus an offset of at least `offset`, never behind
     /// `mark`: the mark and offset found in the database.
     pub(crate) fn resume(clock: Arc<dyn Clock>, mark: i64, offset: i64) -> LocalTime {
@@ -385,7 +379,7 @@ mod tests {
     #[test]
     fn after_a_step_back_time_goes_on_from_the_mark_at_the_clocks_rate() {
         let clock = ManualClock::new(from_ms(10_000));
-        let time = LocalTime::new(Arc::new(clock.clone()), 0);
+        let time = LocalTime::resume(Arc::new(clock.clone()), 0, 0);
         assert_eq!(time.now_ms(), 10_000);
         clock.step_back(Duration::from_millis(3_000));
         // Never back: the offset takes up the step.
@@ -430,7 +424,7 @@ mod tests {
 
     #[test]
     fn threads_reading_the_clock_in_turn_never_grow_the_offset() {
-        let time = Arc::new(LocalTime::new(Arc::new(SystemClock), 0));
+        let time = Arc::new(LocalTime::resume(Arc::new(SystemClock), 0, 0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let time = Arc::clone(&time);

@@ -430,7 +430,7 @@ impl PgBuilder {
             .build_unchecked(manager);
         let quoted = quote_ident(&self.schema);
         let (time, clock): (Option<LocalTime>, Arc<dyn Clock>) = match self.clock {
-            Some(clock) => (Some(LocalTime::new(Arc::clone(&clock), 0)), clock),
+            Some(clock) => (Some(LocalTime::resume(Arc::clone(&clock), 0, 0)), clock),
             None => (None, Arc::new(SystemClock)),
         };
         let backend = Postgres {

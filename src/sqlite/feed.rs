@@ -2,6 +2,7 @@
 //! anything did, and the event log which keys.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -9,6 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::core::backend::{ChangeFeed, Changes};
 use crate::core::error::{Context, Error};
 use crate::core::key::Key;
+use crate::sqlite::open::Anchor;
 
 /// The change feed of a SQLite database: the background thread's own
 /// connection, for `PRAGMA data_version` and the event log.
@@ -20,6 +22,9 @@ pub(crate) struct SqliteFeed {
     data_version: Option<i64>,
     /// The newest event read, as read; `Some(None)` when the log was empty.
     last_event: Option<Option<Seen>>,
+    /// The engine's anchor, kept until this feed's connection has closed
+    /// (declared after it), so that the anchor closes last.
+    _anchor: Arc<Anchor>,
 }
 
 /// An event as the watch last read it: its id and enough of its content to
@@ -52,7 +57,12 @@ impl Seen {
 const SEEN_COLUMNS: &str = "id, at_ms, namespace, name, kind, epoch";
 
 impl SqliteFeed {
-    pub(crate) fn new(path: PathBuf, read_only: bool, busy_timeout: Duration) -> SqliteFeed {
+    pub(crate) fn new(
+        path: PathBuf,
+        read_only: bool,
+        busy_timeout: Duration,
+        anchor: Arc<Anchor>,
+    ) -> SqliteFeed {
         SqliteFeed {
             path,
             read_only,
@@ -60,6 +70,7 @@ impl SqliteFeed {
             conn: None,
             data_version: None,
             last_event: None,
+            _anchor: anchor,
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::core::error::{Context, Error, Result};
 use crate::core::store::Store;
 use crate::sqlite::api::{Immediate, PooledConnection};
 use crate::sqlite::busy::Signal;
-use crate::sqlite::open::{FileIdentity, SideFiles};
+use crate::sqlite::open::{Anchor, FileIdentity, SideFiles};
 use crate::sqlite::store::SqliteStore;
 
 /// The SQLite backend: one database file, shared by any number of
@@ -57,11 +57,6 @@ pub struct Sqlite {
     /// The file opened, every link resolved when the engine opened: every
     /// connection of the engine opens it by this name.
     pub(crate) canonical: PathBuf,
-    /// A connection open for the engine's life, outside the pool (which
-    /// keeps no connection idle): while it is open SQLite never deletes
-    /// the `-wal` and `-shm` (see `SideFiles`). Never used otherwise.
-    #[allow(dead_code)]
-    pub(crate) anchor: std::sync::Mutex<Connection>,
     /// The `-wal` and `-shm` the anchor holds, to notice them deleted or
     /// replaced.
     pub(crate) side_files: SideFiles,
@@ -87,6 +82,10 @@ pub struct Sqlite {
     pub(crate) sqlite_handler: bool,
     /// Whether file-system events tell of other processes' commits.
     pub(crate) file_events: bool,
+    /// A connection open for the engine's life, outside the pool (see
+    /// `Anchor`); shared with the change feed. Declared after the pool, so
+    /// that it closes after the pool's connections.
+    pub(crate) anchor: Arc<Anchor>,
 }
 
 impl sealed::Sealed for Sqlite {}
@@ -302,6 +301,7 @@ impl Backend for Sqlite {
             self.canonical.clone(),
             self.read_only,
             self.busy_timeout,
+            Arc::clone(&self.anchor),
         )))
     }
 

@@ -278,6 +278,9 @@ impl EngineBuilder {
         // database. What the given path names is checked against it (see
         // `Sqlite::ensure_usable`).
         let resolved = resolve(&self.path);
+        if self.read_only {
+            self.refuse_orphan_wal(&resolved)?;
+        }
         let Prepared {
             anchor,
             high_water,
@@ -334,8 +337,7 @@ impl EngineBuilder {
         let backend = Sqlite {
             path: self.path,
             given,
-            canonical,
-            anchor: std::sync::Mutex::new(anchor),
+            canonical: canonical.clone(),
             side_files,
             pool,
             time: LocalTime::resume(self.clock, high_water, offset),
@@ -349,6 +351,7 @@ impl EngineBuilder {
             lock_signal,
             sqlite_handler: lock_wait == LockWait::SqliteDefault,
             file_events: self.file_events,
+            anchor: Arc::new(Anchor::new(anchor, read_only, canonical)),
         };
         Ok(Engine::from_backend(
             backend,
@@ -366,9 +369,12 @@ impl EngineBuilder {
     /// for a writer.
     fn prepare_file(&self, file: &Path) -> Result<Prepared> {
         let open_err = |source: rusqlite::Error| self.open_error(file, source);
+        // A read-only engine's anchor is opened for writing where it can be
+        // (see `Anchor`), and only queries: `query_only` refuses any write.
+        let tidy = self.read_only && may_tidy(file);
         let conn = Connection::open_with_flags(
             file,
-            open_flags(self.read_only)
+            open_flags(self.read_only && !tidy)
                 | if self.read_only {
                     OpenFlags::empty()
                 } else {
@@ -377,6 +383,10 @@ impl EngineBuilder {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(open_err)?;
+        if tidy {
+            conn.pragma_update(None, "query_only", true)
+                .map_err(open_err)?;
+        }
         conn.busy_timeout(self.busy_timeout).map_err(open_err)?;
         // Refuse a newer schema, or a conflicting one, before changing
         // anything, journal mode included.
@@ -477,6 +487,47 @@ impl EngineBuilder {
         })
     }
 
+    /// Refuses, for a read-only engine, a database whose `-wal` holds
+    /// frames but has no `-shm` beside it: a copy made without it, or a
+    /// `-shm` deleted by hand (no live connection is without one). SQLite
+    /// can read such a `-wal` only by rebuilding its index into a new
+    /// `-shm` beside the file, and leaves it there: a read-only connection
+    /// cannot remove it, nor could any connection without first writing
+    /// the `-wal`'s frames into the database (the checkpoint SQLite runs
+    /// before removing its side files). A first connection creates the
+    /// `-wal` a moment before the `-shm`, and a last one removes the `-shm`
+    /// a moment before the `-wal`: the state is looked at a few times.
+    fn refuse_orphan_wal(&self, file: &Path) -> Result<()> {
+        let (wal, shm) = (side_path(file, "-wal"), side_path(file, "-shm"));
+        let orphan = || {
+            std::fs::metadata(&wal).is_ok_and(|m| m.is_file() && m.len() > 0)
+                && std::fs::symlink_metadata(&shm).is_err()
+        };
+        for _ in 0..20 {
+            if !orphan() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(Error::Open {
+            path: self.path.clone(),
+            source: crate::sqlite::error::storage(
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!(
+                        "its -wal ({}) has no -shm beside it (copied without it, or the -shm \
+                         was deleted): SQLite would have to create one to read it, and a \
+                         read-only engine creates nothing; open it once not read-only (which \
+                         recovers the -wal and, closing last, checkpoints it into the file), \
+                         or copy the database with its -shm",
+                        wal.display()
+                    )),
+                ),
+                Duration::ZERO,
+            ),
+        })
+    }
+
     /// Says what went wrong opening or preparing `file` (the path given,
     /// resolved), as precisely as the file and its directory allow; the
     /// error names the path as given.
@@ -523,6 +574,91 @@ struct Prepared {
     page_size: u64,
     /// Whether the file is in WAL mode.
     wal_mode: bool,
+}
+
+/// Whether a read-only engine's anchor may open `file` for writing (it
+/// never writes; see `Anchor`): the file is writable by this process, and
+/// no rollback journal lies beside it (a connection able to write rolls a
+/// hot journal back into the file when it first reads).
+#[cfg(unix)]
+fn may_tidy(file: &Path) -> bool {
+    nix::unistd::access(file, nix::unistd::AccessFlags::W_OK).is_ok()
+        && std::fs::symlink_metadata(side_path(file, "-journal")).is_err()
+}
+
+#[cfg(not(unix))]
+fn may_tidy(_file: &Path) -> bool {
+    false
+}
+
+/// The connection that prepared the file, kept open for the engine's life,
+/// outside the pool (which keeps no connection idle), so that SQLite never
+/// deletes the `-wal` and `-shm` under a live engine (see `SideFiles`). It
+/// runs nothing after opening; it closes after every other connection of
+/// the engine (the pool's, and the change feed's, which holds it too).
+///
+/// A read-only engine's anchor is opened for writing where it can be
+/// (`may_tidy`), with `query_only` set, so that it can do what SQLite does
+/// for a last connection and read-only connections cannot: to read a
+/// database in WAL mode, SQLite creates its `-wal` and `-shm` if missing
+/// (the `-shm` holds the index of the `-wal`, in shared memory), and the
+/// last connection to close removes them, having taken the exclusive lock
+/// no read-only connection can take. On closing, if the `-wal` holds no
+/// frames, it lets SQLite do that (its checkpoint has nothing to copy, so
+/// nothing is written to the file); if it does (another process wrote
+/// since), it closes without a checkpoint and leaves them. Either way only
+/// a last connection, in any process, removes anything.
+///
+/// The pool opens its connections on its reaper thread, and such a task
+/// holds the pool until it ends: the pool's connections may close there,
+/// a moment after the engine dropped it. So a read-only anchor closes on
+/// that thread too, after every task queued before it (the drop waits
+/// for it, at most a second).
+pub(crate) struct Anchor {
+    conn: std::sync::Mutex<Option<Connection>>,
+    /// For a read-only engine whose anchor can write: the database file.
+    tidy: Option<PathBuf>,
+}
+
+impl Anchor {
+    fn new(conn: Connection, read_only: bool, file: PathBuf) -> Anchor {
+        let tidy =
+            (read_only && conn.is_readonly(rusqlite::MAIN_DB).is_ok_and(|ro| !ro)).then_some(file);
+        Anchor {
+            conn: std::sync::Mutex::new(Some(conn)),
+            tidy,
+        }
+    }
+}
+
+impl Drop for Anchor {
+    fn drop(&mut self) {
+        let Some(file) = &self.tidy else {
+            return;
+        };
+        let Some(conn) = self
+            .conn
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let file = file.clone();
+        let (closed, wait) = std::sync::mpsc::channel();
+        shared_reaper().execute(move || {
+            if std::fs::metadata(side_path(&file, "-wal")).is_ok_and(|m| m.len() > 0) {
+                // Never write the file: its -wal and -shm stay.
+                let _ = conn.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    true,
+                );
+            }
+            drop(conn);
+            let _ = closed.send(());
+        });
+        let _ = wait.recv_timeout(Duration::from_secs(1));
+    }
 }
 
 /// The flags every connection of an engine opens with.

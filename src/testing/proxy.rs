@@ -105,8 +105,8 @@ struct Shared {
 }
 
 /// A proxy on a loopback port of its own, forwarding every connection to
-/// `target`; see the [module docs](self). Dropping it closes every
-/// connection it carries and stops accepting.
+/// `target`, that can cut, reset, delay and heal the traffic it carries.
+/// Dropping it closes every connection it carries and stops accepting.
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
