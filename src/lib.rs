@@ -171,6 +171,7 @@ pub use crate::core::backend::Backend;
 pub use crate::core::clock::{Clock, ManualClock, SystemClock};
 pub use crate::core::error::{Context, Error, Found, Result, StorageError, StorageKind};
 pub use crate::core::event::{Event, EventKind, Events, Gap};
+pub use crate::core::guard_sql::GuardSql;
 pub use crate::core::key::{Key, MAX_DURATION, MAX_NAME_LEN, MAX_REASON_LEN};
 pub use crate::core::snapshot::{Lease, Pin};
 pub use crate::core::ticket::LeaseTicket;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use leasehold::postgres::client::config::Host;
 use leasehold::postgres::client::{Client, Config, NoTls};
-use leasehold::postgres::pg_migrations;
+use leasehold::postgres::{PG_SCHEMA_VERSION, pg_migrations};
 use leasehold::testing::{PgDatabase, PgServer};
 use serde_json::Value;
 use support::TempDb;
@@ -201,14 +201,17 @@ fn json(o: &Output) -> Value {
 fn every_command_works_on_a_fresh_postgres_database() -> R {
     let Some(pg) = Pg::new() else { return Ok(()) };
     let migrated = ok(&pg.lh(&["migrate"]));
-    assert!(migrated.contains("schema version 1"), "{migrated}");
+    assert!(
+        migrated.contains(&format!("schema version {PG_SCHEMA_VERSION}")),
+        "{migrated}"
+    );
     assert!(migrated.contains("(schema lh)"), "{migrated}");
     // The connection string is shown with its password hidden.
     assert!(migrated.contains(":***@"), "{migrated}");
     let j = json(&pg.lh(&["--json", "migrate"]));
     assert_eq!(
         (j["version"].as_u64(), j["schema"].as_str()),
-        (Some(1), Some(SCHEMA))
+        (Some(u64::from(PG_SCHEMA_VERSION)), Some(SCHEMA))
     );
     assert!(pg.has_schema(SCHEMA));
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use leasehold::chrono::{DateTime, SecondsFormat, Utc};
 use leasehold::engine::{Engine, Tenure};
 use leasehold::postgres::{PG_SCHEMA_VERSION, pg_migrations};
-use leasehold::{Backend, Event, Key, Lease};
+use leasehold::{Backend, Event, GuardSql, Key, Lease};
 use serde_json::{Value, json};
 
 use super::{CliError, Db, Opened, Output};
@@ -55,6 +55,56 @@ pub fn print_sql(db: Option<&Db>, out: Output) -> Result<u8, CliError> {
                 None => super::print::line(&format!("-- leasehold migration {version:04}_{name}")),
             }
             super::print::line(sql);
+        }
+    }
+    Ok(0)
+}
+
+/// Which form of the guard `guard` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardForm {
+    Statement,
+    Predicate,
+    Both,
+}
+
+/// Prints the guard for `holder`'s tenure of `key` (in `epoch`, if given)
+/// in the dialect of `db` (SQLite when none).
+pub fn guard_sql(
+    db: Option<&Db>,
+    key: &Key,
+    holder: &str,
+    epoch: Option<u64>,
+    form: GuardForm,
+    out: Output,
+) -> Result<u8, CliError> {
+    let (dialect, guard) = match db {
+        Some(Db::Postgres { schema, .. }) => {
+            ("postgres", GuardSql::postgres(schema, key, holder, epoch)?)
+        }
+        _ => ("sqlite", GuardSql::sqlite(key, holder, epoch)?),
+    };
+    if out.json {
+        let mut value = json!({ "dialect": dialect });
+        if form != GuardForm::Predicate {
+            value["statement"] = json!(guard.statement());
+        }
+        if form != GuardForm::Statement {
+            value["predicate"] = json!(guard.predicate());
+        }
+        out.json(&value);
+        return Ok(0);
+    }
+    match form {
+        GuardForm::Statement => out.say(guard.statement()),
+        GuardForm::Predicate => out.say(guard.predicate()),
+        GuardForm::Both => {
+            out.say(
+                "-- the guard statement: first in the transaction; stop and roll back at its error",
+            );
+            out.say(format!("{};", guard.statement()));
+            out.say("-- the predicate: for one statement's WHERE");
+            out.say(guard.predicate());
         }
     }
     Ok(0)

@@ -147,7 +147,10 @@ enum Command {
     /// The command gets LEASEHOLD_NAMESPACE, LEASEHOLD_NAME, LEASEHOLD_HOLDER,
     /// LEASEHOLD_EPOCH and LEASEHOLD_DB (an absolute path; on PostgreSQL the
     /// connection string as given, and LEASEHOLD_SCHEMA), so it can guard
-    /// its own writes with its tenure's token. Its standard output is its
+    /// its own writes with its tenure's token; and, for SQL clients,
+    /// LEASEHOLD_GUARD_STATEMENT and LEASEHOLD_GUARD_PREDICATE, its
+    /// tenure's guard (see `leasehold guard`): `sqlite3 -bail "$LEASEHOLD_DB"
+    /// "BEGIN IMMEDIATE; $LEASEHOLD_GUARD_STATEMENT; …; COMMIT;"`. Its standard output is its
     /// own: leasehold's messages go to stderr. A tracker keeps the lease
     /// meanwhile; if it is lost the command gets SIGTERM, then SIGKILL after
     /// the grace period, and run exits 4 however the command ended. Denied
@@ -161,6 +164,33 @@ enum Command {
     /// escapes it: a process that leaves the group (setsid, setpgid), and
     /// a SIGSTOP or SIGKILL of the watcher itself.
     Run(run::RunArgs),
+    /// Print the guard, as SQL for any client, for a holder's tenure.
+    ///
+    /// Two forms, every value a quoted literal, in the dialect of --db (a
+    /// PostgreSQL connection string, or else SQLite; nothing is opened):
+    /// the guard statement, to run first in a transaction, which fails it
+    /// unless HOLDER holds the lease (in --epoch, if given) and, passing,
+    /// keeps any tenure from ending or beginning until it ends; and the
+    /// predicate, for one statement's WHERE. The client must stop at the
+    /// statement's error (sqlite3 -bail; psql -v ON_ERROR_STOP=1) and
+    /// roll back. `run` hands its command both, for its own tenure, as
+    /// LEASEHOLD_GUARD_STATEMENT and LEASEHOLD_GUARD_PREDICATE.
+    Guard {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Whose tenure.
+        holder: String,
+        /// Only this tenure (fencing): refused once it ends, even if the
+        /// same holder claims again.
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// Print only the statement.
+        #[arg(long, conflicts_with = "predicate")]
+        statement: bool,
+        /// Print only the predicate.
+        #[arg(long)]
+        predicate: bool,
+    },
     /// Write every lease, pin and epoch as JSON lines.
     Export {
         /// Write to this file instead of standard output.
@@ -748,6 +778,33 @@ fn dispatch(cli: Cli) -> Result<u8, CliError> {
                 None => None,
             };
             leases::print_sql(db.as_ref(), out)
+        }
+        Command::Guard {
+            key,
+            holder,
+            epoch,
+            statement,
+            predicate,
+        } => {
+            let db = match cli
+                .db
+                .clone()
+                .or_else(|| std::env::var_os("LEASEHOLD_DB").map(PathBuf::from))
+            {
+                Some(path) => Some(classify(path, schema, true)?),
+                None if schema.is_some() => {
+                    return Err(CliError::Usage(
+                        "--schema is for PostgreSQL databases: pass --db with a PostgreSQL connection string".into(),
+                    ));
+                }
+                None => None,
+            };
+            let form = match (statement, predicate) {
+                (true, _) => leases::GuardForm::Statement,
+                (_, true) => leases::GuardForm::Predicate,
+                _ => leases::GuardForm::Both,
+            };
+            leases::guard_sql(db.as_ref(), &key.key()?, &holder, epoch, form, out)
         }
         Command::Migrate { print_sql: false } => {
             let db = db()?;

@@ -188,8 +188,14 @@ fn replace(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let name = target
         .file_name()
         .ok_or_else(|| io::Error::other("no file name"))?;
-    let (tmp, mut file) = create_temp(&dir, name)?;
-    *writing() = Some(tmp.clone());
+    // Created and recorded under the lock that a signal's clean-up (on a
+    // thread of its own) takes: it never sees the file without its name.
+    let (tmp, mut file) = {
+        let mut recorded = writing();
+        let (tmp, file) = create_temp(&dir, name)?;
+        *recorded = Some(tmp.clone());
+        (tmp, file)
+    };
     let written = (|| {
         if let Some(mode) = mode {
             file.set_permissions(fs::Permissions::from_mode(mode))?;

@@ -12,7 +12,7 @@ use clap::Args;
 
 use leasehold::chrono::{DateTime, Utc};
 use leasehold::engine::{Engine, LeaseTracker, Tenure};
-use leasehold::{Backend, Error, Key};
+use leasehold::{Backend, Error, GuardSql, Key};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -162,6 +162,7 @@ pub fn run(db: &Db, args: RunArgs, out: Output) -> Result<u8, CliError> {
             hold(
                 &engine,
                 &[("LEASEHOLD_DB", path.into_os_string())],
+                &|key: &Key, holder: &str, epoch| GuardSql::sqlite(key, holder, Some(epoch)),
                 &key,
                 timing,
                 args,
@@ -178,6 +179,9 @@ pub fn run(db: &Db, args: RunArgs, out: Output) -> Result<u8, CliError> {
                     ("LEASEHOLD_DB", OsString::from(url)),
                     ("LEASEHOLD_SCHEMA", OsString::from(schema)),
                 ],
+                &|key: &Key, holder: &str, epoch| {
+                    GuardSql::postgres(schema, key, holder, Some(epoch))
+                },
                 &key,
                 timing,
                 args,
@@ -187,11 +191,16 @@ pub fn run(db: &Db, args: RunArgs, out: Output) -> Result<u8, CliError> {
     }
 }
 
+/// How `run` writes the guard of a tenure (epoch) for its command.
+type GuardText<'a> = &'a dyn Fn(&Key, &str, u64) -> leasehold::Result<GuardSql>;
+
 /// Holds `key` on `engine` while the command runs, which gets `env` (where
-/// the database is) besides the lease's variables.
+/// the database is) and the guard of its tenure besides the lease's
+/// variables.
 fn hold<B: Backend>(
     engine: &Engine<B>,
     env: &[(&str, OsString)],
+    guard: GuardText<'_>,
     key: &Key,
     timing: Timing,
     args: RunArgs,
@@ -201,8 +210,11 @@ fn hold<B: Backend>(
         guarantee, grace, ..
     } = timing;
     let key = key.clone();
+    // What the guard needs is checked before anything is claimed.
+    guard(&key, &args.holder, 0)?;
     let tenure = claim_new(engine, &key, &args)?;
     let epoch = tenure.epoch();
+    let guard = guard(&key, &args.holder, epoch)?;
     // Once the lease is lost the command is stopped, and must not resume
     // under a new tenure: the tracker does not claim again. Its first claim
     // extends the tenure just begun.
@@ -268,6 +280,8 @@ fn hold<B: Backend>(
         .env("LEASEHOLD_NAME", key.name())
         .env("LEASEHOLD_HOLDER", &args.holder)
         .env("LEASEHOLD_EPOCH", epoch.to_string())
+        .env("LEASEHOLD_GUARD_STATEMENT", guard.statement())
+        .env("LEASEHOLD_GUARD_PREDICATE", guard.predicate())
         .envs(env.iter().map(|(k, v)| (k, v)))
         // The watcher's process group, so that stopping it stops whatever
         // it started too (a shell script's children).

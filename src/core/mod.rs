@@ -5,6 +5,7 @@ pub(crate) mod backend;
 pub(crate) mod clock;
 pub(crate) mod error;
 pub(crate) mod event;
+pub(crate) mod guard_sql;
 pub(crate) mod key;
 pub(crate) mod lease;
 pub(crate) mod ops;

@@ -17,7 +17,7 @@ use crate::core::error::{Context, Error, Result};
 use crate::postgres::error::fail;
 
 /// The PostgreSQL schema version this build creates and understands.
-pub const PG_SCHEMA_VERSION: u32 = 1;
+pub const PG_SCHEMA_VERSION: u32 = 2;
 
 /// One embedded migration: `migrations/postgres/NNNN_name.sql`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -27,11 +27,18 @@ pub struct PgMigration {
     sql: &'static str,
 }
 
-static MIGRATIONS: &[PgMigration] = &[PgMigration {
-    version: 1,
-    name: "leases",
-    sql: include_str!("../../migrations/postgres/0001_leases.sql"),
-}];
+static MIGRATIONS: &[PgMigration] = &[
+    PgMigration {
+        version: 1,
+        name: "leases",
+        sql: include_str!("../../migrations/postgres/0001_leases.sql"),
+    },
+    PgMigration {
+        version: 2,
+        name: "guard",
+        sql: include_str!("../../migrations/postgres/0002_guard.sql"),
+    },
+];
 
 const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS leasehold_schema (
     version    integer PRIMARY KEY,
@@ -357,6 +364,20 @@ pub(crate) fn migrate(client: &mut Client, schema: &str, budget: Duration) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guard function for other clients takes the same turns as the
+    /// library's guards: same lock space.
+    #[test]
+    fn the_sql_guard_takes_the_library_s_turns() {
+        let guard = MIGRATIONS.iter().find(|m| m.name == "guard").expect("0002");
+        assert!(
+            guard.sql.contains(&format!(
+                "'/' || p_name, {})",
+                crate::postgres::store::TURNS
+            )),
+            "migrations/postgres/0002_guard.sql must use TURNS"
+        );
+    }
 
     #[test]
     fn every_object_the_migration_creates_is_found() {

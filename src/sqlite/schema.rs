@@ -20,8 +20,10 @@ use crate::sqlite::error::stored;
 /// indexes or triggers an application added to that table are dropped
 /// (its views keep working). Version 4 added `leasehold_clock.offset_ms`,
 /// the clock offset persisted with the time mark (version 3 code would
-/// work on it, ignoring the offset).
-pub const SCHEMA_VERSION: u32 = 4;
+/// work on it, ignoring the offset). Version 5 added the guard statement
+/// for other SQL clients (the `leasehold_guard` and `leasehold_now` views;
+/// version 4 code would work on it).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Milliseconds since the Unix epoch, in SQL any SQLite 3 understands
 /// (`unixepoch('subsec')` needs 3.42, and an application's own migration
@@ -60,6 +62,11 @@ static MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "clock_offset",
         sql: include_str!("../../migrations/sqlite/0004_clock_offset.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "guard",
+        sql: include_str!("../../migrations/sqlite/0005_guard.sql"),
     },
 ];
 
