@@ -1239,6 +1239,8 @@ fn the_demo_passes_its_own_verdict_in_json_lines() -> R {
     for kind in ["joined", "leads", "wrote", "killed", "paused", "refused"] {
         assert!(kinds.contains(&kind), "{kind}: {kinds:?}");
     }
+    // A file has no network to cut.
+    assert!(!kinds.contains(&"cut"), "{kinds:?}");
     let picture = std::fs::read_to_string(&svg)?;
     assert!(picture.starts_with("<svg") && picture.contains("refused"));
     Ok(())

@@ -772,6 +772,31 @@ fn the_demo_on_postgres_passes_with_the_same_verdict() -> R {
         report.contains("write REFUSED"),
         "the paused leader was refused: {report}"
     );
+    // On PostgreSQL a third fault: a leader's link is cut past its lease,
+    // and once healed that leader's next write is refused.
+    let timeline: Vec<&str> = report.lines().collect();
+    let cut = timeline
+        .iter()
+        .position(|l| l.contains("link CUT"))
+        .unwrap_or_else(|| panic!("no cut: {report}"));
+    let who = timeline[cut].split_whitespace().nth(1).unwrap_or("");
+    let healed = timeline
+        .iter()
+        .position(|l| l.contains(who) && l.contains("link healed"))
+        .unwrap_or_else(|| panic!("{who} was not healed: {report}"));
+    assert!(healed > cut, "{report}");
+    assert!(
+        timeline[healed..]
+            .iter()
+            .any(|l| l.contains(who) && l.contains("write REFUSED")),
+        "the healed leader {who} was refused: {report}"
+    );
+    assert!(
+        timeline[cut..healed]
+            .iter()
+            .any(|l| l.contains("leads") && !l.contains(who)),
+        "another took over during the cut: {report}"
+    );
 
     // Its table is in the schema; its rows follow commit order.
     let rows: i64 = pg
@@ -808,21 +833,85 @@ fn the_demo_on_postgres_passes_with_the_same_verdict() -> R {
         .get(0);
     assert_eq!(demo_tables, 0);
 
-    // JSON lines, on a fresh schema.
-    let lines =
-        ok(&pg.output(
-            pg.on("demo_json")
-                .args(["--json", "demo", "--short", "--workers", "3"]),
-        ));
-    let verdict: Value = serde_json::from_str(lines.lines().last().unwrap_or(""))?;
+    // JSON lines and the picture, on a fresh schema.
+    let dir = tempfile::tempdir()?;
+    let svg = dir.path().join("timeline.svg");
+    let lines = ok(&pg.output(
+        pg.on("demo_json")
+            .args(["--json", "demo", "--short", "--workers", "3", "--svg"])
+            .arg(&svg),
+    ));
+    let mut moments: Vec<Value> = lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let verdict = moments.pop().unwrap_or_default();
     assert_eq!(
         (verdict["kind"].as_str(), verdict["pass"].as_bool()),
         (Some("verdict"), Some(true)),
         "{verdict}"
     );
     assert!(
-        verdict["epochs"].as_u64().is_some_and(|e| e >= 3),
-        "{verdict}"
+        verdict["epochs"].as_u64().is_some_and(|e| e >= 4),
+        "kill, pause and cut each hand over: {verdict}"
+    );
+    assert!(verdict["network_cut_skipped"].is_null(), "{verdict}");
+    let kind = |m: &Value| m["kind"].as_str().unwrap_or("").to_owned();
+    let cut = moments
+        .iter()
+        .position(|m| kind(m) == "cut")
+        .unwrap_or_else(|| panic!("no cut: {lines}"));
+    let who = &moments[cut]["worker"];
+    assert_eq!(moments[cut]["fault"], "network", "{lines}");
+    assert!(
+        moments[cut]["for_ms"].as_u64().is_some_and(|ms| ms >= 900),
+        "longer than three leases: {lines}"
+    );
+    let healed = moments
+        .iter()
+        .position(|m| kind(m) == "healed" && m["worker"] == *who)
+        .unwrap_or_else(|| panic!("{who} was not healed: {lines}"));
+    assert!(
+        moments[healed..]
+            .iter()
+            .any(|m| kind(m) == "refused" && m["worker"] == *who),
+        "the healed leader {who} was refused: {lines}"
+    );
+    let picture = std::fs::read_to_string(&svg)?;
+    assert!(
+        picture.contains("link cut … healed") && picture.contains("SIGSTOP"),
+        "{picture}"
+    );
+
+    // A connection string the demo cannot sit in (two servers): the cut is
+    // skipped, and the demo says why.
+    let config: Config = pg.db.url().parse()?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Unix(dir)) => dir.display().to_string(),
+        Some(Host::Tcp(host)) => host.clone(),
+        None => panic!("the test server has no host"),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let two = format!(
+        "host={host},{host} port={port},{port} user={} password={} dbname={}",
+        config.get_user().unwrap_or("postgres"),
+        pg.secret,
+        pg.db.name()
+    );
+    let report = ok(
+        &pg.output(bin().args(["--db", &two, "--schema", "demo_two"]).args([
+            "demo",
+            "--short",
+            "--workers",
+            "3",
+        ])),
+    );
+    assert!(
+        report.contains("the network cut is skipped")
+            && report.contains("several servers")
+            && !report.contains("link CUT")
+            && report.contains("verdict: PASS"),
+        "{report}"
     );
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! `demo`: several worker processes compete to lead one application and
 //! write only through guarded transactions, while the demo kills one leader
-//! and pauses another past its lease; then a timeline and a verdict computed
-//! from the database.
+//! and pauses another past its lease, and on PostgreSQL cuts a third one's
+//! network link past its lease; then a timeline and a verdict computed from
+//! the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -24,6 +26,15 @@ use signal_hook::iterator::Signals;
 
 use super::{CliError, Db, Opened, Output, on_engine, output, print};
 
+// The testing kit's TCP proxy, compiled into the command line itself: the
+// demo puts one in front of each PostgreSQL worker, to cut a leader's link.
+// (The library exports it with feature `testing` only, which the command
+// line does not turn on; the demo uses part of it.)
+#[allow(dead_code)]
+#[path = "../testing/proxy.rs"]
+mod proxy;
+use proxy::{Proxy, Upstream};
+
 const APP: &str = "demo-app";
 
 /// The environment variable that hands a PostgreSQL worker its connection
@@ -39,7 +50,8 @@ pub struct DemoArgs {
     /// Also draw the timeline as an SVG picture.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
-    /// A shorter run (about 3 s instead of 9 s), for tests.
+    /// A shorter run (about 4 s instead of 9 s; on PostgreSQL, with its
+    /// network cut, 6 s instead of 13 s), for tests.
     #[arg(long)]
     short: bool,
 }
@@ -114,7 +126,13 @@ pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
             let url = std::env::var(WORKER_PG_URL).map_err(|_| {
                 CliError::Usage(format!("{WORKER_PG_URL} must hold the connection string"))
             })?;
-            let engine = super::open_pg(&url, schema, false)?;
+            // A session left inside a transaction (its process paused, or
+            // its link cut, mid-renewal) holds the lease row, and so its
+            // successor, until the server ends it: here after one lease.
+            let engine = PgEngine::builder(&url)
+                .schema(schema)
+                .idle_in_transaction_timeout(Duration::from_millis(args.guarantee_ms * 2))
+                .build()?;
             let quoted = quote_ident(schema);
             work(&engine, &args, |token, epoch, seq| {
                 pg_write(&engine, &quoted, token, &key, &args.name, epoch, seq)
@@ -297,18 +315,29 @@ pub enum What {
     Killed,
     Paused(Duration),
     Resumed,
+    /// Its network link cut (for this long, once healed).
+    Cut(Duration),
+    Healed,
     Joined,
     Replaces(String),
 }
 
+/// Starts worker `name`; on PostgreSQL through `network`'s proxy of its
+/// own, if the demo has one.
+#[allow(clippy::too_many_arguments)]
 fn spawn_worker(
     db: &Db,
+    network: Option<&mut Network>,
     name: &str,
     guarantee: Duration,
     interval: Duration,
     tx: &mpsc::Sender<(String, Instant, Report)>,
     leftovers: &Leftovers,
 ) -> Result<Worker, CliError> {
+    let proxied = match network {
+        Some(network) => Some(network.link(name)?),
+        None => None,
+    };
     let exe = std::env::current_exe()?;
     // Spawned and registered under the lock: a signal's clean-up either
     // sees the worker or stops the demo before it exists.
@@ -325,7 +354,7 @@ fn spawn_worker(
         Db::Postgres { url, schema } => {
             command
                 .args(["--pg-schema", schema])
-                .env(WORKER_PG_URL, url);
+                .env(WORKER_PG_URL, proxied.as_deref().unwrap_or(url));
         }
     }
     let mut child = command
@@ -356,6 +385,154 @@ fn spawn_worker(
         child,
         stdin,
     })
+}
+
+/// On PostgreSQL, the network between the workers and the server: a proxy
+/// per worker, in the demo's process, that the demo can cut and heal.
+struct Network {
+    /// Where every proxy forwards to: the server.
+    upstream: Upstream,
+    /// The connection string, parsed: the workers' strings are made from it.
+    config: leasehold::postgres::client::Config,
+    proxies: Vec<(String, Proxy)>,
+}
+
+impl Network {
+    /// The network to the server of `url`, or why the demo cannot put
+    /// itself between the workers and that server.
+    fn to(url: &str) -> Result<Network, String> {
+        use leasehold::postgres::client::config::Host;
+        let config: leasehold::postgres::client::Config = url
+            .parse()
+            .map_err(|e| format!("its connection string: {e}"))?;
+        let (hosts, addrs, ports) = (
+            config.get_hosts(),
+            config.get_hostaddrs(),
+            config.get_ports(),
+        );
+        if hosts.len() > 1 || addrs.len() > 1 || ports.len() > 1 {
+            return Err("the connection string names several servers".into());
+        }
+        let port = ports.first().copied().unwrap_or(5432);
+        let upstream = match (addrs.first(), hosts.first()) {
+            (Some(ip), _) => Upstream::Tcp(SocketAddr::new(*ip, port)),
+            (None, Some(Host::Unix(dir))) => {
+                let socket = dir.join(format!(".s.PGSQL.{port}"));
+                use std::os::unix::fs::FileTypeExt;
+                match std::fs::metadata(&socket) {
+                    Ok(m) if m.file_type().is_socket() => {}
+                    Ok(_) => return Err(format!("{} is not a socket", socket.display())),
+                    Err(e) => return Err(format!("{}: {e}", socket.display())),
+                }
+                Upstream::Unix(socket)
+            }
+            (None, Some(Host::Tcp(name))) => {
+                // Its address; of several, the first that answers.
+                let addrs: Vec<SocketAddr> = (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve {name}: {e}"))?
+                    .collect();
+                let answers =
+                    |a: &&SocketAddr| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok();
+                let addr = match addrs.as_slice() {
+                    [one] => Some(one),
+                    several => several.iter().find(answers),
+                };
+                Upstream::Tcp(
+                    *addr.ok_or_else(|| format!("no address of {name} port {port} answers"))?,
+                )
+            }
+            (None, None) => return Err("the connection string names no host".into()),
+        };
+        let network = Network {
+            upstream,
+            config,
+            proxies: Vec::new(),
+        };
+        // Everything a worker's string must carry, checked before any
+        // worker starts.
+        network.through(SocketAddr::from(([127, 0, 0, 1], 1)))?;
+        Ok(network)
+    }
+
+    /// Starts worker `name`'s proxy; the connection string through it.
+    fn link(&mut self, name: &str) -> Result<String, CliError> {
+        let proxy = Proxy::start(self.upstream.clone())
+            .map_err(|e| CliError::Failed(format!("cannot start a proxy: {e}")))?;
+        let url = self.through(proxy.addr()).map_err(CliError::Failed)?;
+        self.proxies.push((name.to_owned(), proxy));
+        Ok(url)
+    }
+
+    /// Worker `name`'s proxy.
+    fn proxy(&self, name: &str) -> Option<&Proxy> {
+        self.proxies.iter().find(|(n, _)| n == name).map(|(_, p)| p)
+    }
+
+    /// The connection string, with `via` for its host and port (as
+    /// key=value pairs: a URI's host cannot be swapped in place), or what
+    /// it holds that a worker's string could not carry.
+    fn through(&self, via: SocketAddr) -> Result<String, String> {
+        use leasehold::postgres::client::config::{ChannelBinding, SslMode, SslNegotiation};
+        let c = &self.config;
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut parts = vec![format!("host={}", via.ip()), format!("port={}", via.port())];
+        let mut text = |key: &str, value: Option<&str>| {
+            if let Some(v) = value {
+                parts.push(format!("{key}={}", quote(v)));
+            }
+        };
+        text("user", c.get_user());
+        let password = c.get_password().map(String::from_utf8_lossy);
+        text("password", password.as_deref());
+        text("dbname", c.get_dbname());
+        text("options", c.get_options());
+        text("application_name", c.get_application_name());
+        text(
+            "sslmode",
+            Some(match c.get_ssl_mode() {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                SslMode::Require => "require",
+                _ => return Err("its sslmode is one this demo does not know".into()),
+            }),
+        );
+        if c.get_ssl_negotiation() != SslNegotiation::Postgres {
+            return Err("it sets sslnegotiation".into());
+        }
+        text(
+            "channel_binding",
+            Some(match c.get_channel_binding() {
+                ChannelBinding::Disable => "disable",
+                ChannelBinding::Prefer => "prefer",
+                ChannelBinding::Require => "require",
+                _ => return Err("its channel_binding is one this demo does not know".into()),
+            }),
+        );
+        let secs = |d: &Duration| d.as_secs().to_string();
+        let mut number = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                parts.push(format!("{key}={v}"));
+            }
+        };
+        number("connect_timeout", c.get_connect_timeout().map(secs));
+        number("tcp_user_timeout", c.get_tcp_user_timeout().map(secs));
+        number("keepalives", (!c.get_keepalives()).then(|| "0".into()));
+        let idle = c.get_keepalives_idle();
+        number(
+            "keepalives_idle",
+            (idle < Duration::from_secs(2 * 60 * 60)).then(|| secs(&idle)),
+        );
+        number(
+            "keepalives_interval",
+            c.get_keepalives_interval().as_ref().map(secs),
+        );
+        number(
+            "keepalives_retries",
+            c.get_keepalives_retries().map(|n| n.to_string()),
+        );
+        Ok(parts.join(" "))
+    }
 }
 
 /// What a demo stopped early (by a signal, a closed stdout or an error)
@@ -614,6 +791,11 @@ fn print_moment(m: &Moment) {
             d.as_secs_f64()
         ),
         What::Resumed => "SIGCONT".into(),
+        What::Cut(d) => format!(
+            "link CUT for {:.1}s (longer than its lease): nothing it sends arrives, nothing is closed",
+            d.as_secs_f64()
+        ),
+        What::Healed => "link healed: what it sent meanwhile arrives now".into(),
         What::Joined => "starts".into(),
         What::Replaces(w) => format!("joins, replacing {w}"),
     };
@@ -637,6 +819,11 @@ fn moment_json(m: &Moment) -> serde_json::Value {
             json!({ "signal": "SIGSTOP", "for_ms": d.as_millis() as u64 }),
         ),
         What::Resumed => ("resumed", json!({ "signal": "SIGCONT" })),
+        What::Cut(d) => (
+            "cut",
+            json!({ "fault": "network", "for_ms": d.as_millis() as u64 }),
+        ),
+        What::Healed => ("healed", json!({ "fault": "network" })),
         What::Joined => ("joined", json!({})),
         What::Replaces(w) => ("replaces", json!({ "replaced": w })),
     };
@@ -920,6 +1107,16 @@ fn play<B: Backend>(
     };
     let lease = guarantee * 2;
     let key: Key = leasehold::leadership::key(APP)?;
+    // On PostgreSQL each worker talks to the server through a proxy of the
+    // demo's, so that it can cut a leader's link; if the connection string
+    // cannot be proxied, that act is skipped (and the demo says why).
+    let (mut network, no_cut) = match db {
+        Db::Sqlite(_) => (None, None),
+        Db::Postgres { url, .. } => match Network::to(url) {
+            Ok(network) => (Some(network), None),
+            Err(why) => (None, Some(why)),
+        },
+    };
     if !out.quiet && !out.json {
         print::line(&format!(
             "leasehold demo: {} worker processes lead {key} in {}{}",
@@ -931,6 +1128,16 @@ fn play<B: Backend>(
                 ""
             }
         ));
+        if network.is_some() {
+            print::line(
+                "each reaches the server through a proxy of the demo's, which can cut its link",
+            );
+        }
+        if let Some(why) = &no_cut {
+            print::line(&format!(
+                "the network cut is skipped: the demo cannot sit between the workers and the server ({why})"
+            ));
+        }
         print::line(&format!(
             "each claims {}ms leases renewed every {}ms, and writes a row every {}ms only through a guarded transaction\n",
             lease.as_millis(),
@@ -947,7 +1154,13 @@ fn play<B: Backend>(
         let name = format!("worker-{next_id}");
         next_id += 1;
         workers.push(spawn_worker(
-            db, &name, guarantee, interval, &tx, leftovers,
+            db,
+            network.as_mut(),
+            &name,
+            guarantee,
+            interval,
+            &tx,
+            leftovers,
         )?);
     }
     // Records reports until `until`, or until one from `stop_at` says it is
@@ -1015,7 +1228,13 @@ fn play<B: Backend>(
     });
     let name = format!("worker-{next_id}");
     workers.push(spawn_worker(
-        db, &name, guarantee, interval, &tx, leftovers,
+        db,
+        network.as_mut(),
+        &name,
+        guarantee,
+        interval,
+        &tx,
+        leftovers,
     )?);
     moments.push(Moment {
         at: start.elapsed(),
@@ -1046,8 +1265,49 @@ fn play<B: Backend>(
         what: What::Resumed,
     });
 
-    // Act 3: let it settle, then stop everyone.
+    // Act 3, on PostgreSQL: a new leader; cut its link, in the middle of
+    // its work, for longer than its lease (and the server's end of a
+    // session it left inside a transaction, after one more lease), so
+    // that another takes over; then heal it.
     collect(&mut moments, Instant::now() + phase, None);
+    if let Some(network) = &network {
+        let cut = wait_for_leader(&workers)?;
+        let name = workers[cut].name.clone();
+        if !collect(&mut moments, Instant::now() + phase, Some(&name)) {
+            return Err(CliError::Failed(format!("{name} led but never wrote")));
+        }
+        let link = network.proxy(&name).expect("every worker has a link");
+        let length = lease * 3;
+        link.cut();
+        let began = Instant::now();
+        moments.push(Moment {
+            at: start.elapsed(),
+            who: name.clone(),
+            what: What::Cut(length),
+        });
+        let cut_moment = moments.len() - 1;
+        collect(&mut moments, began + length, None);
+        // And until another says it leads (a slow server may take longer).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let taken_over = |moments: &[Moment]| {
+            moments[cut_moment..]
+                .iter()
+                .any(|m| m.who != name && matches!(m.what, What::Leads(_)))
+        };
+        while !taken_over(&moments) && Instant::now() < deadline {
+            collect(&mut moments, Instant::now() + interval, None);
+        }
+        link.heal();
+        moments[cut_moment].what = What::Cut(began.elapsed());
+        moments.push(Moment {
+            at: start.elapsed(),
+            who: name,
+            what: What::Healed,
+        });
+        collect(&mut moments, Instant::now() + phase, None);
+    }
+
+    // Then stop everyone.
     for w in &mut workers {
         drop(w.stdin.take()); // closing stdin stops the worker
     }
@@ -1055,6 +1315,8 @@ fn play<B: Backend>(
         leftovers.forget(w.child.id());
         let _ = w.child.wait();
     }
+    // The links last as long as their workers.
+    drop(network);
     drop(tx);
     collect(
         &mut moments,
@@ -1109,6 +1371,7 @@ fn play<B: Backend>(
                 "seconds": elapsed.as_secs_f64(),
                 "database": if temporary { None } else { Some(db.describe()) },
                 "svg": args.svg.as_ref().map(|p| p.display().to_string()),
+                "network_cut_skipped": no_cut,
             })
             .to_string(),
         );
@@ -1170,6 +1433,44 @@ mod tests {
     use super::*;
     use leasehold::ManualClock;
     use leasehold::chrono::{Duration as Span, Utc};
+
+    #[test]
+    fn a_worker_reaches_the_server_through_its_proxy_with_everything_else_kept() {
+        use leasehold::postgres::client::Config;
+        use leasehold::postgres::client::config::Host;
+        let network = Network::to(
+            "hostaddr=127.0.0.1 host=db.example port=6543 user=app password='p q\\'s' \
+             dbname=d options='-c search_path=x' keepalives_idle=7 connect_timeout=3",
+        )
+        .expect("proxied");
+        assert_eq!(
+            network.upstream,
+            Upstream::Tcp(SocketAddr::from(([127, 0, 0, 1], 6543)))
+        );
+        let via = SocketAddr::from(([127, 0, 0, 1], 40001));
+        let worker: Config = network
+            .through(via)
+            .expect("carried")
+            .parse()
+            .expect("parses");
+        assert_eq!(worker.get_hosts(), [Host::Tcp("127.0.0.1".into())]);
+        assert!(worker.get_hostaddrs().is_empty());
+        assert_eq!(worker.get_ports(), [40001]);
+        assert_eq!(worker.get_user(), Some("app"));
+        assert_eq!(worker.get_password(), Some(&b"p q's"[..]));
+        assert_eq!(worker.get_dbname(), Some("d"));
+        assert_eq!(worker.get_options(), Some("-c search_path=x"));
+        assert_eq!(worker.get_keepalives_idle(), Duration::from_secs(7));
+        assert_eq!(worker.get_connect_timeout(), Some(&Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_connection_string_the_demo_cannot_sit_in_says_why() {
+        let why = |url: &str| Network::to(url).err().unwrap_or_default();
+        assert!(why("host=a,b dbname=x").contains("several servers"));
+        assert!(why("host=/nonexistent-leasehold-dir port=1 dbname=x").contains(".s.PGSQL.1"));
+        assert!(why("hostaddr=127.0.0.1 sslnegotiation=direct").contains("sslnegotiation"));
+    }
 
     #[test]
     fn the_verdict_fails_a_row_written_after_the_lease_ran_out() {

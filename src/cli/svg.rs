@@ -1,5 +1,6 @@
 //! The demo's timeline as an SVG picture: one lane per worker, a bar per
-//! tenure, ticks for accepted writes, crosses for refused ones.
+//! tenure, ticks for accepted writes, crosses for refused ones, and a band
+//! for each pause and network cut.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub fn timeline(moments: &[Moment], total: Duration) -> String {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="{LEFT}" y="24" font-size="15">leasehold demo: tenures (bars, by epoch), accepted writes (ticks), writes refused by guards (red crosses)</text>"#
+        r#"<text x="10" y="24" font-size="15">leasehold demo: tenures (bars, by epoch), accepted writes (ticks), writes refused by guards (red crosses), faults (bands)</text>"#
     );
     for (i, who) in lanes.iter().enumerate() {
         let y = TOP + LANE * i as f64;
@@ -80,6 +81,7 @@ pub fn timeline(moments: &[Moment], total: Duration) -> String {
         let mine: Vec<&Moment> = moments.iter().filter(|m| m.who == **who).collect();
         let mut open: Option<(Duration, u64)> = None;
         let mut paused: Option<Duration> = None;
+        let mut cut: Option<Duration> = None;
         for m in &mine {
             match &m.what {
                 What::Leads(e) => open = Some((m.at, *e)),
@@ -106,6 +108,20 @@ pub fn timeline(moments: &[Moment], total: Duration) -> String {
                         let _ = writeln!(
                             svg,
                             r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="32" fill="#999" fill-opacity="0.35"/><text x="{:.1}" y="{:.1}" fill="#555">SIGSTOP … SIGCONT</text>"##,
+                            x(from),
+                            y + 4.0,
+                            (x(m.at) - x(from)).max(1.0),
+                            x(from) + 3.0,
+                            y + 50.0
+                        );
+                    }
+                }
+                What::Cut(_) => cut = Some(m.at),
+                What::Healed => {
+                    if let Some(from) = cut.take() {
+                        let _ = writeln!(
+                            svg,
+                            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="32" fill="#e15759" fill-opacity="0.18" stroke="#e15759" stroke-dasharray="2 2"/><text x="{:.1}" y="{:.1}" fill="#b03a3c">✂ link cut … healed</text>"##,
                             x(from),
                             y + 4.0,
                             (x(m.at) - x(from)).max(1.0),
