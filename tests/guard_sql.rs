@@ -480,6 +480,10 @@ fn pgid_of(pid: i32) -> i32 {
         .expect("pgrp")
 }
 
+/// A holder whose name would end a literal, a statement or a line if it
+/// were not quoted: through `run`'s environment and a shell recipe.
+const HOSTILE_HOLDER: &str = r#"it's "h1" \n\ -- ; x"#;
+
 /// How the tenure of the migration under `run` ends, in the tests below.
 #[derive(Clone, Copy, Debug)]
 enum Ending {
@@ -509,7 +513,7 @@ impl UnderRun {
     /// `apply` (shell text using `$LEASEHOLD_*`, writing its exit status to
     /// `$DIR/<n>.status` and its stderr to `$DIR/<n>.err`), the second time
     /// after reading the FIFO `$DIR/go`.
-    fn start(db_args: &[&str], lease: &str, apply: &str) -> UnderRun {
+    fn start(db_args: &[&str], holder: &str, lease: &str, apply: &str) -> UnderRun {
         let dir = tempfile::tempdir().expect("dir");
         let go = dir.path().join("go");
         nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("fifo");
@@ -606,7 +610,7 @@ fn end_and_take_over(ending: Ending, revoke: impl Fn(), claim: impl Fn() -> bool
     }
 }
 
-fn sqlite3_under_run(ending: Ending) -> R {
+fn sqlite3_under_run(ending: Ending, holder: &str) -> R {
     let Some(sqlite3) = client_command("sqlite3") else {
         return Ok(());
     };
@@ -614,7 +618,7 @@ fn sqlite3_under_run(ending: Ending) -> R {
     let engine = Engine::open(&db.path)?;
     Connection::open(&db.path)?.execute_batch("CREATE TABLE app (v TEXT)")?;
     let apply = format!(
-        "{{ echo 'BEGIN IMMEDIATE;'; echo \"$LEASEHOLD_GUARD_STATEMENT;\"; \
+        "{{ echo 'BEGIN IMMEDIATE;'; printf '%s;\\n' \"$LEASEHOLD_GUARD_STATEMENT\"; \
            echo \"INSERT INTO app VALUES ('migration $n');\"; \
            echo \"INSERT INTO app VALUES ('migration $n, second row');\"; \
            echo 'COMMIT;'; }} | {} -bail \"$LEASEHOLD_DB\" 2> \"$DIR/$n.err\"; \
@@ -622,7 +626,7 @@ fn sqlite3_under_run(ending: Ending) -> R {
         sqlite3.display()
     );
     let db_arg = db.path.to_str().expect("utf-8 path");
-    let under = UnderRun::start(&["--db", db_arg], "1s", &apply);
+    let under = UnderRun::start(&["--db", db_arg], holder, "1s", &apply);
     assert_eq!(under.status(1), "0", "{}", under.err(1));
     let conn = Connection::open(&db.path)?;
     assert_eq!(app_rows(&conn), ["migration 1", "migration 1, second row"]);
@@ -639,8 +643,8 @@ fn sqlite3_under_run(ending: Ending) -> R {
     assert_ne!(under.status(2), "0");
     let err = under.err(2);
     assert!(
-        err.contains("ops/migration is not held by \"h1\" in epoch 1")
-            && err.contains("held by \"h2\" in epoch 2"),
+        err.contains("ops/migration is not held by")
+            && err.contains("in epoch 1: it is held by \"h2\" in epoch 2"),
         "{err}"
     );
     assert_eq!(
@@ -653,15 +657,15 @@ fn sqlite3_under_run(ending: Ending) -> R {
 
 #[test]
 fn a_sqlite3_migration_under_run_is_refused_once_its_tenure_is_revoked() -> R {
-    sqlite3_under_run(Ending::Revoked)
+    sqlite3_under_run(Ending::Revoked, HOSTILE_HOLDER)
 }
 
 #[test]
 fn a_sqlite3_migration_under_run_is_refused_once_paused_past_its_lease() -> R {
-    sqlite3_under_run(Ending::Paused)
+    sqlite3_under_run(Ending::Paused, "h1")
 }
 
-fn psql_under_run(ending: Ending) -> R {
+fn psql_under_run(ending: Ending, holder: &str) -> R {
     let Some(psql) = client_command("psql") else {
         return Ok(());
     };
@@ -691,7 +695,7 @@ fn psql_under_run(ending: Ending) -> R {
         psql.display(),
         migration.display(),
     );
-    let under = UnderRun::start(&["--db", db.url(), "--schema", "lh"], "1s", &apply);
+    let under = UnderRun::start(&["--db", db.url(), "--schema", "lh"], holder, "1s", &apply);
     assert_eq!(under.status(1), "0", "{}", under.err(1));
     let committed = [
         "migration 1",
@@ -713,8 +717,8 @@ fn psql_under_run(ending: Ending) -> R {
     assert_ne!(under.status(2), "0");
     let err = under.err(2);
     assert!(
-        err.contains("ops/migration is not held by \"h1\" in epoch 1")
-            && err.contains("held by \"h2\" in epoch 2"),
+        err.contains("ops/migration is not held by")
+            && err.contains("in epoch 1: it is held by \"h2\" in epoch 2"),
         "{err}"
     );
     // Nothing of it, nor of the client that carried on past the error (its
@@ -725,10 +729,10 @@ fn psql_under_run(ending: Ending) -> R {
 
 #[test]
 fn a_psql_migration_under_run_is_refused_once_its_tenure_is_revoked() -> R {
-    psql_under_run(Ending::Revoked)
+    psql_under_run(Ending::Revoked, "h1")
 }
 
 #[test]
 fn a_psql_migration_under_run_is_refused_once_paused_past_its_lease() -> R {
-    psql_under_run(Ending::Paused)
+    psql_under_run(Ending::Paused, HOSTILE_HOLDER)
 }
