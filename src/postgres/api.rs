@@ -45,9 +45,27 @@ impl Engine<Postgres> {
     ///
     /// # Errors
     ///
-    /// None today; the signature leaves room for a check of the
-    /// transaction's database.
+    /// [`Error::InvalidArgument`] if `tx` is not on the tables this engine
+    /// opened (another database, with or without leasehold's tables in a
+    /// schema of the same name): its operations would claim and release
+    /// there, out of the engine's sight. Storage errors. Roll `tx` back
+    /// after an error.
     pub fn in_txn<'t, 'c>(&'t self, tx: &'t mut Transaction<'c>) -> Result<PgInTxn<'t, 'c>> {
+        let db = self.backend();
+        let same = PgStore::new(&mut *tx, db, false)
+            .same_instance()
+            .map_err(|e| Error::storage(Context::new("in_txn"), e))?;
+        if !same {
+            return Err(Error::invalid(
+                "transaction",
+                "in_txn",
+                format!(
+                    "is on another database than the leasehold tables this engine opened \
+                     (schema {} of {}); its lease operations would happen there",
+                    db.schema, db.describe
+                ),
+            ));
+        }
         Ok(PgInTxn { engine: self, tx })
     }
 

@@ -322,6 +322,12 @@ impl PgBuilder {
                 "must be 1 to 63 bytes long",
             ));
         }
+        // PostgreSQL takes any quoted name but NUL, and `"public "` is not
+        // `public`: a name with a control character, or with whitespace
+        // around it (a stray space in an environment variable), would put
+        // the leases of some processes in a schema of its own, where the
+        // others never see them. Names are held to the rules of keys'.
+        crate::core::key::validate_name("schema", &self.schema)?;
         if self.pool_size == 0 {
             return Err(Error::invalid("pool size", "0", "must be at least 1"));
         }
@@ -386,6 +392,22 @@ impl PgBuilder {
                 source: StorageError::new(StorageKind::Busy { waited }, silent),
             },
         })?;
+        // Opening (reading the version, migrating) runs under the engine's
+        // deadlines, not the role's or the connection string's: a
+        // `statement_timeout` of a few milliseconds set on the role would
+        // otherwise cancel the migration (reported as a lock waited on for
+        // the whole busy timeout), an `idle_in_transaction_session_timeout`
+        // would end its session between two statements, and without any a
+        // migration waiting for another would wait for ever. This session
+        // is dropped once open.
+        let ms = budget.as_millis().max(1);
+        first
+            .batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
+                 SET idle_in_transaction_session_timeout = {}",
+                self.idle_in_transaction.as_millis()
+            ))
+            .map_err(open_err)?;
         let server_time = ServerTime::default();
         let sent = std::time::Instant::now();
         let server_us: i64 = first

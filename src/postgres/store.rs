@@ -74,6 +74,7 @@ pub(crate) struct Sql {
     pub now: String,
     pub load: String,
     pub lock: String,
+    pub lock_inserted: String,
     pub insert_vacant: String,
     pub update: String,
     pub insert: String,
@@ -168,6 +169,20 @@ impl Sql {
                         {now_us}
                  FROM (SELECT 1) AS one LEFT JOIN l ON true",
                 turn = turn("pg_advisory_xact_lock", "$1", "$2"),
+            ),
+            // A row this transaction has just inserted: nobody else can
+            // see it, let alone queue for it, until this transaction ends,
+            // so it is locked without taking the key's turn. (Each turn is
+            // an entry in the server's lock table until the transaction
+            // ends, and that table holds a few thousand: an import of
+            // tens of thousands of new keys ran out of it.)
+            lock_inserted: format!(
+                "WITH l AS (SELECT namespace, {RECORD} FROM {leases}
+                            WHERE namespace = $1 AND name = $2
+                            FOR UPDATE)
+                 SELECT l.holder, l.epoch, l.started_ms, l.expiry_ms, l.pinned_until_ms, l.updated_ms, l.namespace IS NOT NULL,
+                        {now_us}
+                 FROM (SELECT 1) AS one LEFT JOIN l ON true"
             ),
             insert_vacant: format!(
                 "INSERT INTO {leases} (namespace, name, holder, epoch, started_ms, expiry_ms, pinned_until_ms, updated_ms)
@@ -383,13 +398,19 @@ impl Store for PgStore<'_> {
         // locked.
         let ns = key.namespace();
         let name = key.name();
-        self.session
+        let inserted = self
+            .session
             .execute(
                 &self.db.sql.insert_vacant,
                 &[(&ns, Type::TEXT), (&name, Type::TEXT)],
             )
             .map_err(|e| self.fail(e))?;
-        let locked = self.lock(key)?;
+        let locked = if inserted == 1 {
+            let sql = &self.db.sql.lock_inserted;
+            self.row(sql, key)?
+        } else {
+            self.lock(key)?
+        };
         // The vacant placeholder stands for "never claimed" (the operation
         // saves over it; it never commits as it is).
         Ok(locked.filter(|r| r.epoch > 0 || r.holder.is_some() || r.updated_ms > 0))
