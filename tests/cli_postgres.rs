@@ -279,10 +279,7 @@ fn migrate_print_sql_prints_postgres_scripts_for_the_schema() -> R {
     let Some(pg) = Pg::new() else { return Ok(()) };
     let text = ok(&pg.output(pg.on("app").args(["migrate", "--print-sql"])));
     assert!(text.contains("(PostgreSQL, schema app)"), "{text}");
-    assert!(
-        text.contains("CREATE SCHEMA IF NOT EXISTS \"app\""),
-        "{text}"
-    );
+    assert!(text.contains("CREATE SCHEMA \"app\""), "{text}");
     assert!(text.contains("leasehold_schema"), "{text}");
     // Printing changes nothing.
     assert!(!pg.has_schema("app"));

@@ -233,7 +233,6 @@ fn lease_operations_in_another_databases_transaction_are_refused() -> R {
 /// anywhere, on a fresh database, gets that same typed storage error and
 /// changes nothing, which is right.)
 #[test]
-#[ignore = "src/postgres/schema.rs (migrate, and PgMigration::script): look the schema up in pg_namespace and run CREATE SCHEMA only when it is missing"]
 fn a_role_with_create_on_its_schema_only_can_migrate_it() -> R {
     let Some(db) = fresh_database() else {
         return Ok(());

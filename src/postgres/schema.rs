@@ -76,12 +76,23 @@ impl PgMigration {
     /// transaction, it creates the objects in `schema` and records itself
     /// in `leasehold_schema`, so that an engine opened later sees it
     /// applied.
+    ///
+    /// The schema is created only if missing (a `DO` block), so that a role
+    /// granted `CREATE` on an existing schema, and not on the database,
+    /// can run it.
     pub fn script(&self, schema: &str) -> String {
         format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};\nSET LOCAL search_path TO {s};\n{BOOKKEEPING}\n{sql}\n\
+            "DO {tag} BEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) THEN\n        \
+             CREATE SCHEMA {s};\n    END IF;\nEND {tag};\n\
+             SET LOCAL search_path TO {s};\n{BOOKKEEPING}\n{sql}\n\
              INSERT INTO leasehold_schema (version, name, checksum, applied_ms)\n\
              VALUES ({v}, '{n}', '{c}', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);\n",
             s = quote_ident(schema),
+            lit = format!("E'{}'", schema.replace('\\', "\\\\").replace('\'', "''")),
+            tag = (0..)
+                .map(|n| format!("$leasehold{n}$"))
+                .find(|tag| !schema.contains(tag.as_str()))
+                .unwrap_or_default(),
             sql = self.sql.trim_end(),
             v = self.version,
             n = self.name,
@@ -278,10 +289,22 @@ pub(crate) fn migrate(client: &mut Client, schema: &str, budget: Duration) -> Re
         &[&MIGRATION_LOCK, &schema],
     )
     .map_err(|e| fail(ctx(), e, budget))?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {quoted}; SET LOCAL search_path TO {quoted};"
-    ))
-    .map_err(|e| fail(ctx(), e, budget))?;
+    // CREATE SCHEMA IF NOT EXISTS checks the database's CREATE privilege
+    // before it looks for the schema: a role granted CREATE on an existing
+    // schema only (as a DBA sets one up) would be refused.
+    let schema_exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&schema],
+        )
+        .map_err(|e| fail(ctx(), e, budget))?
+        .get(0);
+    if !schema_exists {
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted};"))
+            .map_err(|e| fail(ctx(), e, budget))?;
+    }
+    tx.batch_execute(&format!("SET LOCAL search_path TO {quoted};"))
+        .map_err(|e| fail(ctx(), e, budget))?;
     // Read again under the lock: another process may have migrated.
     let table_exists: bool = tx
         .query_one("SELECT to_regclass('leasehold_schema') IS NOT NULL", &[])
