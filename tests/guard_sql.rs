@@ -531,7 +531,7 @@ impl UnderRun {
                 "run",
                 "ops",
                 "migration",
-                "h1",
+                holder,
                 "--for",
                 lease,
                 "--grace",

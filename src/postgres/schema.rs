@@ -81,6 +81,11 @@ impl PgMigration {
     /// granted `CREATE` on an existing schema, and not on the database,
     /// can run it.
     pub fn script(&self, schema: &str) -> String {
+        let lit = format!("E'{}'", schema.replace('\\', "\\\\").replace('\'', "''"));
+        let tag = (0..)
+            .map(|n| format!("$leasehold{n}$"))
+            .find(|tag| !schema.contains(tag.as_str()))
+            .unwrap_or_default();
         format!(
             "DO {tag} BEGIN\n    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {lit}) THEN\n        \
              CREATE SCHEMA {s};\n    END IF;\nEND {tag};\n\
@@ -88,11 +93,6 @@ impl PgMigration {
              INSERT INTO leasehold_schema (version, name, checksum, applied_ms)\n\
              VALUES ({v}, '{n}', '{c}', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint);\n",
             s = quote_ident(schema),
-            lit = format!("E'{}'", schema.replace('\\', "\\\\").replace('\'', "''")),
-            tag = (0..)
-                .map(|n| format!("$leasehold{n}$"))
-                .find(|tag| !schema.contains(tag.as_str()))
-                .unwrap_or_default(),
             sql = self.sql.trim_end(),
             v = self.version,
             n = self.name,
