@@ -636,7 +636,11 @@ fn expiry(db: &Path) -> leasehold::chrono::DateTime<leasehold::chrono::Utc> {
 
 /// Starts `run` with a shell that starts a grandchild, and returns it with
 /// the shell's and the grandchild's pids, once both run.
-fn run_a_shell_with_a_grandchild(db: &TempDb, lease: &str) -> (std::process::Child, u32, u32) {
+fn run_a_shell_with_a_grandchild(
+    db: &TempDb,
+    lease: &str,
+    grace: &str,
+) -> (std::process::Child, u32, u32) {
     let dir = db.dir.path();
     let script = format!(
         "echo $$ > {0}/shell.tmp; mv {0}/shell.tmp {0}/shell; sleep 300 & echo $! > {0}/child.tmp; mv {0}/child.tmp {0}/child; wait",
@@ -644,7 +648,7 @@ fn run_a_shell_with_a_grandchild(db: &TempDb, lease: &str) -> (std::process::Chi
     );
     let run = on(&db.path)
         .args([
-            "run", "ops", "m", "host-1", "--for", lease, "--grace", "100ms", "--", "sh", "-c",
+            "run", "ops", "m", "host-1", "--for", lease, "--grace", grace, "--", "sh", "-c",
             &script,
         ])
         .stderr(Stdio::piped())
@@ -688,7 +692,7 @@ fn a_killed_run_leaves_nothing_of_its_command_running_past_the_lease() -> R {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let db = TempDb::new();
-    let (mut run, shell, child) = run_a_shell_with_a_grandchild(&db, "1s");
+    let (mut run, shell, child) = run_a_shell_with_a_grandchild(&db, "1s", "100ms");
     // Renewals come when half the lease (500ms) is left: kill `run` a
     // little before the next one.
     loop {
@@ -712,7 +716,7 @@ fn a_stopped_run_leaves_nothing_of_its_command_running_past_the_lease() -> R {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let db = TempDb::new();
-    let (run, shell, child) = run_a_shell_with_a_grandchild(&db, "1s");
+    let (run, shell, child) = run_a_shell_with_a_grandchild(&db, "1s", "100ms");
     let pid = Pid::from_raw(run.id() as i32);
     kill(pid, Signal::SIGSTOP)?;
     let checked = std::panic::catch_unwind(|| none_survives_the_lease(&db.path, &[shell, child]));
@@ -725,6 +729,51 @@ fn a_stopped_run_leaves_nothing_of_its_command_running_past_the_lease() -> R {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("ops/m (epoch 1)"), "{err}");
+    Ok(())
+}
+
+/// The shortest lease `run` accepts (with `--grace 0`: just over twice its
+/// 100 ms margin), `run` SIGKILLed just before a renewal (due when half the
+/// lease is left): nothing of the group outlives the lease.
+#[test]
+fn at_the_shortest_lease_a_killed_run_leaves_nothing_running_past_it() -> R {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let db = TempDb::new();
+    let refused = lh(
+        &db.path,
+        &[
+            "run", "ops", "m", "h", "--for", "200ms", "--grace", "0", "--", "true",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(5), "200ms is below the floor");
+    let (mut run, shell, child) = run_a_shell_with_a_grandchild(&db, "201ms", "0");
+    let kill_at = expiry(&db.path) - leasehold::chrono::Duration::milliseconds(110);
+    if let Ok(wait) = (kill_at - leasehold::chrono::Utc::now()).to_std() {
+        std::thread::sleep(wait);
+    }
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL)?;
+    run.wait()?;
+    none_survives_the_lease(&db.path, &[shell, child]);
+    Ok(())
+}
+
+/// The same with `run` SIGSTOPped: its watcher stops the group in time.
+#[test]
+fn at_the_shortest_lease_a_stopped_run_leaves_nothing_running_past_it() -> R {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let db = TempDb::new();
+    let (run, shell, child) = run_a_shell_with_a_grandchild(&db, "201ms", "0");
+    let pid = Pid::from_raw(run.id() as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    let checked = std::panic::catch_unwind(|| none_survives_the_lease(&db.path, &[shell, child]));
+    kill(pid, Signal::SIGCONT)?;
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+    let out = run.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     Ok(())
 }
 
