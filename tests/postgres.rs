@@ -1500,3 +1500,47 @@ fn a_token_checked_in_another_databases_transaction_is_refused() -> TestResult {
     }
     Ok(())
 }
+
+/// The engine's statements are prepared once per pooled connection. A
+/// client lent out by `PgEngine::client` on which someone ran `DEALLOCATE
+/// ALL` (or `DISCARD ALL`) loses them: the next operation on that
+/// connection fails once, and the connection prepares them again; nothing
+/// stays broken. With `prepared_statements(false)` nothing is prepared.
+#[test]
+fn statements_deallocated_under_the_engine_are_prepared_again() -> TestResult {
+    let Some(db) = fresh_database() else {
+        return Ok(());
+    };
+    let engine = PgEngine::builder(db.url())
+        .schema(SCHEMA)
+        .pool_size(1)
+        .build()?;
+    let k = key("ops", "a");
+    engine.claim(&k, "h1", Duration::from_secs(60))?;
+    engine.client()?.batch_execute("DEALLOCATE ALL")?;
+    let mut failures = 0;
+    for _ in 0..3 {
+        match engine.claim(&k, "h1", Duration::from_secs(60)) {
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                assert!(e.to_string().contains("does not exist"), "{e}");
+            }
+        }
+    }
+    assert!(failures <= 1, "{failures} failures");
+    engine.claim(&k, "h1", Duration::from_secs(60))?;
+
+    let unprepared = PgEngine::builder(db.url())
+        .schema(SCHEMA)
+        .pool_size(1)
+        .prepared_statements(false)
+        .build()?;
+    unprepared.release(&k, "h1")?;
+    unprepared.claim(&k, "h2", Duration::from_secs(60))?;
+    let mut client = unprepared.client()?;
+    // (Asked unnamed: a query by text would prepare itself first.)
+    let rows = client.query_typed("SELECT count(*) FROM pg_prepared_statements", &[])?;
+    assert_eq!(rows[0].get::<_, i64>(0), 0);
+    Ok(())
+}

@@ -63,7 +63,7 @@ use crate::driver::{HandleError, LogErrors};
 use crate::engine::Engine;
 use crate::postgres::error::fail;
 use crate::postgres::pool::redact;
-pub use crate::postgres::pool::{PgConnectError, PgManager};
+pub use crate::postgres::pool::{PgConnectError, PgConnection, PgManager};
 use crate::postgres::schema::quote_ident;
 use crate::postgres::store::{PgStore, Sql};
 
@@ -212,6 +212,7 @@ pub struct PgBuilder {
     watch_interval: Duration,
     idle_in_transaction: Duration,
     listen: bool,
+    prepared_statements: bool,
     read_only: bool,
     errors: Box<dyn HandleError>,
 }
@@ -284,6 +285,19 @@ impl PgBuilder {
     /// polls at the watch interval. Default: `true`.
     pub fn listen(mut self, listen: bool) -> PgBuilder {
         self.listen = listen;
+        self
+    }
+
+    /// Whether the engine's own transactions run its statements as named
+    /// prepared statements, prepared once per pooled connection (each then
+    /// costs one round trip and no planning). Turn it off behind a pooler
+    /// in transaction mode that does not carry prepared statements across
+    /// server connections (PgBouncer before 1.21, or with
+    /// `max_prepared_statements = 0`): each statement then runs unnamed,
+    /// planned every time. Guards in your transactions never prepare
+    /// anything. Default: `true`.
+    pub fn prepared_statements(mut self, prepare: bool) -> PgBuilder {
+        self.prepared_statements = prepare;
         self
     }
 
@@ -440,7 +454,7 @@ impl PgBuilder {
         let instance = schema::instance(&mut first, &self.schema, budget)?;
         drop(first);
         let idle = self.idle_in_transaction.as_millis();
-        let manager = pool::PgManager::new(config.clone(), connect_limit);
+        let manager = pool::PgManager::new(config.clone(), connect_limit, self.prepared_statements);
         let pool = r2d2::Pool::builder()
             .max_size(self.pool_size)
             .min_idle(Some(0))
@@ -487,8 +501,11 @@ struct SessionSettings {
     idle_in_transaction_ms: u128,
 }
 
-impl r2d2::CustomizeConnection<postgres::Client, PgConnectError> for SessionSettings {
-    fn on_acquire(&self, client: &mut postgres::Client) -> std::result::Result<(), PgConnectError> {
+impl r2d2::CustomizeConnection<pool::PgConnection, PgConnectError> for SessionSettings {
+    fn on_acquire(
+        &self,
+        client: &mut pool::PgConnection,
+    ) -> std::result::Result<(), PgConnectError> {
         client
             .batch_execute(&format!(
                 "SET idle_in_transaction_session_timeout = {}",
@@ -554,6 +571,7 @@ impl Engine<Postgres> {
             watch_interval: Duration::from_millis(100),
             idle_in_transaction: Duration::from_secs(10),
             listen: true,
+            prepared_statements: true,
             read_only: false,
             errors: Box::new(LogErrors),
         }
@@ -604,12 +622,20 @@ impl Postgres {
     /// Announces that `keys` changed hands, after the commit that changed
     /// them (a notice lost here is only late: waiters and trackers also
     /// poll).
-    fn notify(&self, client: &mut postgres::Client, keys: &[Key]) {
+    fn notify(&self, client: &mut pool::PgConnection, keys: &[Key]) {
         if keys.is_empty() {
             return;
         }
         let payloads: Vec<String> = keys.iter().map(Key::to_string).collect();
-        let _ = client.execute(NOTIFY, &[&self.channel, &payloads]);
+        // One round trip (a statement prepared on this connection, or an
+        // unnamed one): `Client::execute` with text would prepare first.
+        let _ = client.execute_cached(
+            NOTIFY,
+            &[
+                (&self.channel, postgres::types::Type::TEXT),
+                (&payloads, postgres::types::Type::TEXT_ARRAY),
+            ],
+        );
     }
 
     /// Announces `keys` from inside a caller's transaction: delivered when

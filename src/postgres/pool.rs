@@ -4,11 +4,14 @@
 //! for ever), the pool's manager built on that, and connection strings with
 //! their passwords hidden for messages.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls, Row, Statement};
 use r2d2_postgres::PostgresConnectionManager;
 
 /// Why the pool could not open a connection (the error of
@@ -84,33 +87,146 @@ pub(crate) fn connect(
 pub struct PgManager {
     inner: Arc<PostgresConnectionManager<NoTls>>,
     limit: Duration,
+    prepare: bool,
 }
 
 impl PgManager {
-    pub(crate) fn new(config: postgres::Config, limit: Duration) -> PgManager {
+    pub(crate) fn new(config: postgres::Config, limit: Duration, prepare: bool) -> PgManager {
         PgManager {
             inner: Arc::new(PostgresConnectionManager::new(config, NoTls)),
             limit,
+            prepare,
         }
     }
 }
 
 impl r2d2::ManageConnection for PgManager {
-    type Connection = Client;
+    type Connection = PgConnection;
     type Error = PgConnectError;
 
-    fn connect(&self) -> Result<Client, PgConnectError> {
+    fn connect(&self) -> Result<PgConnection, PgConnectError> {
         let inner = Arc::clone(&self.inner);
-        within(self.limit, move || inner.connect())
+        let client = within(self.limit, move || inner.connect())?;
+        Ok(PgConnection {
+            client,
+            statements: HashMap::new(),
+            prepare: self.prepare,
+        })
     }
 
-    fn is_valid(&self, client: &mut Client) -> Result<(), PgConnectError> {
-        self.inner.is_valid(client).map_err(PgConnectError::Server)
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), PgConnectError> {
+        self.inner
+            .is_valid(&mut conn.client)
+            .map_err(PgConnectError::Server)
     }
 
-    fn has_broken(&self, client: &mut Client) -> bool {
-        self.inner.has_broken(client)
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        self.inner.has_broken(&mut conn.client)
     }
+}
+
+/// A pooled connection: a [`postgres::Client`] (which it dereferences to:
+/// use it as one) and the statements the engine prepared on it.
+///
+/// The engine's own transactions run its statements as named prepared
+/// statements, prepared once per connection: each then costs one round
+/// trip and no planning. (Behind a pooler in transaction mode, which may
+/// give each transaction another server connection, turn this off with
+/// [`PgBuilder::prepared_statements`](crate::postgres::PgBuilder::prepared_statements).)
+pub struct PgConnection {
+    client: Client,
+    /// The engine's statements prepared on this connection, by their SQL.
+    statements: HashMap<String, Statement>,
+    /// Whether to prepare them (else each runs unnamed, planned each time).
+    prepare: bool,
+}
+
+impl fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("prepared", &self.statements.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for PgConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgConnection {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl PgConnection {
+    /// The statement for `sql` with parameters of `types`, prepared on
+    /// first use.
+    fn statement(&mut self, sql: &str, types: &[Type]) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare_typed(sql, types)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs `sql` (one of the engine's statements) with typed parameters.
+    pub(crate) fn query_cached(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        if !self.prepare {
+            return self.client.query_typed(sql, params);
+        }
+        let (values, types) = split(params);
+        let statement = self.statement(sql, &types)?;
+        let result = self.client.query(&statement, &values);
+        self.forget_on(result)
+    }
+
+    /// Runs `sql` (one of the engine's statements) with typed parameters;
+    /// the rows it changed.
+    pub(crate) fn execute_cached(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, postgres::Error> {
+        if !self.prepare {
+            return self.client.execute_typed(sql, params);
+        }
+        let (values, types) = split(params);
+        let statement = self.statement(sql, &types)?;
+        let result = self.client.execute(&statement, &values);
+        self.forget_on(result)
+    }
+
+    /// Forgets every prepared statement if `result` says the server no
+    /// longer has one (someone ran `DEALLOCATE ALL` or `DISCARD ALL` on a
+    /// client lent out by `PgEngine::client`) or cannot run it as
+    /// prepared (a table changed under it): the next use prepares again.
+    fn forget_on<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, postgres::Error> {
+        if let Err(e) = &result
+            && let Some(code) = e.code()
+            && (*code == postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME
+                || *code == postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+        {
+            self.statements.clear();
+        }
+        result
+    }
+}
+
+/// Typed parameters as values and their types.
+fn split<'a>(
+    params: &[(&'a (dyn ToSql + Sync), Type)],
+) -> (Vec<&'a (dyn ToSql + Sync)>, Vec<Type>) {
+    params.iter().map(|(v, t)| (*v, t.clone())).unzip()
 }
 
 /// A connection string without its password, for messages: a URL's

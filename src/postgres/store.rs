@@ -50,6 +50,24 @@ impl Session for postgres::Client {
     }
 }
 
+impl Session for crate::postgres::pool::PgConnection {
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        self.query_cached(sql, params)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, postgres::Error> {
+        self.execute_cached(sql, params)
+    }
+}
+
 impl Session for Transaction<'_> {
     fn query(
         &mut self,
