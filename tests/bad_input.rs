@@ -221,6 +221,22 @@ fn a_read_only_directory_is_an_open_error_and_leases_survive() -> R {
             Err(Error::DirectoryNotWritable { .. })
         ));
         assert!(!fresh.exists());
+        // The command line says the same, for reads and writes (exit 7).
+        for args in [&["list"][..], &["claim", "test", "b", "h2", "--for", "1m"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+                .env_remove("LEASEHOLD_DB")
+                .arg("--db")
+                .arg(&db.path)
+                .args(args)
+                .output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(7), "{args:?}: {err}");
+            assert!(
+                err.contains("test.db-wal") && err.contains("directory"),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("readonly database"), "{err}");
+        }
     }
     let engine = Engine::open(&db.path)?;
     assert_eq!(

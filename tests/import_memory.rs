@@ -43,7 +43,10 @@ fn a_huge_line_without_a_newline_is_refused_in_flat_memory()
         "the reader stopped reading early ({sent} MiB sent)"
     );
     // Linux reports ru_maxrss in KiB.
-    eprintln!("sent {sent} MiB; peak {} KiB", getrusage(UsageWho::RUSAGE_CHILDREN)?.max_rss());
+    eprintln!(
+        "sent {sent} MiB; peak {} KiB",
+        getrusage(UsageWho::RUSAGE_CHILDREN)?.max_rss()
+    );
     let peak_mib = getrusage(UsageWho::RUSAGE_CHILDREN)?.max_rss() / 1024;
     assert!(peak_mib < 48, "import peaked at {peak_mib} MiB resident");
     Ok(())
