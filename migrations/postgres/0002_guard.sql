@@ -20,8 +20,10 @@
 -- leasehold_holds(...) is the same check as a boolean, for one statement:
 --   UPDATE t SET ... WHERE ... AND (SELECT leasehold_holds('ops', 'x', 'h', 7));
 --
--- Both are created with the search_path of the migration (this schema), so
--- they find their tables whatever the caller's search_path.
+-- All three run with the search_path "<this schema>", pg_temp (set at the
+-- end), so they find their tables whatever the caller's search_path, and a
+-- caller's temporary table named like one of them (pg_temp is searched
+-- first for tables unless the path names it) cannot stand in for it.
 
 -- Why the holder does not hold the key now, or NULL when it does (then the
 -- row is locked FOR SHARE until the transaction ends).
@@ -80,3 +82,14 @@ CREATE FUNCTION leasehold_holds(p_namespace text, p_name text, p_holder text,
 RETURNS boolean LANGUAGE sql VOLATILE SET search_path FROM CURRENT AS $$
     SELECT leasehold_guard_refusal(p_namespace, p_name, p_holder, p_epoch) IS NULL
 $$;
+
+-- pg_temp named last: otherwise it is searched first for tables.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION leasehold_guard_refusal(text, text, text, bigint) '
+                   'SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION leasehold_guard(text, text, text, bigint) '
+                   'SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION leasehold_holds(text, text, text, bigint) '
+                   'SET search_path = %I, pg_temp', current_schema());
+END $$;

@@ -29,7 +29,9 @@ use crate::core::key::{Key, validate_name};
 ///
 /// **A client must stop at the guard's error.** On PostgreSQL the failed
 /// statement aborts the transaction: every later statement fails, and
-/// `COMMIT` rolls back. On SQLite only the guard statement fails and the
+/// `COMMIT` rolls back (unless the client rolls back to a savepoint, as
+/// psql's `ON_ERROR_ROLLBACK` does, which also undoes a passed guard's
+/// hold). On SQLite only the guard statement fails and the
 /// transaction stays open: a client that carries on after an error (the
 /// `sqlite3` shell reading a script without `-bail`) would run the rest
 /// and commit it unguarded. Use `sqlite3 -bail` and `psql -v

@@ -178,8 +178,10 @@ impl EngineBuilder {
     /// Opens the database for reading only: nothing is ever written to it
     /// or created beside it by this engine (no migration, no switch to WAL,
     /// no clock mark, no `-lhwait` file), and it never waits for a writer's
-    /// lock. The schema must already be this build's, or the build fails
-    /// with [`Error::NotMigrated`]. Every operation that would write fails.
+    /// lock. The schema must already be this build's, or one whose tables
+    /// it reads are the same (version 4: version 5 only added the guard
+    /// statement for other SQL clients), or the build fails with
+    /// [`Error::NotMigrated`]. Every operation that would write fails.
     /// What the `leasehold` commands that only look (`list`, `show`,
     /// `history`, `watch`, `export`) use. Default: `false`.
     pub fn read_only(mut self, read_only: bool) -> EngineBuilder {
@@ -402,7 +404,10 @@ impl EngineBuilder {
                 supported: schema::SCHEMA_VERSION,
             });
         }
-        if found == schema::SCHEMA_VERSION {
+        // A read-only engine reads a schema old enough to lack only what
+        // its reads never use (the guard's views of version 5).
+        let readable = self.read_only && found >= schema::READABLE_SINCE_VERSION;
+        if found == schema::SCHEMA_VERSION || readable {
             retry_busy(self.busy_timeout, || match schema::verify(&conn) {
                 Ok(()) => Ok(Ok(())),
                 Err(Error::Storage { source, .. }) => {
@@ -412,7 +417,7 @@ impl EngineBuilder {
             })
             .map_err(open_err)??;
         }
-        if found < schema::SCHEMA_VERSION {
+        if found < schema::SCHEMA_VERSION && !readable {
             if self.read_only {
                 return Err(Error::NotMigrated {
                     path: self.path.clone(),

@@ -25,6 +25,10 @@ use crate::sqlite::error::stored;
 /// version 4 code would work on it).
 pub const SCHEMA_VERSION: u32 = 5;
 
+/// The oldest schema a read-only engine reads: what version 5 added (the
+/// guard's views) no read uses, so a file not yet migrated stays readable.
+pub(crate) const READABLE_SINCE_VERSION: u32 = 4;
+
 /// Milliseconds since the Unix epoch, in SQL any SQLite 3 understands
 /// (`unixepoch('subsec')` needs 3.42, and an application's own migration
 /// tool may link an older one).
