@@ -67,8 +67,8 @@ impl GuardSql {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for a holder that is empty, too long, has
-    /// surrounding whitespace or a control character, or an epoch above
-    /// `i64::MAX`.
+    /// surrounding whitespace or a control character, or an epoch of 0 or
+    /// above `i64::MAX`.
     pub fn sqlite(key: &Key, holder: &str, epoch: Option<u64>) -> Result<GuardSql> {
         let epoch = checked(holder, epoch)?;
         let (ns, name, holder) = (
@@ -140,6 +140,13 @@ impl fmt::Display for GuardSql {
 /// Checks the holder; the epoch as SQL's integer.
 fn checked(holder: &str, epoch: Option<u64>) -> Result<Option<i64>> {
     validate_name("holder", holder)?;
+    if epoch == Some(0) {
+        return Err(Error::invalid(
+            "epoch",
+            "0",
+            "no tenure has epoch 0 (the first is 1): the guard could never pass",
+        ));
+    }
     epoch
         .map(|e| {
             i64::try_from(e).map_err(|_| {
@@ -178,10 +185,12 @@ mod tests {
                 Err(Error::InvalidArgument { what: "holder", .. })
             ));
         }
-        assert!(matches!(
-            GuardSql::sqlite(&key, "h", Some(u64::MAX)),
-            Err(Error::InvalidArgument { what: "epoch", .. })
-        ));
+        for epoch in [0, u64::MAX] {
+            assert!(matches!(
+                GuardSql::sqlite(&key, "h", Some(epoch)),
+                Err(Error::InvalidArgument { what: "epoch", .. })
+            ));
+        }
         assert!(matches!(
             GuardSql::postgres("", &key, "h", None),
             Err(Error::InvalidArgument { what: "schema", .. })
