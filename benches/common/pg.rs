@@ -147,6 +147,42 @@ pub fn check_in_job(url: &str, token: &PgLeaseToken) -> Job {
     })
 }
 
+/// A guarded `UPDATE` through the SQL fragment as a statement prepared
+/// once (as applications that prepare their statements run it).
+pub fn prepared_fragment_job(url: &str, token: &PgLeaseToken) -> Job {
+    let mut c = Client::connect(url, NoTls).expect("connect");
+    let guard = token.guard(2);
+    let statement = c
+        .prepare(&format!(
+            "UPDATE items SET v = v + 1 WHERE id = $1 AND {}",
+            guard.sql()
+        ))
+        .expect("prepare");
+    let id = row();
+    Box::new(move || {
+        let mut tx = c.transaction().expect("begin");
+        let mut params: Vec<&(dyn leasehold::postgres::client::types::ToSql + Sync)> = vec![&id];
+        params.extend(guard.params());
+        let n = tx.execute(&statement, &params).expect("update");
+        assert_eq!(n, 1, "the guard holds");
+        tx.commit().expect("commit");
+    })
+}
+
+/// The same `UPDATE`, bare, prepared once.
+pub fn prepared_bare_job(url: &str) -> Job {
+    let mut c = Client::connect(url, NoTls).expect("connect");
+    let statement = c
+        .prepare("UPDATE items SET v = v + 1 WHERE id = $1")
+        .expect("prepare");
+    let id = row();
+    Box::new(move || {
+        let mut tx = c.transaction().expect("begin");
+        tx.execute(&statement, &[&id]).expect("update");
+        tx.commit().expect("commit");
+    })
+}
+
 /// The same `UPDATE`, bare.
 pub fn bare_job(url: &str) -> Job {
     let mut c = Client::connect(url, NoTls).expect("connect");
