@@ -211,7 +211,7 @@ fn hold<B: Backend>(
     } = timing;
     let key = key.clone();
     // What the guard needs is checked before anything is claimed.
-    guard(&key, &args.holder, 0)?;
+    guard(&key, &args.holder, 1)?;
     let tenure = claim_new(engine, &key, &args)?;
     let epoch = tenure.epoch();
     let guard = guard(&key, &args.holder, epoch)?;
