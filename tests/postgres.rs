@@ -1544,3 +1544,39 @@ fn statements_deallocated_under_the_engine_are_prepared_again() -> TestResult {
     assert_eq!(rows[0].get::<_, i64>(0), 0);
     Ok(())
 }
+
+/// Renewals falling due together share a transaction; a key whose row a
+/// rival holds locked must not fail the others. With one of two trackers'
+/// rows locked by another session for good, that tracker steps down when
+/// its guarantee runs out, and the other keeps leading throughout.
+#[test]
+fn a_renewal_blocked_on_one_key_does_not_fail_the_others_in_its_batch() -> TestResult {
+    let Some(db) = fresh_database() else {
+        return Ok(());
+    };
+    let engine = open(&db, None);
+    let (a, b) = (key("ops", "a"), key("ops", "b"));
+    let guarantee = Duration::from_millis(1500);
+    let ta = engine.tracker(&a, "h").guarantee(guarantee).build()?;
+    let tb = engine.tracker(&b, "h").guarantee(guarantee).build()?;
+    assert!(ta.wait_leader().wait() && tb.wait_leader().wait());
+    let (a_lost, b_lost) = (ta.wait_minion(), tb.wait_minion());
+    let mut rival = connect(&db);
+    let mut tx = rival.transaction()?;
+    tx.execute(
+        &format!(
+            "SELECT 1 FROM {SCHEMA}.leasehold_leases WHERE namespace = 'ops' AND name = 'a' FOR UPDATE"
+        ),
+        &[],
+    )?;
+    assert_eq!(
+        a_lost.wait_timeout(Duration::from_secs(30)),
+        Some(true),
+        "the tracker whose row is locked steps down"
+    );
+    // Two more guarantees: b is renewed all along.
+    assert_eq!(b_lost.wait_timeout(guarantee * 2), None, "b kept leading");
+    assert!(tb.is_leader());
+    tx.rollback()?;
+    Ok(())
+}

@@ -244,6 +244,15 @@ impl State {
     }
 }
 
+/// The key a transient failure waited for, when the backend named it (a
+/// server's row lock; SQLite's lock is the whole file's).
+fn blocked_key(e: &Error) -> Option<&Key> {
+    match e {
+        Error::Busy { context, .. } | Error::Storage { context, .. } => context.lease_key(),
+        _ => None,
+    }
+}
+
 /// The context of a batch's own transaction (beginning, committing): the
 /// key and holder when the batch holds only one, as it usually does.
 pub(crate) fn batch_context(
@@ -320,11 +329,16 @@ impl Driver {
         }
     }
 
+    /// Claims `items` in one transaction the backend bounds by `budget`;
+    /// where I/O runs on the helper thread, waits for it up to `wait` (at
+    /// least `budget`): a little more than the backend's own bound lets its
+    /// error, which names the key it waited for, arrive first.
     fn claim_batch(
         &self,
         host: &dyn Host,
         items: &[ClaimItem],
         budget: Duration,
+        wait: Duration,
     ) -> Result<Vec<Outcome>, Error> {
         let only = match items {
             [item] => Some((item.key.clone(), item.holder.clone())),
@@ -333,7 +347,7 @@ impl Driver {
         let items = items.to_vec();
         self.io(
             host,
-            budget,
+            wait.max(budget),
             || batch_context("renew", only.as_ref().map(|(k, h)| (k, h.as_str()))),
             move |host| host.claim_batch(&items, budget),
         )
@@ -803,55 +817,113 @@ impl Driver {
         self.lock().board.apply_inspection(plan, &lost, &looks);
     }
 
+    /// Claims (and renews) `chunk` in one transaction, keeping one key's
+    /// trouble from failing the others:
+    ///
+    /// - a key whose row cannot be locked in time fails alone, and keeps
+    ///   the driver (one thread, serving every tracker) waiting for a
+    ///   quarter of the time allowed at most. The first attempt gets that
+    ///   quarter; if it fails waiting for a key the backend names (a
+    ///   server's row lock: SQLite waits for the whole file and names
+    ///   none), that key fails this round (its tracker tries again after
+    ///   its backoff) and the rest go on without it, with half of what time
+    ///   is left (all of it once one key is left). A wait that names no key
+    ///   gets the rest of the time, once: on SQLite, the whole time in two
+    ///   attempts, as before;
+    /// - a key that fails for good (not transient) is found by taking the
+    ///   keys one by one.
+    fn claim_chunk(
+        &self,
+        host: &dyn Host,
+        chunk: &[ClaimItem],
+        outcomes: &mut Vec<(u64, i64, Outcome)>,
+    ) {
+        let started = host.now_ms();
+        let deadline = std::time::Instant::now() + self.io_budget(host, started);
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        let share = |n: usize, divisor: u32| if n > 1 { left() / divisor } else { left() };
+        let mut items: Vec<ClaimItem> = chunk.to_vec();
+        // A quarter of the time allowed, even for one key: the driver is
+        // one thread, and a key waited on for the whole time would keep
+        // every other tracker's renewal waiting behind it.
+        let mut budget = left() / 4;
+        let mut waited_for_none = false;
+        loop {
+            // Waiting a little past the backend's bound, within the time
+            // allowed.
+            let wait = (budget + (budget / 4).min(Duration::from_millis(100))).min(left());
+            let result = self.claim_batch(host, &items, budget, wait);
+            {
+                let mut st = self.lock();
+                st.stats.write_transactions += 1;
+                st.stats.claims += items.len() as u64;
+            }
+            let e = match result {
+                Ok(done) => {
+                    outcomes.extend(
+                        items
+                            .iter()
+                            .zip(done)
+                            .map(|(item, outcome)| (item.tracker, started, outcome)),
+                    );
+                    return;
+                }
+                Err(e) => e,
+            };
+            if items.len() > 1 && !e.is_transient() {
+                // One key's failure must not fail the rest: take them one
+                // by one.
+                for item in &items {
+                    let started = host.now_ms();
+                    let budget = self.io_budget(host, started);
+                    match self.claim_batch(host, std::slice::from_ref(item), budget, budget) {
+                        Ok(done) => {
+                            outcomes.extend(done.into_iter().map(|o| (item.tracker, started, o)));
+                        }
+                        Err(e) => {
+                            self.report(&e);
+                            outcomes.push((item.tracker, started, Outcome::Failed(e.to_string())));
+                        }
+                    }
+                }
+                return;
+            }
+            self.report(&e);
+            let why = e.to_string();
+            if e.is_transient() && !left().is_zero() {
+                let blocked = blocked_key(&e).filter(|k| items.iter().any(|i| &i.key == *k));
+                match blocked {
+                    Some(key) if items.len() > 1 => {
+                        let key = key.clone();
+                        for item in items.iter().filter(|i| i.key == key) {
+                            outcomes.push((item.tracker, started, Outcome::Failed(why.clone())));
+                        }
+                        items.retain(|i| i.key != key);
+                        budget = share(items.len(), 2);
+                        continue;
+                    }
+                    None if !waited_for_none => {
+                        waited_for_none = true;
+                        budget = left();
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            outcomes.extend(
+                items
+                    .iter()
+                    .map(|c| (c.tracker, started, Outcome::Failed(why.clone()))),
+            );
+            return;
+        }
+    }
+
     /// Runs the planned claims and releases in batches.
     fn execute(&self, host: &dyn Host, plan: &Plan) -> Vec<(u64, i64, Outcome)> {
         let mut outcomes = Vec::with_capacity(plan.claims.len() + plan.releases.len());
         for chunk in plan.claims.chunks(BATCH) {
-            let started = host.now_ms();
-            let budget = self.io_budget(host, started);
-            let result = self.claim_batch(host, chunk, budget);
-            {
-                let mut st = self.lock();
-                st.stats.write_transactions += 1;
-                st.stats.claims += chunk.len() as u64;
-            }
-            match result {
-                Ok(done) => outcomes.extend(
-                    chunk
-                        .iter()
-                        .zip(done)
-                        .map(|(item, outcome)| (item.tracker, started, outcome)),
-                ),
-                Err(e) if chunk.len() > 1 && !e.is_transient() => {
-                    // One key's failure must not fail the rest: take them
-                    // one by one.
-                    for item in chunk {
-                        let started = host.now_ms();
-                        let budget = self.io_budget(host, started);
-                        match self.claim_batch(host, std::slice::from_ref(item), budget) {
-                            Ok(done) => outcomes
-                                .extend(done.into_iter().map(|o| (item.tracker, started, o))),
-                            Err(e) => {
-                                self.report(&e);
-                                outcomes.push((
-                                    item.tracker,
-                                    started,
-                                    Outcome::Failed(e.to_string()),
-                                ));
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    self.report(&e);
-                    let why = e.to_string();
-                    outcomes.extend(
-                        chunk
-                            .iter()
-                            .map(|c| (c.tracker, started, Outcome::Failed(why.clone()))),
-                    );
-                }
-            }
+            self.claim_chunk(host, chunk, &mut outcomes);
             // Leaders whose guarantee ran out while this chunk waited step
             // down now, not after the whole round.
             self.step_down_overdue(host.now_ms());
