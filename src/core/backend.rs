@@ -148,6 +148,13 @@ pub trait Backend: Send + Sync + Sized + 'static + sealed::Sealed {
     /// thread and stops waiting at the budget, so that leaders step down on
     /// time.
     const IO_MAY_HANG: bool = false;
+
+    #[doc(hidden)]
+    /// Whether a wait for a lock is a wait for one key's row (a server's
+    /// row lock), so that a transient error naming a key says that key was
+    /// waited for. Else (SQLite's lock is the whole file's) an error names
+    /// the key of a batch that holds only one, whatever it waited for.
+    const LOCKS_ROWS: bool = false;
 }
 
 /// What changed in the database since the last look.

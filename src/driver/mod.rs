@@ -151,6 +151,9 @@ pub(crate) trait Host: Send + Sync {
     fn maintain(&self);
     /// Whether I/O may block past its budget (see `Backend::IO_MAY_HANG`).
     fn io_may_hang(&self) -> bool;
+    /// Whether a transient error naming a key says that key's row was
+    /// waited for (see `Backend::LOCKS_ROWS`).
+    fn locks_rows(&self) -> bool;
 }
 
 pub(crate) struct Driver {
@@ -888,12 +891,17 @@ impl Driver {
                 }
                 return;
             }
-            self.report(&e);
             let why = e.to_string();
             if e.is_transient() && !left().is_zero() {
-                let blocked = blocked_key(&e).filter(|k| items.iter().any(|i| &i.key == *k));
+                // On SQLite the error names the key of a batch of one
+                // whatever it waited for (the whole file's lock): only a
+                // backend that locks rows says which key it waited for.
+                let blocked = blocked_key(&e)
+                    .filter(|_| host.locks_rows())
+                    .filter(|k| items.iter().any(|i| &i.key == *k));
                 match blocked {
                     Some(key) if items.len() > 1 => {
+                        self.report(&e);
                         let key = key.clone();
                         for item in items.iter().filter(|i| i.key == key) {
                             outcomes.push((item.tracker, started, Outcome::Failed(why.clone())));
@@ -902,6 +910,8 @@ impl Driver {
                         budget = share(items.len(), 2);
                         continue;
                     }
+                    // Not reported: a wait the next attempt may end well
+                    // (as one longer wait did, which said nothing).
                     None if !waited_for_none => {
                         waited_for_none = true;
                         budget = left();
@@ -910,6 +920,7 @@ impl Driver {
                     _ => {}
                 }
             }
+            self.report(&e);
             outcomes.extend(
                 items
                     .iter()

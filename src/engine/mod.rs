@@ -824,4 +824,8 @@ impl<B: Backend> Host for Shared<B> {
     fn io_may_hang(&self) -> bool {
         B::IO_MAY_HANG
     }
+
+    fn locks_rows(&self) -> bool {
+        B::LOCKS_ROWS
+    }
 }

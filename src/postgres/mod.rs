@@ -799,6 +799,9 @@ impl Backend for Postgres {
     // A socket read on a cut network waits for the TCP timeouts, past any
     // statement_timeout: the background thread must not wait with it.
     const IO_MAY_HANG: bool = true;
+
+    // A renewal waits for its key's row lock, and says which key it was.
+    const LOCKS_ROWS: bool = true;
 }
 
 /// The listener: one connection that never opens a transaction, `LISTEN`s
