@@ -1525,6 +1525,7 @@ fn statements_deallocated_under_the_engine_are_prepared_again() -> TestResult {
             Err(e) => {
                 failures += 1;
                 assert!(e.to_string().contains("does not exist"), "{e}");
+                assert!(e.is_transient(), "retrying prepares again: {e:?}");
             }
         }
     }
@@ -1578,5 +1579,40 @@ fn a_renewal_blocked_on_one_key_does_not_fail_the_others_in_its_batch() -> TestR
     assert_eq!(b_lost.wait_timeout(guarantee * 2), None, "b kept leading");
     assert!(tb.is_leader());
     tx.rollback()?;
+    Ok(())
+}
+
+/// A client lent by `PgEngine::client` and dropped inside a transaction of
+/// its user's (begun by hand, never ended): failed, it used to break that
+/// pooled connection for good (every engine call on it: "current
+/// transaction is aborted"); open, the engine's next commit committed what
+/// the user left. The engine now rolls it back before using it again.
+#[test]
+fn a_client_returned_inside_a_transaction_is_rolled_back_before_the_engine_uses_it() -> TestResult {
+    let Some(db) = fresh_database() else {
+        return Ok(());
+    };
+    create_app_table(&db);
+    let engine = PgEngine::builder(db.url())
+        .schema(SCHEMA)
+        .pool_size(1)
+        .build()?;
+    let k = key("ops", "a");
+    {
+        let mut client = engine.client()?;
+        client.batch_execute("BEGIN")?;
+        assert!(client.batch_execute("SELECT 1/0").is_err());
+    }
+    engine.claim(&k, "h1", Duration::from_secs(60))?;
+    {
+        let mut client = engine.client()?;
+        client.batch_execute("BEGIN; INSERT INTO public.app VALUES ('left', 'behind')")?;
+    }
+    engine.release(&k, "h1")?;
+    assert_eq!(
+        app_value(&db, "left"),
+        None,
+        "nothing the user left committed"
+    );
     Ok(())
 }

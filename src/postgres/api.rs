@@ -27,7 +27,9 @@ impl Engine<Postgres> {
     /// A client from the engine's pool, for your own transactions on the
     /// same database (see [`LeaseToken::check_in`](crate::engine::LeaseToken)).
     /// Set `idle_in_transaction_session_timeout` on connections of your own
-    /// (the engine's pool does).
+    /// (the engine's pool does). A client returned to the pool inside a
+    /// transaction (begun by hand and never ended) has it rolled back
+    /// before the engine uses the connection again.
     ///
     /// # Errors
     ///
@@ -36,7 +38,9 @@ impl Engine<Postgres> {
     pub fn client(&self) -> Result<PgPooledClient> {
         let ctx = || Context::new("connect");
         self.ensure_running(&ctx)?;
-        self.backend().client_within(self.busy_timeout(), &ctx)
+        let mut client = self.backend().client_within(self.busy_timeout(), &ctx)?;
+        client.lent = true;
+        Ok(client)
     }
 
     /// Runs lease operations inside a transaction you own (a savepoint is

@@ -8,8 +8,12 @@ use crate::core::error::{Context, Error, StorageError, StorageKind};
 
 /// Classifies a PostgreSQL error: a lock or statement deadline that ran out
 /// (`55P03`, `57014`) is [`StorageKind::Busy`]; a serialization failure
-/// (`40001`), a deadlock (`40P01`) or a lost connection is
-/// [`StorageKind::Retry`] (retry the whole transaction).
+/// (`40001`), a deadlock (`40P01`), a lost connection, or a prepared
+/// statement of the engine's that the server lost (`26000`, after someone
+/// ran `DISCARD ALL` on a lent client) or can no longer run as prepared
+/// (`0A000` "cached plan must not change result type") is
+/// [`StorageKind::Retry`] (retry the whole transaction: the connection
+/// prepares its statements again).
 pub(crate) fn storage(e: postgres::Error, waited: Duration) -> StorageError {
     let kind = match e.code() {
         Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED => {
@@ -20,7 +24,15 @@ pub(crate) fn storage(e: postgres::Error, waited: Duration) -> StorageError {
                 || *c == SqlState::T_R_DEADLOCK_DETECTED
                 || *c == SqlState::ADMIN_SHUTDOWN
                 || *c == SqlState::CRASH_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW =>
+                || *c == SqlState::CANNOT_CONNECT_NOW
+                || *c == SqlState::INVALID_SQL_STATEMENT_NAME =>
+        {
+            StorageKind::Retry
+        }
+        Some(c)
+            if *c == SqlState::FEATURE_NOT_SUPPORTED
+                && e.as_db_error()
+                    .is_some_and(|d| d.message().contains("cached plan")) =>
         {
             StorageKind::Retry
         }

@@ -601,22 +601,29 @@ impl Postgres {
             })
     }
 
-    /// `BEGIN` with the transaction's deadlines, in one round trip.
+    /// `BEGIN` with the transaction's deadlines, in one round trip. On a
+    /// connection lent to a user since (`PgEngine::client`), a `ROLLBACK`
+    /// first: it may have come back inside a transaction of theirs, failed
+    /// (every statement would fail on it for good) or open (the engine's
+    /// commit would commit what they left).
     fn begin(
         &self,
-        client: &mut postgres::Client,
+        client: &mut pool::PgConnection,
         budget: Duration,
         read: bool,
     ) -> std::result::Result<(), postgres::Error> {
         let ms = budget.as_millis().max(1);
+        let rollback = if client.lent { "ROLLBACK; " } else { "" };
         client.batch_execute(&format!(
-            "BEGIN{}; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}",
+            "{rollback}BEGIN{}; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}",
             if read {
                 " ISOLATION LEVEL REPEATABLE READ READ ONLY"
             } else {
                 ""
             }
-        ))
+        ))?;
+        client.lent = false;
+        Ok(())
     }
 
     /// Announces that `keys` changed hands, after the commit that changed

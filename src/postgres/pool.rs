@@ -111,6 +111,7 @@ impl r2d2::ManageConnection for PgManager {
             client,
             statements: HashMap::new(),
             prepare: self.prepare,
+            lent: false,
         })
     }
 
@@ -139,6 +140,9 @@ pub struct PgConnection {
     statements: HashMap<String, Statement>,
     /// Whether to prepare them (else each runs unnamed, planned each time).
     prepare: bool,
+    /// Lent to a user (`PgEngine::client`) since the engine last began a
+    /// transaction on it: it may come back inside a transaction of theirs.
+    pub(crate) lent: bool,
 }
 
 impl fmt::Debug for PgConnection {
