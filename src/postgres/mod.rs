@@ -295,7 +295,11 @@ impl PgBuilder {
     /// server connections (PgBouncer before 1.21, or with
     /// `max_prepared_statements = 0`): each statement then runs unnamed,
     /// planned every time. Guards in your transactions never prepare
-    /// anything. Default: `true`.
+    /// anything. Opening the engine (`build`: the schema's version, the
+    /// migration) still runs a few queries by text, which the `postgres`
+    /// crate prepares as named statements: behind such a pooler, open
+    /// through a session-mode pool or straight to the server. Default:
+    /// `true`.
     pub fn prepared_statements(mut self, prepare: bool) -> PgBuilder {
         self.prepared_statements = prepare;
         self
