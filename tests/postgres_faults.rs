@@ -492,34 +492,42 @@ fn the_checker_catches_unguarded_writes_on_postgresql() {
     let Some(server) = tcp_server() else {
         return;
     };
-    let (db, addr) = {
-        let server = server.lock().expect("server");
-        (
-            server.create_database().expect("database"),
-            server.tcp_addr().expect("TCP"),
-        )
-    };
-    let workload = Workload::builder()
-        .database(RunDatabase::Postgres {
-            url: db.url().to_owned(),
-            schema: "lh".to_owned(),
-        })
-        .network(addr)
-        .workers(3)
-        .lease(LEASE)
-        .duration(Duration::from_secs(4))
-        .guard(false)
-        .nemeses([Nemesis::NetCut])
-        .net_cut(Span::exactly(LEASE * 4))
-        .build()
-        .expect("workload");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report = workload.run(dir.path(), &worker_command).expect("ran");
-    assert!(
-        !report.check.passed(),
-        "unguarded writes by cut-off leaders went unnoticed: {:?}",
-        report.check
-    );
+    // A cut leader's unguarded write, held by the proxy, commits when the
+    // cut heals, after its successor began: the checker must say so. Whether
+    // a cut catches a write in flight and heals before the run ends is a
+    // matter of timing on a loaded machine: up to three runs, one must.
+    let mut reports = Vec::new();
+    for attempt in 0..3u64 {
+        let (db, addr) = {
+            let server = server.lock().expect("server");
+            (
+                server.create_database().expect("database"),
+                server.tcp_addr().expect("TCP"),
+            )
+        };
+        let workload = Workload::builder()
+            .database(RunDatabase::Postgres {
+                url: db.url().to_owned(),
+                schema: "lh".to_owned(),
+            })
+            .network(addr)
+            .workers(3)
+            .lease(LEASE)
+            .duration(Duration::from_secs(5))
+            .seed(attempt)
+            .guard(false)
+            .nemeses([Nemesis::NetCut])
+            .net_cut(Span::exactly(LEASE * 4))
+            .build()
+            .expect("workload");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = workload.run(dir.path(), &worker_command).expect("ran");
+        if !report.check.passed() {
+            return;
+        }
+        reports.push(report.check);
+    }
+    panic!("unguarded writes by cut-off leaders went unnoticed in three runs: {reports:?}");
 }
 
 fn own_server_tcp() -> Option<PgServer> {
