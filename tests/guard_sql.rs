@@ -20,16 +20,13 @@ use leasehold::postgres::PgEngine;
 use leasehold::postgres::client::{Client, NoTls};
 use leasehold::rusqlite::Connection;
 use leasehold::testing::PgServer;
-use leasehold::{Engine, GuardSql, Key, ManualClock};
+use leasehold::{Engine, GuardSql, ManualClock};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::guarded_app::{app_rows, key, pg_db, pg_rows, sqlite_db};
 use support::{TempDb, secs};
 
 type R = Result<(), Box<dyn std::error::Error>>;
-
-fn key(ns: &str, name: &str) -> Key {
-    Key::new(ns, name).expect("key")
-}
 
 /// Names that a literal must keep inside it: quotes of both kinds,
 /// statement ends, comments, backslashes, and text past the ASCII range.
@@ -45,15 +42,6 @@ const HOSTILE: &[&str] = &[
 
 // ---------------------------------------------------------------- SQLite --
 
-/// A SQLite database with an application table `app (v)` beside leasehold's.
-fn sqlite_db() -> Result<(TempDb, Engine, Connection), Box<dyn std::error::Error>> {
-    let db = TempDb::new();
-    let engine = Engine::open(&db.path)?;
-    let conn = Connection::open(&db.path)?;
-    conn.execute_batch("CREATE TABLE app (v TEXT)")?;
-    Ok((db, engine, conn))
-}
-
 /// Runs `BEGIN IMMEDIATE; <guard>; INSERT v; COMMIT` as a client would; on
 /// an error, rolls back (as `sqlite3 -bail` does on exit) and returns it.
 fn apply_sqlite(conn: &Connection, guard: &GuardSql, v: &str) -> Result<(), String> {
@@ -66,16 +54,6 @@ fn apply_sqlite(conn: &Connection, guard: &GuardSql, v: &str) -> Result<(), Stri
         let _ = conn.execute_batch("ROLLBACK");
         e.to_string()
     })
-}
-
-fn app_rows(conn: &Connection) -> Vec<String> {
-    let mut st = conn
-        .prepare("SELECT v FROM app ORDER BY rowid")
-        .expect("app");
-    st.query_map([], |r| r.get(0))
-        .expect("app rows")
-        .collect::<Result<_, _>>()
-        .expect("app rows")
 }
 
 /// The guard statement passes for the holder (in its epoch, or any), and
@@ -210,22 +188,6 @@ fn on_sqlite_hostile_names_cannot_leave_their_literals() -> R {
 
 // ------------------------------------------------------------ PostgreSQL --
 
-/// A fresh PostgreSQL database with leasehold in schema `lh` and the
-/// application's `app (v)` in `public`; `None` without a server.
-fn pg_db() -> Option<(leasehold::testing::PgDatabase, PgEngine, Client)> {
-    let server = PgServer::shared()?;
-    let db = server.create_database().expect("a test database");
-    let engine = PgEngine::builder(db.url())
-        .schema("lh")
-        .build()
-        .expect("engine");
-    let mut client = Client::connect(db.url(), NoTls).expect("connect");
-    client
-        .batch_execute("CREATE TABLE public.app (v text)")
-        .expect("app table");
-    Some((db, engine, client))
-}
-
 /// `BEGIN; <guard>; INSERT v; COMMIT` as a client would.
 fn apply_pg(client: &mut Client, guard: &GuardSql, v: &str) -> Result<(), String> {
     let mut tx = client.transaction().map_err(|e| e.to_string())?;
@@ -239,15 +201,6 @@ fn apply_pg(client: &mut Client, guard: &GuardSql, v: &str) -> Result<(), String
 fn pg_text(e: &leasehold::postgres::client::Error) -> String {
     e.as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_owned())
-}
-
-fn pg_rows(client: &mut Client) -> Vec<String> {
-    client
-        .query("SELECT v FROM public.app ORDER BY v", &[])
-        .expect("app")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
 }
 
 /// As on SQLite: passes for the holder, else names what the database holds.

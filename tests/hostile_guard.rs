@@ -10,38 +10,11 @@ use std::time::Duration;
 use leasehold::postgres::PgEngine;
 use leasehold::postgres::client::{Client, NoTls};
 use leasehold::rusqlite::Connection;
-use leasehold::testing::PgServer;
-use leasehold::{Engine, GuardSql, Key};
+use leasehold::{Engine, GuardSql};
+use support::guarded_app::{app_rows, key, pg_db, pg_rows, sqlite_db};
 use support::{TempDb, secs};
 
 type R = Result<(), Box<dyn std::error::Error>>;
-
-fn key(ns: &str, name: &str) -> Key {
-    Key::new(ns, name).expect("key")
-}
-
-fn pg_db() -> Option<(leasehold::testing::PgDatabase, PgEngine, Client)> {
-    let server = PgServer::shared()?;
-    let db = server.create_database().expect("a test database");
-    let engine = PgEngine::builder(db.url())
-        .schema("lh")
-        .build()
-        .expect("engine");
-    let mut client = Client::connect(db.url(), NoTls).expect("connect");
-    client
-        .batch_execute("CREATE TABLE public.app (v text)")
-        .expect("app table");
-    Some((db, engine, client))
-}
-
-fn pg_rows(client: &mut Client) -> Vec<String> {
-    client
-        .query("SELECT v FROM public.app ORDER BY v", &[])
-        .expect("rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
 
 /// A temporary table named like leasehold's (a careless snapshot of the
 /// leases for a report, say) must not stand in for the real one: pg_temp is
@@ -170,22 +143,6 @@ fn on_postgres_a_role_without_rights_is_refused() -> R {
 }
 
 // ---------------------------------------------------------------- SQLite --
-
-fn sqlite_db() -> Result<(TempDb, Engine, Connection), Box<dyn std::error::Error>> {
-    let db = TempDb::new();
-    let engine = Engine::open(&db.path)?;
-    let conn = Connection::open(&db.path)?;
-    conn.execute_batch("CREATE TABLE app (v TEXT)")?;
-    Ok((db, engine, conn))
-}
-
-fn app_rows(conn: &Connection) -> Vec<String> {
-    let mut st = conn.prepare("SELECT v FROM app ORDER BY v").expect("app");
-    st.query_map([], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows")
-}
 
 /// In a deferred transaction that read first, the tenure ended since: the
 /// guard must not pass on the old snapshot.
