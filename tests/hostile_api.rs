@@ -3,9 +3,8 @@
 //! regular file, read-only engines asked to write, tokens taken to another
 //! database, the memory backend shared across threads.
 //!
-//! Tests marked `#[ignore]` show a problem found in review and not fixed
-//! yet (the reason names it); run them with `cargo test --test hostile_api
-//! -- --ignored`.
+//! Each test here was written against a problem found in review, first
+//! showing it, then kept as its regression test once fixed.
 
 mod support;
 
