@@ -18,7 +18,7 @@ use crate::postgres::error::storage;
 /// A PostgreSQL session a store can run statements on: a pooled client
 /// between `BEGIN` and `COMMIT`, or a caller's transaction.
 pub(crate) trait Session {
-    /// Runs a query with typed parameters (one round trip, no prepare).
+    /// Runs a query with typed parameters (one round trip).
     fn query(
         &mut self,
         sql: &str,
@@ -32,59 +32,39 @@ pub(crate) trait Session {
     ) -> Result<u64, postgres::Error>;
 }
 
-impl Session for postgres::Client {
-    fn query(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, postgres::Error> {
-        self.query_typed(sql, params)
-    }
+/// Implements [`Session`] for `$ty` with its methods `$query` and
+/// `$execute` (same parameters).
+macro_rules! session {
+    ($ty:ty, $query:ident, $execute:ident) => {
+        impl Session for $ty {
+            fn query(
+                &mut self,
+                sql: &str,
+                params: &[(&(dyn ToSql + Sync), Type)],
+            ) -> Result<Vec<Row>, postgres::Error> {
+                self.$query(sql, params)
+            }
 
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<u64, postgres::Error> {
-        self.execute_typed(sql, params)
-    }
+            fn execute(
+                &mut self,
+                sql: &str,
+                params: &[(&(dyn ToSql + Sync), Type)],
+            ) -> Result<u64, postgres::Error> {
+                self.$execute(sql, params)
+            }
+        }
+    };
 }
 
-impl Session for crate::postgres::pool::PgConnection {
-    fn query(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, postgres::Error> {
-        self.query_cached(sql, params)
-    }
-
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<u64, postgres::Error> {
-        self.execute_cached(sql, params)
-    }
-}
-
-impl Session for Transaction<'_> {
-    fn query(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, postgres::Error> {
-        self.query_typed(sql, params)
-    }
-
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<u64, postgres::Error> {
-        self.execute_typed(sql, params)
-    }
-}
+// Unnamed statements: one round trip each, nothing left on the server.
+session!(postgres::Client, query_typed, execute_typed);
+session!(Transaction<'_>, query_typed, execute_typed);
+// The engine's pooled connections: its statements, prepared once each.
+session!(
+    crate::postgres::pool::PgConnection,
+    query_cached,
+    execute_cached
+);
 
 /// The statements of one schema, rendered once.
 #[derive(Debug)]
