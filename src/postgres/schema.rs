@@ -103,14 +103,7 @@ impl PgMigration {
     /// A checksum of [`PgMigration::sql`] (64-bit FNV-1a, hex, carriage
     /// returns left out), recorded when applied.
     pub fn checksum(&self) -> String {
-        let hash = self
-            .sql
-            .bytes()
-            .filter(|&b| b != b'\r')
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
-        format!("{hash:016x}")
+        crate::core::migration_checksum(self.sql)
     }
 }
 

@@ -125,14 +125,7 @@ impl Migration {
     /// applied so that edits to shipped SQL are caught. Carriage returns
     /// are left out, so that a checkout with CRLF line endings agrees.
     pub fn checksum(&self) -> String {
-        let hash = self
-            .sql
-            .bytes()
-            .filter(|&b| b != b'\r')
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
-        format!("{hash:016x}")
+        crate::core::migration_checksum(self.sql)
     }
 }
 
