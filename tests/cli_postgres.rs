@@ -22,6 +22,7 @@ use leasehold::postgres::{PG_SCHEMA_VERSION, pg_migrations};
 use leasehold::testing::{PgDatabase, PgServer};
 use serde_json::Value;
 use support::TempDb;
+use support::output::{fails, json, ok, stderr, stdout};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -153,48 +154,6 @@ fn sqlite(path: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run leasehold")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}): {}",
-        o.status.code(),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-#[track_caller]
-fn fails(o: &Output, code: i32) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout: {} stderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    let err = stderr(o);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one line on stderr: {err:?}"
-    );
-    err
-}
-
-#[track_caller]
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).expect("JSON output")
 }
 
 #[test]

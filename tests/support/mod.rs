@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod guarded_app;
+pub mod output;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
