@@ -62,6 +62,25 @@ impl<E: std::fmt::Debug> Outcome for Result<(), E> {
     }
 }
 
+/// How long one test may run before it counts as hung. The slowest (the
+/// nemesis runs) take well under a minute even on a loaded machine.
+const HANG_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs one test; if it is still running after [`HANG_LIMIT`] (a wait
+/// nothing will end), names it and aborts the test process, so that a hang
+/// fails the run within minutes instead of holding it until CI's own limit.
+fn watched<O: Outcome>(name: &'static str, test: impl FnOnce() -> O) {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(HANG_LIMIT) {
+            eprintln!("conformance: {name} still running after {HANG_LIMIT:?}: it hangs; aborting");
+            std::process::abort();
+        }
+    });
+    test().report();
+    drop(done);
+}
+
 /// Registers every test once per backend: `mod <backend> { #[test] fn
 /// <test>() { crate::<module>::<test>::<Harness>() } … }`.
 macro_rules! conformance {
@@ -74,7 +93,10 @@ macro_rules! conformance {
             $(
                 #[test]
                 fn $test() {
-                    crate::Outcome::report(crate::$module::$test::<$harness>());
+                    crate::watched(
+                        concat!(stringify!($backend), "::", stringify!($test)),
+                        crate::$module::$test::<$harness>,
+                    );
                 }
             )+
         }
