@@ -7,7 +7,6 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use leasehold::postgres::PgEngine;
 use leasehold::postgres::client::{Client, NoTls};
 use leasehold::rusqlite::Connection;
 use leasehold::{Engine, GuardSql};
@@ -54,7 +53,7 @@ fn on_postgres_a_temp_table_cannot_stand_in_for_the_leases() -> R {
 /// rest of the transaction is no longer held against a revoke.
 #[test]
 fn on_postgres_rolling_back_to_a_savepoint_before_the_guard_drops_its_hold() -> R {
-    let Some((db, engine, mut client)) = pg_db() else {
+    let Some((_db, engine, mut client)) = pg_db() else {
         return Ok(());
     };
     let k = key("ops", "migration");
@@ -63,11 +62,9 @@ fn on_postgres_rolling_back_to_a_savepoint_before_the_guard_drops_its_hold() -> 
     tx.batch_execute("SAVEPOINT s")?;
     tx.batch_execute(GuardSql::postgres("lh", &k, "h1", Some(1))?.statement())?;
     tx.batch_execute("ROLLBACK TO SAVEPOINT s")?;
-    let quick = PgEngine::builder(db.url())
-        .schema("lh")
-        .busy_timeout(Duration::from_millis(300))
-        .build()?;
-    let revoked = quick.revoke(&k).is_ok();
+    // The engine's own busy timeout (5 s): a revoke expected to go through
+    // at once must not fail for a short budget on a loaded machine.
+    let revoked = engine.revoke(&k).is_ok();
     tx.execute("INSERT INTO public.app VALUES ('after')", &[])?;
     tx.commit()?;
     // What PostgreSQL does: the hold is gone (documented in the README).
