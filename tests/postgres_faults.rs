@@ -13,20 +13,10 @@ use leasehold::testing::{PgOptions, PgServer};
 /// A server of the test's own, or `None` (said on standard error) without
 /// the binaries.
 fn own_server(durable: bool) -> Option<PgServer> {
-    match PgServer::start(PgOptions {
+    PgServer::start_or_skip(PgOptions {
         durable,
         ..PgOptions::default()
-    }) {
-        Ok(server) => Some(server),
-        Err(e) => {
-            assert!(
-                std::env::var_os("LEASEHOLD_REQUIRE_PG").is_none(),
-                "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
-            );
-            eprintln!("*** PostgreSQL fault tests SKIPPED: {e} ***");
-            None
-        }
-    }
+    })
 }
 
 /// Thaws the server however the test ends, so that its reaper can stop it.
@@ -252,22 +242,12 @@ fn tcp_server() -> Option<Arc<Mutex<PgServer>>> {
     static SERVER: OnceLock<Option<Arc<Mutex<PgServer>>>> = OnceLock::new();
     SERVER
         .get_or_init(|| {
-            let server = match PgServer::start(PgOptions {
+            PgServer::start_or_skip(PgOptions {
                 durable: true,
                 tcp: true,
                 ..PgOptions::default()
-            }) {
-                Ok(server) => server,
-                Err(e) => {
-                    assert!(
-                        std::env::var_os("LEASEHOLD_REQUIRE_PG").is_none(),
-                        "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
-                    );
-                    eprintln!("*** PostgreSQL fault tests SKIPPED: {e} ***");
-                    return None;
-                }
-            };
-            Some(Arc::new(Mutex::new(server)))
+            })
+            .map(|server| Arc::new(Mutex::new(server)))
         })
         .clone()
 }
@@ -531,19 +511,9 @@ fn the_checker_catches_unguarded_writes_on_postgresql() {
 }
 
 fn own_server_tcp() -> Option<PgServer> {
-    match PgServer::start(PgOptions {
+    PgServer::start_or_skip(PgOptions {
         durable: true,
         tcp: true,
         ..PgOptions::default()
-    }) {
-        Ok(server) => Some(server),
-        Err(e) => {
-            assert!(
-                std::env::var_os("LEASEHOLD_REQUIRE_PG").is_none(),
-                "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
-            );
-            eprintln!("*** PostgreSQL fault tests SKIPPED: {e} ***");
-            None
-        }
-    }
+    })
 }

@@ -129,7 +129,7 @@ pub fn worker(args: WorkerArgs) -> Result<u8, CliError> {
             // A session left inside a transaction (its process paused, or
             // its link cut, mid-renewal) holds the lease row, and so its
             // successor, until the server ends it: here after one lease.
-            let engine = PgEngine::builder(&url)
+            let engine = super::pg_builder(&url)
                 .schema(schema)
                 .idle_in_transaction_timeout(Duration::from_millis(args.guarantee_ms * 2))
                 .build()?;
@@ -476,7 +476,16 @@ impl Network {
         use leasehold::postgres::client::config::{ChannelBinding, SslMode, SslNegotiation};
         let c = &self.config;
         let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-        let mut parts = vec![format!("host={}", via.ip()), format!("port={}", via.port())];
+        // A server's host name stays the host (TLS checks its certificate
+        // against it); the proxy is the address connected to.
+        let mut parts = match c.get_hosts().first() {
+            Some(leasehold::postgres::client::config::Host::Tcp(name)) => vec![
+                format!("host={}", quote(name)),
+                format!("hostaddr={}", via.ip()),
+                format!("port={}", via.port()),
+            ],
+            _ => vec![format!("host={}", via.ip()), format!("port={}", via.port())],
+        };
         let mut text = |key: &str, value: Option<&str>| {
             if let Some(v) = value {
                 parts.push(format!("{key}={}", quote(v)));
@@ -965,15 +974,14 @@ fn inspect_pg(db: &Db, url: &str, schema: &str) -> Result<(), CliError> {
     let failed = |e: leasehold::postgres::client::Error| {
         CliError::Failed(format!("cannot read {}: {e}", db.describe()))
     };
-    let mut config: leasehold::postgres::client::Config = url
-        .parse()
-        .map_err(|e| CliError::Invalid(format!("{}: {e}", db.describe())))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
-    let mut client = config
-        .connect(leasehold::postgres::client::NoTls)
-        .map_err(failed)?;
+    let mut client = super::pg_builder(url)
+        .connect_client()
+        .map_err(|e| match e {
+            leasehold::Error::InvalidArgument { .. } => {
+                CliError::Invalid(format!("{}: {e}", db.describe()))
+            }
+            e => CliError::Failed(format!("cannot read {}: {e}", db.describe())),
+        })?;
     let table: Option<String> = client
         .query_opt(
             "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -53,6 +53,11 @@ pub struct Cli {
     /// dbname=, user=, port=, service=, …) and no file of that name
     /// exists; anything else is a SQLite file (write ./host=x for a file
     /// named like that).
+    ///
+    /// TLS to PostgreSQL: sslmode=disable, prefer (the default) or require
+    /// in the string; $PGSSLROOTCERT names a PEM file of root certificates
+    /// that the server's certificate must chain to, naming the host (without
+    /// it the session is encrypted but the server not authenticated).
     #[arg(long, global = true, value_name = "PATH|URL")]
     db: Option<PathBuf>,
 
@@ -714,10 +719,20 @@ macro_rules! on_engine {
 }
 pub(crate) use on_engine;
 
+/// A builder for `url`, with the root certificates that `PGSSLROOTCERT`
+/// names (libpq's variable), if any: then the server must prove who it is.
+pub(crate) fn pg_builder(url: &str) -> leasehold::postgres::PgBuilder {
+    let builder = PgEngine::builder(url);
+    match std::env::var_os("PGSSLROOTCERT") {
+        Some(roots) if !roots.is_empty() => builder.tls_root_certificates(roots),
+        _ => builder,
+    }
+}
+
 /// A PostgreSQL engine on `url` and `schema`; `read_only` for commands
 /// that only read (no migration, no schema created, no write).
 fn open_pg(url: &str, schema: &str, read_only: bool) -> Result<PgEngine, CliError> {
-    Ok(PgEngine::builder(url)
+    Ok(pg_builder(url)
         .schema(schema)
         .read_only(read_only)
         .build()?)

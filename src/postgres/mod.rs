@@ -24,6 +24,11 @@
 //!   the listener reconnects, everything counts as changed. Behind a pooler
 //!   in transaction mode `LISTEN` does not work: the engine finds out
 //!   (its own notice never comes back) and polls.
+//! - **TLS** (rustls) as the connection string's `sslmode` says
+//!   (`disable`, `prefer`, `require`): encrypted but unauthenticated
+//!   without root certificates, verified chain and host name with
+//!   [`PgBuilder::tls_root_certificates`]; every connection of the engine
+//!   uses it.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -48,6 +53,7 @@ pub(crate) mod schema;
 pub(crate) mod store;
 #[cfg(feature = "testing")]
 pub(crate) mod testing;
+mod tls;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -99,6 +105,8 @@ pub struct Postgres {
     pub(crate) pool: r2d2::Pool<pool::PgManager>,
     /// For the listener and for cancelling.
     pub(crate) config: postgres::Config,
+    /// The TLS connector of every connection (see `tls`).
+    tls: tls::Tls,
     pub(crate) schema: String,
     pub(crate) sql: Sql,
     /// The quoted schema, for SQL rendered elsewhere.
@@ -214,6 +222,7 @@ pub struct PgBuilder {
     listen: bool,
     prepared_statements: bool,
     read_only: bool,
+    tls_roots: Option<std::path::PathBuf>,
     errors: Box<dyn HandleError>,
 }
 
@@ -279,6 +288,54 @@ impl PgBuilder {
     pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> PgBuilder {
         self.idle_in_transaction = timeout;
         self
+    }
+
+    /// Root certificates (a PEM file) that the server's certificate must
+    /// chain to, naming the host connected to (libpq's
+    /// `sslmode=verify-full`). Without them, a TLS session (`sslmode`
+    /// `prefer`, the default, or `require`) is encrypted but the server
+    /// is not authenticated, as libpq's `require` without a root
+    /// certificate. The command line reads them from `PGSSLROOTCERT`.
+    /// Whether TLS is used at all is the connection string's `sslmode`
+    /// (`disable`, `prefer`, `require`); given root certificates,
+    /// `prefer` (the default) counts as `require`, so that a server (or
+    /// anyone between) saying it offers no TLS is refused rather than
+    /// spoken to in clear.
+    pub fn tls_root_certificates(mut self, pem_file: impl Into<std::path::PathBuf>) -> PgBuilder {
+        self.tls_roots = Some(pem_file.into());
+        self
+    }
+
+    /// One client outside any engine, with this builder's connection
+    /// string and TLS settings (and a 10-second connect timeout unless the
+    /// string sets one), for work beside the engine that needs no
+    /// leasehold schema: the command line's demo looks at a database with
+    /// it before anything is migrated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a connection string or root
+    /// certificates that cannot be used; [`Error::Open`] if the server
+    /// cannot be reached or refuses the session.
+    pub fn connect_client(&self) -> Result<postgres::Client> {
+        let mut config = self
+            .config
+            .clone()
+            .map_err(|e| Error::invalid("connection string", &redact(&self.url), e))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let tls = tls::connector(&mut config, self.tls_roots.as_deref())?;
+        let limit = config.get_connect_timeout().copied().unwrap_or_default() + self.busy_timeout;
+        pool::connect(&config, &tls, limit).map_err(|e| Error::Open {
+            path: describe(&config).into(),
+            source: match e {
+                PgConnectError::Server(e) => crate::postgres::error::storage(e, self.busy_timeout),
+                silent @ PgConnectError::Silent(waited) => {
+                    StorageError::new(StorageKind::Busy { waited }, silent)
+                }
+            },
+        })
     }
 
     /// Whether to listen for notifications (`LISTEN`); off, the engine
@@ -395,6 +452,7 @@ impl PgBuilder {
             config.application_name("leasehold");
         }
         let describe = describe(&config);
+        let tls = tls::connector(&mut config, self.tls_roots.as_deref())?;
         let budget = self.busy_timeout;
         let open_err = |e: postgres::Error| Error::Open {
             path: describe.clone().into(),
@@ -403,7 +461,7 @@ impl PgBuilder {
         // The whole connect, startup exchange included, within the connect
         // timeout plus the busy timeout.
         let connect_limit = config.get_connect_timeout().copied().unwrap_or(budget) + budget;
-        let mut first = pool::connect(&config, connect_limit).map_err(|e| match e {
+        let mut first = pool::connect(&config, &tls, connect_limit).map_err(|e| match e {
             PgConnectError::Server(e) => open_err(e),
             silent @ PgConnectError::Silent(waited) => Error::Open {
                 path: describe.clone().into(),
@@ -458,7 +516,12 @@ impl PgBuilder {
         let instance = schema::instance(&mut first, &self.schema, budget)?;
         drop(first);
         let idle = self.idle_in_transaction.as_millis();
-        let manager = pool::PgManager::new(config.clone(), connect_limit, self.prepared_statements);
+        let manager = pool::PgManager::new(
+            config.clone(),
+            tls.clone(),
+            connect_limit,
+            self.prepared_statements,
+        );
         let pool = r2d2::Pool::builder()
             .max_size(self.pool_size)
             .min_idle(Some(0))
@@ -476,6 +539,7 @@ impl PgBuilder {
         let backend = Postgres {
             pool,
             config,
+            tls,
             sql: Sql::new(&quoted),
             quoted,
             channel: format!("leasehold_{:016x}", fnv(&self.schema)),
@@ -577,6 +641,7 @@ impl Engine<Postgres> {
             listen: true,
             prepared_statements: true,
             read_only: false,
+            tls_roots: None,
             errors: Box::new(LogErrors),
         }
     }
@@ -788,11 +853,12 @@ impl Backend for Postgres {
             return false;
         }
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let channel = self.channel.clone();
         let heard = Arc::clone(&self.heard);
         let spawned = std::thread::Builder::new()
             .name("leasehold-pg-listen".into())
-            .spawn(move || listen(&config, &channel, &heard, &nudge));
+            .spawn(move || listen(&config, &tls, &channel, &heard, &nudge));
         if spawned.is_err() {
             return false;
         }
@@ -818,7 +884,13 @@ impl Backend for Postgres {
 /// The listener: one connection that never opens a transaction, `LISTEN`s
 /// on the schema's channel, and nudges the driver for each notice; after a
 /// reconnect, everything counts as changed. Ends when the driver is gone.
-fn listen(config: &postgres::Config, channel: &str, heard: &Mutex<Heard>, nudge: &Weak<dyn Nudge>) {
+fn listen(
+    config: &postgres::Config,
+    tls: &tls::Tls,
+    channel: &str,
+    heard: &Mutex<Heard>,
+    nudge: &Weak<dyn Nudge>,
+) {
     let probe = format!("leasehold-probe-{}", std::process::id());
     let mut backoff = Duration::from_millis(10);
     // Named, so that an operator sees which session is whose.
@@ -833,7 +905,7 @@ fn listen(config: &postgres::Config, channel: &str, heard: &Mutex<Heard>, nudge:
         if nudge.strong_count() == 0 {
             return;
         }
-        let connected = pool::connect(&config, limit).and_then(|mut client| {
+        let connected = pool::connect(&config, tls, limit).and_then(|mut client| {
             client
                 .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
                 .and_then(|()| client.execute("SELECT pg_notify($1, $2)", &[&channel, &probe]))

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
+
+use crate::postgres::tls::Tls;
 use r2d2_postgres::PostgresConnectionManager;
 
 /// Why the pool could not open a connection (the error of
@@ -73,27 +75,41 @@ pub(crate) fn within(
 /// `config`'s connect, bounded by `limit`.
 pub(crate) fn connect(
     config: &postgres::Config,
+    tls: &Tls,
     limit: Duration,
 ) -> Result<Client, PgConnectError> {
-    let config = config.clone();
-    within(limit, move || config.connect(NoTls))
+    let (config, tls) = (config.clone(), tls.clone());
+    within(limit, move || config.connect(tls))
 }
 
 /// The engine pool's connection manager: `r2d2_postgres`'s, with each
 /// connect (startup exchange included) bounded by the connect timeout plus
 /// the busy timeout, so that a server that accepts connections and never
 /// answers cannot hold a connect for ever.
-#[derive(Debug)]
 pub struct PgManager {
-    inner: Arc<PostgresConnectionManager<NoTls>>,
+    inner: Arc<PostgresConnectionManager<Tls>>,
     limit: Duration,
     prepare: bool,
 }
 
+impl fmt::Debug for PgManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgManager")
+            .field("limit", &self.limit)
+            .field("prepare", &self.prepare)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PgManager {
-    pub(crate) fn new(config: postgres::Config, limit: Duration, prepare: bool) -> PgManager {
+    pub(crate) fn new(
+        config: postgres::Config,
+        tls: Tls,
+        limit: Duration,
+        prepare: bool,
+    ) -> PgManager {
         PgManager {
-            inner: Arc::new(PostgresConnectionManager::new(config, NoTls)),
+            inner: Arc::new(PostgresConnectionManager::new(config, tls)),
             limit,
             prepare,
         }

@@ -24,6 +24,9 @@ pub struct PgOptions {
     pub tcp: bool,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// TLS (`ssl=on`) with this certificate chain and private key, both
+    /// PEM, on the TCP port. Default: none.
+    pub tls: Option<(String, String)>,
 }
 
 /// A throwaway PostgreSQL server for tests (features `testing` and
@@ -143,6 +146,24 @@ impl PgServer {
                 String::from_utf8_lossy(&init.stderr)
             )));
         }
+        if let Some((chain, key)) = &options.tls {
+            for (name, pem) in [("server.crt", chain), ("server.key", key)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+                if is_root()
+                    && !Command::new("chown")
+                        .arg("postgres:")
+                        .arg(&path)
+                        .status()?
+                        .success()
+                {
+                    return Err(std::io::Error::other(format!(
+                        "cannot give {name} to postgres"
+                    )));
+                }
+            }
+        }
         // The reaper: when this process ends, its stdin closes, and it
         // stops the server and removes the directory.
         let stop = format!(
@@ -203,25 +224,36 @@ impl PgServer {
                         options: PgOptions::default(),
                     });
                 }
-                match PgServer::start(PgOptions::default()) {
-                    Ok(server) => Some(server),
-                    Err(e) => {
-                        let require = std::env::var_os("LEASEHOLD_REQUIRE_PG").is_some();
-                        assert!(
-                            !require,
-                            "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
-                        );
-                        let mut err = std::io::stderr().lock();
-                        let _ = writeln!(
-                            err,
-                            "\n*** PostgreSQL tests SKIPPED: {e}. Install the server (Debian: \
-                             postgresql) or set LEASEHOLD_TEST_PG to a connection string. ***\n"
-                        );
-                        None
-                    }
-                }
+                PgServer::start_or_skip(PgOptions::default())
             })
             .as_ref()
+    }
+
+    /// [`start`](PgServer::start) for a test: `None`, and a loud line on
+    /// standard error, without server binaries, unless
+    /// `$LEASEHOLD_REQUIRE_PG` is set, which makes that a panic.
+    ///
+    /// # Panics
+    ///
+    /// Without a server while `$LEASEHOLD_REQUIRE_PG` is set.
+    pub fn start_or_skip(options: PgOptions) -> Option<PgServer> {
+        match PgServer::start(options) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                let require = std::env::var_os("LEASEHOLD_REQUIRE_PG").is_some();
+                assert!(
+                    !require,
+                    "LEASEHOLD_REQUIRE_PG is set, but no PostgreSQL: {e}"
+                );
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(
+                    err,
+                    "\n*** PostgreSQL tests SKIPPED: {e}. Install the server (Debian: \
+                     postgresql) or set LEASEHOLD_TEST_PG to a connection string. ***\n"
+                );
+                None
+            }
+        }
     }
 
     fn pg_ctl_start(&mut self) -> std::io::Result<()> {
@@ -244,6 +276,14 @@ impl PgServer {
         } else {
             settings.push("fsync=on".into());
             settings.push("synchronous_commit=on".into());
+        }
+        if self.options.tls.is_some() {
+            settings.push("ssl=on".into());
+            settings.push(format!(
+                "ssl_cert_file={}",
+                dir.join("server.crt").display()
+            ));
+            settings.push(format!("ssl_key_file={}", dir.join("server.key").display()));
         }
         for (k, v) in &self.options.settings {
             settings.push(format!("{k}={v}"));

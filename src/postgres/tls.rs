@@ -1,0 +1,154 @@
+//! TLS to the server, with rustls (pure Rust: nothing to install).
+//!
+//! The connection string's `sslmode` says whether to encrypt, as with
+//! libpq: `disable` never, `prefer` (the default) if the server offers it,
+//! `require` always. What is checked of the server depends on whether
+//! root certificates were given
+//! ([`PgBuilder::tls_root_certificates`](super::PgBuilder::tls_root_certificates)):
+//!
+//! - without them, the session is encrypted but the server is not
+//!   authenticated (libpq's `require` without a root certificate): it stops
+//!   an eavesdropper, not an impostor on the network path;
+//! - with them, the server's chain must lead to one of them, be valid now,
+//!   and name the host connected to (libpq's `verify-full`), and `prefer`
+//!   counts as `require`: no falling back to a session in clear.
+//!
+//! Every connection the engine opens (its pool, the connection that opens
+//! it, its listener) uses the same connector. Over a Unix socket the server
+//! offers no TLS, and none is used.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::core::error::{Error, Result};
+
+/// The connector every connection of an engine uses.
+pub(crate) type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The connector for `roots` (a PEM file of root certificates), or for an
+/// unauthenticated server when `None`. With roots, `sslmode=prefer` (the
+/// default) becomes `require` in `config` over TCP: a server that answers
+/// that it offers no TLS (or anyone on the path saying so for it) is
+/// refused, not spoken to in clear and unauthenticated.
+pub(crate) fn connector(config: &mut postgres::Config, roots: Option<&Path>) -> Result<Tls> {
+    // (Over a Unix socket the server offers no TLS, and none is needed:
+    // there `prefer` stays.)
+    let over_tcp = !config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, postgres::config::Host::Unix(_)));
+    if roots.is_some() && over_tcp && config.get_ssl_mode() == postgres::config::SslMode::Prefer {
+        config.ssl_mode(postgres::config::SslMode::Require);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let invalid = |path: &Path, why: String| {
+        Error::invalid("TLS root certificates", &path.display().to_string(), why)
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::invalid("TLS", "protocol versions", e.to_string()))?;
+    let config = match roots {
+        Some(path) => {
+            let pem = read_bounded(path).map_err(|why| invalid(path, why))?;
+            let certificates = CertificateDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| invalid(path, format!("is not a PEM file of certificates: {e}")))?;
+            if certificates.is_empty() {
+                return Err(invalid(path, "holds no PEM certificate".into()));
+            }
+            let mut store = RootCertStore::empty();
+            for (i, certificate) in certificates.into_iter().enumerate() {
+                store.add(certificate).map_err(|e| {
+                    invalid(path, format!("certificate {} cannot be used: {e}", i + 1))
+                })?;
+            }
+            builder.with_root_certificates(store).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unauthenticated(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth(),
+    };
+    Ok(Tls::new(config))
+}
+
+/// The most a root certificate file may hold (a system's whole bundle is
+/// a few hundred KiB): `/dev/zero` or a log file named by mistake is
+/// refused, not read for ever.
+const MAX_PEM: u64 = 16 << 20;
+
+/// The file's bytes, if it is a regular file of at most [`MAX_PEM`].
+fn read_bounded(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err(if meta.is_dir() {
+            "is a directory, not a PEM file".to_owned()
+        } else {
+            "is not a regular file".to_owned()
+        });
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_PEM + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if pem.len() as u64 > MAX_PEM {
+        return Err(format!(
+            "is larger than {} MiB: not root certificates",
+            MAX_PEM >> 20
+        ));
+    }
+    Ok(pem)
+}
+
+/// Accepts whatever certificate the server shows, but still checks that the
+/// server holds its key (the handshake's signatures): encryption without
+/// authentication, as libpq's `sslmode=require` without a root certificate.
+#[derive(Debug)]
+struct Unauthenticated(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for Unauthenticated {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
