@@ -1461,8 +1461,10 @@ mod tests {
             .expect("carried")
             .parse()
             .expect("parses");
-        assert_eq!(worker.get_hosts(), [Host::Tcp("127.0.0.1".into())]);
-        assert!(worker.get_hostaddrs().is_empty());
+        // The server's name stays the host (TLS checks its certificate
+        // against it); the proxy is the address connected to.
+        assert_eq!(worker.get_hosts(), [Host::Tcp("db.example".into())]);
+        assert_eq!(worker.get_hostaddrs(), [via.ip()]);
         assert_eq!(worker.get_ports(), [40001]);
         assert_eq!(worker.get_user(), Some("app"));
         assert_eq!(worker.get_password(), Some(&b"p q's"[..]));
