@@ -280,3 +280,22 @@ fn the_command_line_takes_its_root_certificates_from_pgsslrootcert() -> R {
     assert!(refused.contains("not valid for name"), "{refused}");
     Ok(())
 }
+
+/// libpq's `sslmode=verify-full` and `sslrootcert` are not parsed by the
+/// `postgres` crate: the error says what does the same here.
+#[test]
+fn libpq_verification_settings_are_refused_with_what_to_use_instead() {
+    for url in [
+        "host=db.example dbname=app sslmode=verify-full",
+        "postgres://app@db.example/app?sslmode=verify-ca",
+        "host=db.example dbname=app sslrootcert=/etc/ca.pem",
+    ] {
+        let err = PgEngine::builder(url).build().expect_err(url);
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("tls_root_certificates") && text.contains("PGSSLROOTCERT"),
+            "{url}: {text}"
+        );
+    }
+}

@@ -625,9 +625,23 @@ impl Engine<Postgres> {
         PgBuilder {
             config: url.parse::<postgres::Config>().map_err(|e| {
                 // The reason is in the error's source ("unknown option …").
-                match std::error::Error::source(&e) {
+                let why = match std::error::Error::source(&e) {
                     Some(cause) => format!("{e}: {cause}"),
                     None => e.to_string(),
+                };
+                // libpq's ways of asking for a verified server, which the
+                // `postgres` crate does not parse: say what does the same.
+                if ["verify-ca", "verify-full", "sslrootcert"]
+                    .iter()
+                    .any(|libpq| url.contains(libpq))
+                {
+                    format!(
+                        "{why} (for a verified server, give root certificates with \
+                         tls_root_certificates, or PGSSLROOTCERT on the command line, \
+                         and sslmode=require: the host name is then checked too)"
+                    )
+                } else {
+                    why
                 }
             }),
             url: url.to_owned(),
