@@ -297,10 +297,11 @@ impl PgBuilder {
     /// is not authenticated, as libpq's `require` without a root
     /// certificate. The command line reads them from `PGSSLROOTCERT`.
     /// Whether TLS is used at all is the connection string's `sslmode`
-    /// (`disable`, `prefer`, `require`); given root certificates,
-    /// `prefer` (the default) counts as `require`, so that a server (or
-    /// anyone between) saying it offers no TLS is refused rather than
-    /// spoken to in clear.
+    /// (`disable`, `prefer`, `require`); given root certificates, over
+    /// TCP, `prefer` (the default) counts as `require`, so that a server
+    /// (or anyone between) saying it offers no TLS is refused rather than
+    /// spoken to in clear, and `disable`, or a string with only `hostaddr`
+    /// (no name to check), is refused by `build`.
     pub fn tls_root_certificates(mut self, pem_file: impl Into<std::path::PathBuf>) -> PgBuilder {
         self.tls_roots = Some(pem_file.into());
         self
@@ -451,8 +452,8 @@ impl PgBuilder {
         if config.get_application_name().is_none() {
             config.application_name("leasehold");
         }
-        let describe = describe(&config);
         let tls = tls::connector(&mut config, self.tls_roots.as_deref())?;
+        let describe = describe(&config);
         let budget = self.busy_timeout;
         let open_err = |e: postgres::Error| Error::Open {
             path: describe.clone().into(),
@@ -592,7 +593,7 @@ fn fnv(text: &str) -> u64 {
 
 /// Where a configuration points: hosts, port and database, for messages.
 fn describe(config: &postgres::Config) -> String {
-    let hosts: Vec<String> = config
+    let mut hosts: Vec<String> = config
         .get_hosts()
         .iter()
         .map(|h| match h {
@@ -600,6 +601,13 @@ fn describe(config: &postgres::Config) -> String {
             postgres::config::Host::Unix(path) => path.display().to_string(),
         })
         .collect();
+    if hosts.is_empty() {
+        hosts = config
+            .get_hostaddrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+    }
     let port = config.get_ports().first().copied().unwrap_or(5432);
     format!(
         "postgres://{}:{port}/{}",

@@ -266,32 +266,26 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 fn redact_url(url: &str, after_scheme: usize) -> String {
-    let (head, query) = match url.find('?') {
-        Some(q) => (&url[..q], Some(&url[q + 1..])),
-        None => (url, None),
-    };
+    let rest = &url[after_scheme..];
     let mut out = String::with_capacity(url.len());
-    // The authority ends at the first '/' after the scheme; its userinfo
-    // at the last '@' in it.
-    let rest = &head[after_scheme..];
-    let authority_end = rest.find('/').map_or(rest.len(), |i| i);
-    let authority = &rest[..authority_end];
-    out.push_str(&head[..after_scheme]);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push_str(&authority[at..]);
+    out.push_str(&url[..after_scheme]);
+    // The `postgres` crate reads the credentials up to the first '@', so a
+    // password may hold '/' or '?' unencoded; a user may mean one with an
+    // '@'. Hidden: from the first ':' to the last '@' (more than the
+    // password at worst, never less).
+    let rest = match (rest.find(':'), rest.rfind('@')) {
+        (Some(colon), Some(at)) if colon < at => {
+            out.push_str(&rest[..colon]);
+            out.push_str(":***");
+            &rest[at..]
         }
-        None => out.push_str(authority),
-    }
-    out.push_str(&rest[authority_end..]);
+        _ => rest,
+    };
+    let (head, query) = match rest.find('?') {
+        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
+        None => (rest, None),
+    };
+    out.push_str(head);
     if let Some(query) = query {
         out.push('?');
         let params: Vec<String> = query
@@ -389,6 +383,17 @@ mod tests {
                 "postgresql://u@h/db?password=***&application_name=x",
             ),
             ("postgres://h/db", "postgres://h/db"),
+            // Read by the crate as password "hunter2/zz" and "a?b".
+            (
+                "postgres://app:hunter2/zz@db/app?sslmode=require",
+                "postgres://app:***@db/app?sslmode=require",
+            ),
+            ("postgres://app:a?b@db/app", "postgres://app:***@db/app"),
+            ("postgres://app:p@ss@db/app", "postgres://app:***@db/app"),
+            (
+                "postgres://db/app?password=x@y&port=1",
+                "postgres://db/app?password=***&port=1",
+            ),
             (
                 "host=h user=u password=secret port=1",
                 "host=h user=u password=*** port=1",

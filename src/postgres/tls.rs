@@ -10,8 +10,9 @@
 //!   authenticated (libpq's `require` without a root certificate): it stops
 //!   an eavesdropper, not an impostor on the network path;
 //! - with them, the server's chain must lead to one of them, be valid now,
-//!   and name the host connected to (libpq's `verify-full`), and `prefer`
-//!   counts as `require`: no falling back to a session in clear.
+//!   and name the host connected to (libpq's `verify-full`), `prefer`
+//!   counts as `require` (no falling back to a session in clear), and
+//!   `disable` is refused.
 //!
 //! Every connection the engine opens (its pool, the connection that opens
 //! it, its listener) uses the same connector. Over a Unix socket the server
@@ -32,19 +33,60 @@ use crate::core::error::{Error, Result};
 pub(crate) type Tls = tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The connector for `roots` (a PEM file of root certificates), or for an
-/// unauthenticated server when `None`. With roots, `sslmode=prefer` (the
-/// default) becomes `require` in `config` over TCP: a server that answers
-/// that it offers no TLS (or anyone on the path saying so for it) is
-/// refused, not spoken to in clear and unauthenticated.
+/// unauthenticated server when `None`, after settling `config`'s TLS:
+///
+/// - with roots, and any connection over TCP, `sslmode=prefer` (the
+///   default) becomes `require` (a server answering that it offers no TLS,
+///   or anyone on the path saying so for it, is refused, not spoken to in
+///   clear), and `sslmode=disable` is refused: it would leave the roots
+///   unused. Over a Unix socket alone the server offers no TLS, none is
+///   needed, and `prefer` stays;
+/// - a string with only `hostaddr` gets those addresses as its host names
+///   (the `postgres` crate will not start TLS without a name); with roots
+///   it is refused, since there is no name to check the certificate
+///   against.
 pub(crate) fn connector(config: &mut postgres::Config, roots: Option<&Path>) -> Result<Tls> {
-    // (Over a Unix socket the server offers no TLS, and none is needed:
-    // there `prefer` stays.)
-    let over_tcp = !config
-        .get_hosts()
-        .iter()
-        .any(|h| matches!(h, postgres::config::Host::Unix(_)));
-    if roots.is_some() && over_tcp && config.get_ssl_mode() == postgres::config::SslMode::Prefer {
-        config.ssl_mode(postgres::config::SslMode::Require);
+    use postgres::config::{Host, SslMode};
+    let hosts = config.get_hosts();
+    // `hostaddr` is always reached over TCP, whatever `host` says.
+    let over_tcp = hosts.is_empty()
+        || !config.get_hostaddrs().is_empty()
+        || hosts.iter().any(|h| matches!(h, Host::Tcp(_)));
+    let nameless = hosts.is_empty() && !config.get_hostaddrs().is_empty();
+    match roots {
+        Some(path) if over_tcp => {
+            let given = path.display().to_string();
+            if config.get_ssl_mode() == SslMode::Disable {
+                return Err(Error::invalid(
+                    "TLS root certificates",
+                    &given,
+                    "were given, but the connection string says sslmode=disable: the session \
+                     would be in clear and nothing verified (drop one or the other)",
+                ));
+            }
+            if nameless {
+                return Err(Error::invalid(
+                    "TLS root certificates",
+                    &given,
+                    "were given, but the connection string names no host, only hostaddr: \
+                     add host=<the name the server's certificate holds>",
+                ));
+            }
+            if config.get_ssl_mode() == SslMode::Prefer {
+                config.ssl_mode(SslMode::Require);
+            }
+        }
+        None if nameless => {
+            let names: Vec<String> = config
+                .get_hostaddrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
+            for name in names {
+                config.host(&name);
+            }
+        }
+        _ => {}
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let invalid = |path: &Path, why: String| {
@@ -88,10 +130,8 @@ const MAX_PEM: u64 = 16 << 20;
 /// The file's bytes, if it is a regular file of at most [`MAX_PEM`].
 fn read_bounded(path: &Path) -> std::result::Result<Vec<u8>, String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot be read: {e}"))?;
+    // Looked at before opening: opening a FIFO waits for a writer.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
     if !meta.is_file() {
         return Err(if meta.is_dir() {
             "is a directory, not a PEM file".to_owned()
@@ -99,6 +139,7 @@ fn read_bounded(path: &Path) -> std::result::Result<Vec<u8>, String> {
             "is not a regular file".to_owned()
         });
     }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
     let mut pem = Vec::new();
     file.take(MAX_PEM + 1)
         .read_to_end(&mut pem)
