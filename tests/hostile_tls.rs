@@ -11,7 +11,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,100 +19,11 @@ use leasehold::postgres::PgEngine;
 use leasehold::postgres::client::{Client, NoTls};
 use leasehold::testing::{PgOptions, PgServer};
 use leasehold::{Error, Key};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::KeyPair;
 use support::output::{fails, ok, stderr};
+use support::tls::{ca, encrypted, intermediate, key, leaf, port, tls_server, url, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
-
-/// A CA: its certificate, key and PEM.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    Ca {
-        cert: params.self_signed(&key).expect("CA"),
-        key,
-    }
-}
-
-/// An intermediate CA signed by `by`.
-fn intermediate(by: &Ca) -> Ca {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "leasehold intermediate");
-    Ca {
-        cert: params
-            .signed_by(&key, &by.cert, &by.key)
-            .expect("intermediate"),
-        key,
-    }
-}
-
-/// A leaf for `names` (IP addresses become IP SANs) signed by `by`, valid
-/// between the given years if any: (chain PEM, key PEM).
-fn leaf(names: &[&str], by: &Ca, years: Option<(i32, i32)>) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let mut params =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    if let Some((from, to)) = years {
-        params.not_before = rcgen::date_time_ymd(from, 1, 1);
-        params.not_after = rcgen::date_time_ymd(to, 1, 1);
-    }
-    let cert = params.signed_by(&key, &by.cert, &by.key).expect("leaf");
-    (cert.pem(), key.serialize_pem())
-}
-
-/// A TLS server showing `chain`, reachable on 127.0.0.1 (and on `extra`
-/// settings' addresses).
-fn tls_server(chain: (String, String), extra: Vec<(String, String)>) -> Option<PgServer> {
-    PgServer::start_or_skip(PgOptions {
-        tcp: true,
-        tls: Some(chain),
-        settings: extra,
-        ..PgOptions::default()
-    })
-}
-
-fn port(server: &PgServer) -> u16 {
-    server.tcp_addr().expect("tcp").port()
-}
-
-/// `host=… hostaddr=127.0.0.1 port=… sslmode=…`.
-fn url(server: &PgServer, host: &str, sslmode: &str) -> String {
-    format!(
-        "host={host} hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode={sslmode}",
-        port(server)
-    )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write");
-    path
-}
-
-fn key() -> Key {
-    Key::new("ops", "tls").expect("key")
-}
-
-/// Whether the engine's pooled session is encrypted.
-fn encrypted(engine: &PgEngine) -> Result<bool, Box<dyn std::error::Error>> {
-    let row = engine.client()?.query_one(
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        &[],
-    )?;
-    Ok(row.get(0))
-}
 
 /// Installs `chain` as the server's certificate and reloads its
 /// configuration (PostgreSQL reloads TLS files on SIGHUP); existing

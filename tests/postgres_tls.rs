@@ -21,11 +21,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use leasehold::Error;
 use leasehold::postgres::PgEngine;
 use leasehold::testing::{PgOptions, PgServer};
-use leasehold::{Error, Key};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use support::output::{fails, ok};
+use support::tls::{ca, encrypted, key, leaf, tls_server, url, write};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -38,39 +38,16 @@ struct Tls {
     stranger: PathBuf,
 }
 
-/// A CA: its certificate and key.
-fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    (params.self_signed(&key).expect("CA"), key)
-}
-
 fn tls() -> Option<&'static Tls> {
     static TLS: OnceLock<Option<Tls>> = OnceLock::new();
     TLS.get_or_init(|| {
-        let (ca_cert, ca_key) = ca("leasehold test CA");
-        let (stranger, _) = ca("some other CA");
-        let leaf_key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("params")
-            .signed_by(&leaf_key, &ca_cert, &ca_key)
-            .expect("leaf");
-        let server = PgServer::start_or_skip(PgOptions {
-            tcp: true,
-            tls: Some((leaf.pem(), leaf_key.serialize_pem())),
-            ..PgOptions::default()
-        })?;
+        let root = ca("leasehold test CA");
+        let stranger = ca("some other CA");
+        let server = tls_server(leaf(&["localhost"], &root, None), vec![])?;
         let dir = tempfile::tempdir().expect("tempdir");
-        let write = |name: &str, pem: String| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, pem).expect("pem");
-            path
-        };
         Some(Tls {
-            ca: write("ca.pem", ca_cert.pem()),
-            stranger: write("stranger.pem", stranger.pem()),
+            ca: write(dir.path(), "ca.pem", &root.cert.pem()),
+            stranger: write(dir.path(), "stranger.pem", &stranger.cert.pem()),
             server,
             _dir: dir,
         })
@@ -82,10 +59,7 @@ impl Tls {
     /// A key=value connection string to the server's TCP port, under
     /// `host` (resolved to 127.0.0.1 whatever it says).
     fn url(&self, host: &str, sslmode: &str) -> String {
-        let port = self.server.tcp_addr().expect("tcp").port();
-        format!(
-            "host={host} hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode={sslmode}"
-        )
+        url(&self.server, host, sslmode)
     }
 
     fn engine(
@@ -102,19 +76,6 @@ impl Tls {
         }
         .build()
     }
-}
-
-/// Whether the engine's pooled session is encrypted.
-fn encrypted(engine: &PgEngine) -> Result<bool, Box<dyn std::error::Error>> {
-    let row = engine.client()?.query_one(
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-        &[],
-    )?;
-    Ok(row.get(0))
-}
-
-fn key() -> Key {
-    Key::new("ops", "tls").expect("key")
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod guarded_app;
 pub mod output;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
