@@ -99,9 +99,20 @@ fn with_root_certificates_the_server_must_chain_to_them_and_name_the_host() -> R
     let engine = tls.engine("localhost", "require", Some(&tls.ca))?;
     engine.claim(&key(), "h1", Duration::from_secs(60))?;
     assert!(encrypted(&engine)?);
-    for (host, roots, why) in [
-        ("127.0.0.1", &tls.ca, "not valid for name \"127.0.0.1\""),
-        ("localhost", &tls.stranger, "UnknownIssuer"),
+    // Each refusal also says what judged the server, and what to do.
+    for (host, roots, why, what_to_do) in [
+        (
+            "127.0.0.1",
+            &tls.ca,
+            "not valid for name \"127.0.0.1\"",
+            "set host= to a name the certificate holds",
+        ),
+        (
+            "localhost",
+            &tls.stranger,
+            "UnknownIssuer",
+            "does not chain to the root certificates in",
+        ),
     ] {
         let err = tls
             .engine(host, "require", Some(roots))
@@ -112,6 +123,10 @@ fn with_root_certificates_the_server_must_chain_to_them_and_name_the_host() -> R
             text.contains("certificate") && text.contains(why),
             "{host}, {}: {text}",
             roots.display()
+        );
+        assert!(
+            text.contains(what_to_do) && text.contains(&roots.display().to_string()),
+            "{text}"
         );
     }
     Ok(())
@@ -170,7 +185,8 @@ fn with_root_certificates_prefer_refuses_a_server_without_tls_except_on_a_socket
         .build()
         .expect_err("no TLS on offer");
     assert!(
-        err.to_string().contains("server does not support TLS"),
+        err.to_string().contains("server does not support TLS")
+            && err.to_string().contains("sslmode=prefer counts as require"),
         "{err}"
     );
     // Without roots, prefer means prefer.

@@ -15,6 +15,15 @@ use crate::core::error::{Context, Error, StorageError, StorageKind};
 /// [`StorageKind::Retry`] (retry the whole transaction: the connection
 /// prepares its statements again).
 pub(crate) fn storage(e: postgres::Error, waited: Duration) -> StorageError {
+    storage_saying(e, waited, None)
+}
+
+/// As [`storage`], with `hint` (what to do) said after the causes.
+pub(crate) fn storage_saying(
+    e: postgres::Error,
+    waited: Duration,
+    hint: Option<String>,
+) -> StorageError {
     let kind = match e.code() {
         Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED => {
             StorageKind::Busy { waited }
@@ -39,7 +48,10 @@ pub(crate) fn storage(e: postgres::Error, waited: Duration) -> StorageError {
         None if e.is_closed() => StorageKind::Retry,
         _ => StorageKind::Other,
     };
-    let detail = causes(&e);
+    let detail = match (causes(&e), hint) {
+        (Some(causes), Some(hint)) => Some(format!("{causes} ({hint})")),
+        (causes, hint) => causes.or(hint),
+    };
     StorageError::new(kind, e).with_detail(detail)
 }
 

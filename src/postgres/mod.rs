@@ -328,14 +328,13 @@ impl PgBuilder {
         }
         let tls = tls::connector(&mut config, self.tls_roots.as_deref())?;
         let limit = config.get_connect_timeout().copied().unwrap_or_default() + self.busy_timeout;
-        pool::connect(&config, &tls, limit).map_err(|e| Error::Open {
-            path: describe(&config).into(),
-            source: match e {
-                PgConnectError::Server(e) => crate::postgres::error::storage(e, self.busy_timeout),
-                silent @ PgConnectError::Silent(waited) => {
-                    StorageError::new(StorageKind::Busy { waited }, silent)
-                }
-            },
+        pool::connect(&config, &tls, limit).map_err(|e| {
+            connect_error(
+                &describe(&config),
+                e,
+                self.busy_timeout,
+                self.tls_roots.as_deref(),
+            )
         })
     }
 
@@ -462,13 +461,8 @@ impl PgBuilder {
         // The whole connect, startup exchange included, within the connect
         // timeout plus the busy timeout.
         let connect_limit = config.get_connect_timeout().copied().unwrap_or(budget) + budget;
-        let mut first = pool::connect(&config, &tls, connect_limit).map_err(|e| match e {
-            PgConnectError::Server(e) => open_err(e),
-            silent @ PgConnectError::Silent(waited) => Error::Open {
-                path: describe.clone().into(),
-                source: StorageError::new(StorageKind::Busy { waited }, silent),
-            },
-        })?;
+        let mut first = pool::connect(&config, &tls, connect_limit)
+            .map_err(|e| connect_error(&describe, e, budget, self.tls_roots.as_deref()))?;
         // Opening (reading the version, migrating) runs under the engine's
         // deadlines, not the role's or the connection string's: a
         // `statement_timeout` of a few milliseconds set on the role would
@@ -592,6 +586,29 @@ fn fnv(text: &str) -> u64 {
 }
 
 /// Where a configuration points: hosts, port and database, for messages.
+/// A connect that failed, as [`Error::Open`] on `describe`: the server's
+/// refusal (with what to do if TLS refused it), or silence for `waited`.
+fn connect_error(
+    describe: &str,
+    e: PgConnectError,
+    budget: Duration,
+    roots: Option<&std::path::Path>,
+) -> Error {
+    let source = match e {
+        PgConnectError::Server(e) => {
+            let hint = tls::hint(&e, roots);
+            crate::postgres::error::storage_saying(e, budget, hint)
+        }
+        silent @ PgConnectError::Silent(waited) => {
+            StorageError::new(StorageKind::Busy { waited }, silent)
+        }
+    };
+    Error::Open {
+        path: describe.into(),
+        source,
+    }
+}
+
 fn describe(config: &postgres::Config) -> String {
     let mut hosts: Vec<String> = config
         .get_hosts()

@@ -122,6 +122,54 @@ pub(crate) fn connector(config: &mut postgres::Config, roots: Option<&Path>) -> 
     Ok(Tls::new(config))
 }
 
+/// What to do about a connect that TLS refused, if it was TLS (said after
+/// the error's own words): which root certificates judged the server, and
+/// what usually fixes it.
+pub(crate) fn hint(e: &postgres::Error, roots: Option<&Path>) -> Option<String> {
+    use rustls::CertificateError as C;
+    let roots = roots.map(|p| p.display().to_string())?;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = next {
+        // tokio-rustls hands rustls's error over inside an io::Error.
+        let rustls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::InvalidCertificate(why)) = rustls {
+            return Some(match why {
+                C::UnknownIssuer => format!(
+                    "the server's certificate does not chain to the root certificates in \
+                     {roots} (tls_root_certificates, or PGSSLROOTCERT): give the CA that \
+                     signed it"
+                ),
+                C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+                    "checked against {roots}: set host= to a name the certificate holds \
+                     (hostaddr= can still give the address)"
+                ),
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => {
+                    format!(
+                        "checked against {roots}: the server's certificate is out of its dates; renew it on the server"
+                    )
+                }
+                _ => format!("the server's certificate was checked against {roots}"),
+            });
+        }
+        if cause.to_string().contains("does not support TLS") {
+            return Some(format!(
+                "root certificates were given ({roots}), so TLS is required: sslmode=prefer \
+                 counts as require"
+            ));
+        }
+        next = cause.source();
+    }
+    None
+}
+
 /// The most a root certificate file may hold (a system's whole bundle is
 /// a few hundred KiB): `/dev/zero` or a log file named by mistake is
 /// refused, not read for ever.
