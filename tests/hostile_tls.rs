@@ -21,7 +21,10 @@ use leasehold::testing::{PgOptions, PgServer};
 use leasehold::{Error, Key};
 use rcgen::KeyPair;
 use support::output::{fails, ok, stderr};
-use support::tls::{ca, encrypted, intermediate, key, leaf, port, tls_server, url, write};
+use support::tls::{
+    Verified, assert_refused_before_connecting, builder, ca, encrypted, intermediate, key, leaf,
+    port, tls_server, url, verified, write,
+};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -118,16 +121,7 @@ fn symlink_loops_private_keys_and_der_files_are_refused_before_connecting() -> R
         (&key_only, "holds no PEM certificate"),
         (&der, "holds no PEM certificate"),
     ] {
-        let err = PgEngine::builder("host=127.0.0.1 port=1 user=x dbname=x")
-            .tls_root_certificates(roots)
-            .build()
-            .expect_err("unusable roots");
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(
-            text.contains(&roots.display().to_string()) && text.contains(why),
-            "{text}"
-        );
+        assert_refused_before_connecting(roots, why);
         let out = leasehold(
             "host=127.0.0.1 port=1 user=x dbname=x",
             "s",
@@ -158,10 +152,7 @@ fn a_root_file_with_several_certificates_and_junk_between_them_is_used_whole() -
         root.cert.pem()
     );
     let roots = write(dir.path(), "bundle.pem", &bundle);
-    let engine = PgEngine::builder(&url(&server, "localhost", "require"))
-        .schema(&server.fresh_schema())
-        .tls_root_certificates(&roots)
-        .build()?;
+    let engine = builder(&server, "localhost", "require", Some(&roots)).build()?;
     engine.claim(&key(), "h1", Duration::from_secs(60))?;
     assert!(encrypted(&engine)?);
     Ok(())
@@ -177,18 +168,16 @@ fn a_root_file_with_several_certificates_and_junk_between_them_is_used_whole() -
 /// only the root) is accepted. One server, its certificate rotated.
 #[test]
 fn expired_and_not_yet_valid_certificates_are_refused_and_intermediates_followed() -> R {
-    let root = ca("root");
-    let Some(server) = tls_server(leaf(&["localhost"], &root, None), vec![]) else {
+    let Some(Verified {
+        root,
+        server,
+        roots,
+        dir: _dir,
+    }) = verified()
+    else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let roots = write(dir.path(), "root.pem", &root.cert.pem());
-    let connect = || {
-        PgEngine::builder(&url(&server, "localhost", "require"))
-            .schema(&server.fresh_schema())
-            .tls_root_certificates(&roots)
-            .build()
-    };
+    let connect = || builder(&server, "localhost", "require", Some(&roots)).build();
     for (years, why) in [((2000, 2001), "expired"), ((2090, 2091), "not valid yet")] {
         rotate(&server, &leaf(&["localhost"], &root, Some(years)))?;
         // The reload is asynchronous: wait until the new certificate is
@@ -237,9 +226,7 @@ fn a_certificate_swapped_mid_session_is_verified_again_on_reconnect() -> R {
     };
     let dir = tempfile::tempdir()?;
     let roots = write(dir.path(), "root.pem", &root.cert.pem());
-    let engine = PgEngine::builder(&url(&server, "localhost", "require"))
-        .schema(&server.fresh_schema())
-        .tls_root_certificates(&roots)
+    let engine = builder(&server, "localhost", "require", Some(&roots))
         .busy_timeout(Duration::from_secs(1))
         .build()?;
     let tracker = engine.tracker(&key(), "h1").build()?;
@@ -431,17 +418,16 @@ fn a_socket_host_in_the_string_does_not_let_tcp_fall_back_to_clear_text() -> R {
 /// contradictory (InvalidArgument, exit 5), not silently unverified.
 #[test]
 fn sslmode_disable_with_root_certificates_is_not_silently_unverified() -> R {
-    let root = ca("root");
-    let Some(server) = tls_server(leaf(&["localhost"], &root, None), vec![]) else {
+    let Some(Verified {
+        server,
+        roots,
+        dir: _dir,
+        ..
+    }) = verified()
+    else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let roots = write(dir.path(), "root.pem", &root.cert.pem());
-    match PgEngine::builder(&url(&server, "localhost", "disable"))
-        .schema(&server.fresh_schema())
-        .tls_root_certificates(&roots)
-        .build()
-    {
+    match builder(&server, "localhost", "disable", Some(&roots)).build() {
         Err(e) => assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}"),
         Ok(engine) => panic!(
             "sslmode=disable with root certificates: a session, encrypted: {}",
@@ -483,12 +469,15 @@ fn an_empty_pgsslrootcert_counts_as_unset() -> R {
 /// right (there is no name to check), and is tested as such.
 #[test]
 fn hostaddr_without_host_still_connects_when_nothing_is_verified() -> R {
-    let root = ca("root");
-    let Some(server) = tls_server(leaf(&["localhost"], &root, None), vec![]) else {
+    let Some(Verified {
+        server,
+        roots,
+        dir: _dir,
+        ..
+    }) = verified()
+    else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let roots = write(dir.path(), "root.pem", &root.cert.pem());
     let p = port(&server);
     let bare = format!("hostaddr=127.0.0.1 port={p} user=postgres dbname=postgres");
     // With roots: refused, saying why, no panic.

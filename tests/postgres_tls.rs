@@ -25,7 +25,9 @@ use leasehold::Error;
 use leasehold::postgres::PgEngine;
 use leasehold::testing::{PgOptions, PgServer};
 use support::output::{fails, ok};
-use support::tls::{ca, encrypted, key, leaf, tls_server, url, write};
+use support::tls::{
+    assert_refused_before_connecting, builder, ca, encrypted, key, leaf, tls_server, url, write,
+};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -68,13 +70,7 @@ impl Tls {
         sslmode: &str,
         roots: Option<&Path>,
     ) -> leasehold::Result<PgEngine> {
-        let schema = self.server.fresh_schema();
-        let builder = PgEngine::builder(&self.url(host, sslmode)).schema(&schema);
-        match roots {
-            Some(roots) => builder.tls_root_certificates(roots),
-            None => builder,
-        }
-        .build()
+        builder(&self.server, host, sslmode, roots).build()
     }
 }
 
@@ -218,16 +214,7 @@ fn root_certificates_that_cannot_be_used_are_refused_before_connecting() -> R {
         // Once read until memory ran out.
         (&dev_zero, "not a regular file"),
     ] {
-        let err = PgEngine::builder("host=127.0.0.1 port=1 user=x dbname=x")
-            .tls_root_certificates(roots)
-            .build()
-            .expect_err("unusable roots");
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
-        let text = err.to_string();
-        assert!(
-            text.contains(&roots.display().to_string()) && text.contains(why),
-            "{text}"
-        );
+        assert_refused_before_connecting(roots, why);
     }
     Ok(())
 }

@@ -101,3 +101,60 @@ pub fn encrypted(engine: &PgEngine) -> Result<bool, Box<dyn std::error::Error>> 
     )?;
     Ok(row.get(0))
 }
+
+/// A builder for `server` under `host` and `sslmode`, on a schema of its
+/// own, with `roots` if given.
+pub fn builder(
+    server: &PgServer,
+    host: &str,
+    sslmode: &str,
+    roots: Option<&Path>,
+) -> leasehold::postgres::PgBuilder {
+    let builder = PgEngine::builder(&url(server, host, sslmode)).schema(&server.fresh_schema());
+    match roots {
+        Some(roots) => builder.tls_root_certificates(roots),
+        None => builder,
+    }
+}
+
+/// A TLS server whose certificate (for localhost) a root CA of its own
+/// signed, and that CA's PEM file: the setup most TLS tests start from.
+pub struct Verified {
+    pub root: Ca,
+    pub server: PgServer,
+    pub roots: PathBuf,
+    /// Holds `roots`: bind it (`dir: _dir`) for as long as they are used.
+    pub dir: tempfile::TempDir,
+}
+
+/// A [`Verified`] server, or `None` without server binaries.
+pub fn verified() -> Option<Verified> {
+    let root = ca("root");
+    let server = tls_server(leaf(&["localhost"], &root, None), vec![])?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let roots = write(dir.path(), "root.pem", &root.cert.pem());
+    Some(Verified {
+        root,
+        server,
+        roots,
+        dir,
+    })
+}
+
+/// Asserts that `roots` are refused before anything connects (port 1:
+/// nothing listens), as invalid input naming the file and `why`.
+pub fn assert_refused_before_connecting(roots: &Path, why: &str) {
+    let err = PgEngine::builder("host=127.0.0.1 port=1 user=x dbname=x")
+        .tls_root_certificates(roots)
+        .build()
+        .expect_err("unusable roots");
+    assert!(
+        matches!(err, leasehold::Error::InvalidArgument { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&roots.display().to_string()) && text.contains(why),
+        "{text}"
+    );
+}
