@@ -254,6 +254,25 @@ fn tcp_server() -> Option<Arc<Mutex<PgServer>>> {
 
 const LEASE: Duration = Duration::from_millis(250);
 
+/// A fresh database of `server` (dropped with the handle) and a workload
+/// on it: three workers through proxies, `LEASE` leases, five seconds.
+fn fault_workload(
+    server: &Arc<Mutex<PgServer>>,
+) -> (testing::PgDatabase, testing::WorkloadBuilder) {
+    let server = server.lock().expect("server");
+    let db = server.create_database().expect("database");
+    let workload = Workload::builder()
+        .database(RunDatabase::Postgres {
+            url: db.url().to_owned(),
+            schema: "lh".to_owned(),
+        })
+        .network(server.tcp_addr().expect("TCP"))
+        .workers(3)
+        .lease(LEASE)
+        .duration(Duration::from_secs(5));
+    (db, workload)
+}
+
 /// A run of `nemesis` on a fresh database of `server`, its checker's
 /// verdict asserted; the report, the run's directory and its connection
 /// string.
@@ -262,28 +281,10 @@ fn run_with(
     nemesis: Nemesis,
     shape: impl FnOnce(testing::WorkloadBuilder) -> testing::WorkloadBuilder,
 ) -> (RunReport, tempfile::TempDir, testing::PgDatabase) {
-    let (db, addr) = {
-        let server = server.lock().expect("server");
-        (
-            server.create_database().expect("database"),
-            server.tcp_addr().expect("TCP"),
-        )
-    };
-    let workload = shape(
-        Workload::builder()
-            .database(RunDatabase::Postgres {
-                url: db.url().to_owned(),
-                schema: "lh".to_owned(),
-            })
-            .network(addr)
-            .workers(3)
-            .lease(LEASE)
-            .duration(Duration::from_secs(5))
-            .nemeses([nemesis])
-            .seed(0x1ea5e),
-    )
-    .build()
-    .expect("workload");
+    let (db, workload) = fault_workload(server);
+    let workload = shape(workload.nemeses([nemesis]).seed(0x1ea5e))
+        .build()
+        .expect("workload");
     let dir = tempfile::tempdir().expect("tempdir");
     let report = workload
         .run(dir.path(), &worker_command)
@@ -478,22 +479,8 @@ fn the_checker_catches_unguarded_writes_on_postgresql() {
     // matter of timing on a loaded machine: up to three runs, one must.
     let mut reports = Vec::new();
     for attempt in 0..3u64 {
-        let (db, addr) = {
-            let server = server.lock().expect("server");
-            (
-                server.create_database().expect("database"),
-                server.tcp_addr().expect("TCP"),
-            )
-        };
-        let workload = Workload::builder()
-            .database(RunDatabase::Postgres {
-                url: db.url().to_owned(),
-                schema: "lh".to_owned(),
-            })
-            .network(addr)
-            .workers(3)
-            .lease(LEASE)
-            .duration(Duration::from_secs(5))
+        let (_db, workload) = fault_workload(&server);
+        let workload = workload
             .seed(attempt)
             .guard(false)
             .nemeses([Nemesis::NetCut])
